@@ -1,0 +1,1 @@
+//! Arrow in and out (filled in next).

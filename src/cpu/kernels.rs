@@ -1,0 +1,129 @@
+//! The CPU inner loops for a run of consecutive groups, written so that LLVM vectorizes them
+//! (fixed-size chunks, branch-free selects, no float→int conversion). They are compiled twice
+//! by `cpu::mod`: for the baseline target and, behind runtime detection, for AVX2.
+//!
+//! They compute exactly the contract of [`crate::quant`]:
+//! * min/max use IEEE comparisons, exact for every finite value; the only case where they are
+//!   ambiguous (a minimum of ±0) is settled by a rescan in the total order, as the reference
+//!   does.
+//! * `round_half_to_even(t)` for `0 ≤ t < 2^23` is computed as `(t + 2^23)`: the addition rounds
+//!   to an integer, ties to even, and the integer is the low mantissa bits.
+
+use crate::quant::params::order_key;
+use crate::quant::GroupParams;
+
+const LANES: usize = 16;
+const MAGIC: f32 = 8_388_608.0; // 2^23
+const MAGIC_BITS: u32 = 0x4b00_0000;
+
+/// What a group scan found: its range, or the offset of its first non-finite value.
+pub enum Scan {
+    Range { lo: f32, hi: f32 },
+    NonFinite,
+}
+
+#[inline(always)]
+pub fn scan(values: &[f32]) -> Scan {
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    // Bit 31 of `(bits & exp_mask) + 2^23` is set exactly when the exponent is all ones.
+    let mut bad = [0u32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..LANES {
+            let v = c[j];
+            lo[j] = if v < lo[j] { v } else { lo[j] };
+            hi[j] = if v > hi[j] { v } else { hi[j] };
+            bad[j] |= (v.to_bits() & 0x7f80_0000) + 0x0080_0000;
+        }
+    }
+    for (j, &v) in rest.iter().enumerate() {
+        lo[j] = if v < lo[j] { v } else { lo[j] };
+        hi[j] = if v > hi[j] { v } else { hi[j] };
+        bad[j] |= (v.to_bits() & 0x7f80_0000) + 0x0080_0000;
+    }
+    if bad.iter().fold(0, |a, &b| a | b) & 0x8000_0000 != 0 {
+        return Scan::NonFinite;
+    }
+    let mut l = lo[0];
+    let mut h = hi[0];
+    for j in 1..LANES {
+        l = if lo[j] < l { lo[j] } else { l };
+        h = if hi[j] > h { hi[j] } else { h };
+    }
+    if l == 0.0 {
+        // -0.0 and +0.0 compare equal; the contract's minimum is the total-order one.
+        l = values.iter().map(|&v| order_key(v)).min().map(crate::quant::params::from_order_key).unwrap_or(l);
+    }
+    Scan::Range { lo: l, hi: h }
+}
+
+#[inline(always)]
+fn code(w: f32, lo: f32, inv: f32, max_code: u32) -> u32 {
+    let t = (w - lo) * inv;
+    let q = (t + MAGIC).to_bits().wrapping_sub(MAGIC_BITS);
+    if q > max_code { max_code } else { q }
+}
+
+/// Codes of one group packed into `out` (`⌈len·B/8⌉` bytes).
+#[inline(always)]
+pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
+    let max_code = (1u32 << B) - 1;
+    let per_byte = 8 / B;
+    let chunks = values.chunks_exact(32);
+    let rest = chunks.remainder();
+    let mut out_chunks = out.chunks_exact_mut(4 * B);
+    for (c, o) in chunks.zip(&mut out_chunks) {
+        let mut q = [0u32; 32];
+        for i in 0..32 {
+            q[i] = code(c[i], p.lo, p.inv, max_code);
+        }
+        for (j, byte) in o.iter_mut().enumerate() {
+            let mut acc = 0u32;
+            for k in 0..per_byte {
+                acc |= q[j * per_byte + k] << (k * B);
+            }
+            *byte = acc as u8;
+        }
+    }
+    let tail = out_chunks.into_remainder();
+    tail.fill(0);
+    for (i, &w) in rest.iter().enumerate() {
+        tail[i * B / 8] |= (code(w, p.lo, p.inv, max_code) << ((i * B) % 8)) as u8;
+    }
+}
+
+/// Expands one group's codes back to `f32`.
+#[inline(always)]
+pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
+    let mask = (1u32 << B) - 1;
+    let per_byte = 8 / B;
+    let mut chunks = out.chunks_exact_mut(32);
+    let mut in_chunks = packed.chunks_exact(4 * B);
+    for (o, c) in (&mut chunks).zip(&mut in_chunks) {
+        for i in 0..32 {
+            let q = (c[i / per_byte] as u32 >> ((i % per_byte) * B)) & mask;
+            let product = q as f32 * scale;
+            o[i] = product + lo;
+        }
+    }
+    let tail_bytes = in_chunks.remainder();
+    for (i, w) in chunks.into_remainder().iter_mut().enumerate() {
+        let q = (tail_bytes[i * B / 8] as u32 >> ((i * B) % 8)) & mask;
+        let product = q as f32 * scale;
+        *w = product + lo;
+    }
+}
+
+/// Dispatches a const-generic kernel on the runtime bit width.
+macro_rules! with_bits {
+    ($bits:expr, $f:ident ( $($arg:expr),* )) => {
+        match $bits {
+            $crate::quant::BitWidth::B2 => $f::<2>($($arg),*),
+            $crate::quant::BitWidth::B4 => $f::<4>($($arg),*),
+            $crate::quant::BitWidth::B8 => $f::<8>($($arg),*),
+        }
+    };
+}
+pub(crate) use with_bits;

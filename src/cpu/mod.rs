@@ -1,0 +1,157 @@
+//! The CPU backend: rayon across layers, rows and runs of groups; vectorized inner loops
+//! (`kernels`), compiled for AVX2 as well and picked at run time.
+
+mod kernels;
+
+use rayon::prelude::*;
+
+use crate::backend::{Backend, DequantJob, QuantJob};
+use crate::error::{QuantError, Result};
+use crate::quant::{reference, GroupLayout, GroupParams};
+use kernels::{decode, encode, scan, with_bits, Scan};
+
+/// Groups handed to one task: large enough to amortize scheduling, small enough to balance a
+/// single huge row over every core.
+const SPAN_ELEMENTS: usize = 1 << 15;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuBackend;
+
+/// A group failed validation; [`first_error`] finds which and why.
+struct Invalid;
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        format!("cpu (rayon, {} threads, {})", rayon::current_num_threads(), simd_level())
+    }
+
+    fn quantize(&self, jobs: &mut [QuantJob<'_>]) -> Result<()> {
+        let failed = jobs
+            .par_iter_mut()
+            .enumerate()
+            .filter_map(|(i, job)| quantize_job(job).is_err().then_some(i))
+            .min();
+        match failed {
+            Some(i) => Err(first_error(&jobs[i])),
+            None => Ok(()),
+        }
+    }
+
+    fn dequantize(&self, jobs: &mut [DequantJob<'_>]) -> Result<()> {
+        jobs.par_iter_mut().for_each(dequantize_job);
+        Ok(())
+    }
+}
+
+fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        return "avx2";
+    }
+    "baseline simd"
+}
+
+/// Splits a job into rows, and each row into spans of whole groups, for rayon.
+fn quantize_job(job: &mut QuantJob<'_>) -> std::result::Result<(), Invalid> {
+    let l = job.layout;
+    if l.n_elements() == 0 {
+        return Ok(());
+    }
+    let span_groups = (SPAN_ELEMENTS / l.group_size).max(1);
+    let gpr = l.groups_per_row();
+    job.weights
+        .par_chunks(l.row_len)
+        .zip(job.packed.par_chunks_mut(l.row_bytes()))
+        .zip(job.scales.par_chunks_mut(gpr))
+        .zip(job.zero_points.par_chunks_mut(gpr))
+        .try_for_each(|(((w, p), s), z)| {
+            w.par_chunks(span_groups * l.group_size)
+                .zip(p.par_chunks_mut(span_groups * l.group_bytes()))
+                .zip(s.par_chunks_mut(span_groups))
+                .zip(z.par_chunks_mut(span_groups))
+                .try_for_each(|(((w, p), s), z)| quantize_span(w, p, s, z, &l))
+        })
+}
+
+/// A run of consecutive groups of one row.
+fn quantize_span(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the running CPU supports AVX2, checked just above.
+        return unsafe { quantize_span_avx2(w, p, s, z, l) };
+    }
+    quantize_span_generic(w, p, s, z, l)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_span_avx2(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
+    quantize_span_generic(w, p, s, z, l)
+}
+
+#[inline(always)]
+fn quantize_span_generic(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
+    let max_code = l.bit_width.max_code();
+    let groups = w.chunks(l.group_size).zip(p.chunks_mut(l.group_bytes()));
+    for (((values, packed), scale), zero) in groups.zip(s.iter_mut()).zip(z.iter_mut()) {
+        let Scan::Range { lo, hi } = scan(values) else { return Err(Invalid) };
+        let params = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
+        with_bits!(l.bit_width, encode(values, &params, packed));
+        *scale = params.scale;
+        *zero = params.lo;
+    }
+    Ok(())
+}
+
+/// The first offending group of a job that failed, found by the reference's own checks, so the
+/// error names the same element whatever order the parallel scan met it in.
+fn first_error(job: &QuantJob<'_>) -> QuantError {
+    let l = &job.layout;
+    (0..l.n_groups())
+        .find_map(|g| reference::checked_group_params(job.name, l, g, &job.weights[l.group_elements(g)]).err())
+        .expect("a job that failed has an invalid group")
+}
+
+fn dequantize_job(job: &mut DequantJob<'_>) {
+    let l = job.layout;
+    if l.n_elements() == 0 {
+        return;
+    }
+    let span_groups = (SPAN_ELEMENTS / l.group_size).max(1);
+    let gpr = l.groups_per_row();
+    job.out
+        .par_chunks_mut(l.row_len)
+        .zip(job.packed.par_chunks(l.row_bytes()))
+        .zip(job.scales.par_chunks(gpr))
+        .zip(job.zero_points.par_chunks(gpr))
+        .for_each(|(((o, p), s), z)| {
+            o.par_chunks_mut(span_groups * l.group_size)
+                .zip(p.par_chunks(span_groups * l.group_bytes()))
+                .zip(s.par_chunks(span_groups))
+                .zip(z.par_chunks(span_groups))
+                .for_each(|(((o, p), s), z)| dequantize_span(o, p, s, z, &l))
+        });
+}
+
+fn dequantize_span(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the running CPU supports AVX2, checked just above.
+        return unsafe { dequantize_span_avx2(o, p, s, z, l) };
+    }
+    dequantize_span_generic(o, p, s, z, l)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dequantize_span_avx2(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
+    dequantize_span_generic(o, p, s, z, l)
+}
+
+#[inline(always)]
+fn dequantize_span_generic(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
+    let groups = o.chunks_mut(l.group_size).zip(p.chunks(l.group_bytes()));
+    for (((out, packed), &scale), &lo) in groups.zip(s).zip(z) {
+        with_bits!(l.bit_width, decode(packed, scale, lo, out));
+    }
+}

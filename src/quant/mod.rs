@@ -1,0 +1,23 @@
+//! The quantization contract: the one definition of the math that every backend must meet
+//! byte for byte.
+//!
+//! * [`spec`]: bit widths and group sizes, validated once.
+//! * [`layout`]: how a tensor's elements are cut into groups and where each group's bytes go.
+//! * [`params`]: per-group min/max → `lo`, `scale`, `inv` (the only divisions).
+//! * [`codes`]: per-element code and its inverse.
+//! * [`pack`]: bit packing of codes into bytes.
+//! * [`reference`]: the plain scalar quantizer built from the pieces above; the backends are
+//!   tested against it.
+//! * [`metrics`]: error measures between original and dequantized weights.
+
+pub mod codes;
+pub mod layout;
+pub mod metrics;
+pub mod pack;
+pub mod params;
+pub mod reference;
+pub mod spec;
+
+pub use layout::GroupLayout;
+pub use params::GroupParams;
+pub use spec::{BitWidth, QuantConfig};
