@@ -1,0 +1,153 @@
+//! One RecordBatch of quantized layers in, one RecordBatch of float32 weights out.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Int64Type};
+use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_buffer::MutableBuffer;
+use arrow_schema::DataType;
+
+use super::input::ShapeColumn;
+use super::lists::{layer_names, required, ListColumn};
+use super::quantize::{float_lists, int64_lists};
+use super::schema::{dequantized_schema, BIT_WIDTH, LAYER_NAME, META_GROUP_SIZE, QUANTIZED_DATA, SCALES, SHAPE, ZERO_POINTS};
+use super::split_mut;
+use crate::backend::{Backend, DequantJob};
+use crate::error::{QuantError, Result};
+use crate::quant::{BitWidth, GroupLayout, QuantConfig};
+
+/// The group size a quantized batch was made with: `group_size` when given, else the schema
+/// metadata.
+pub fn batch_group_size(batch: &RecordBatch, group_size: Option<i64>) -> Result<i64> {
+    if let Some(g) = group_size {
+        return Ok(g);
+    }
+    let meta = batch.schema_ref().metadata().get(META_GROUP_SIZE).ok_or_else(|| {
+        QuantError::value(format!(
+            "the quantized table has no '{META_GROUP_SIZE}' schema metadata (it may have been dropped by a conversion); pass group_size explicitly"
+        ))
+    })?;
+    meta.parse().map_err(|_| QuantError::value(format!("schema metadata '{META_GROUP_SIZE}' is not an integer: {meta:?}")))
+}
+
+/// Expands every layer of a quantized batch back to float32.
+pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &dyn Backend) -> Result<RecordBatch> {
+    let group_size = batch_group_size(batch, group_size)?;
+    let names = layer_names(batch, LAYER_NAME)?;
+    let data = binary_column(batch)?;
+    let scales = float_list_column(batch, SCALES)?;
+    let zero_points = float_list_column(batch, ZERO_POINTS)?;
+    let shapes = ShapeColumn::new(required(batch, SHAPE)?.as_ref())?;
+    let bits = integer_column(batch, BIT_WIDTH)?;
+
+    let mut layouts = Vec::with_capacity(names.len());
+    let mut dims = Vec::with_capacity(names.len());
+    for (row, name) in names.iter().enumerate() {
+        let shape = shapes.dims(row, name)?;
+        let width = bits.value(row);
+        let bit_width = BitWidth::new(width).map_err(|e| QuantError::layer_value(name, e.to_string()))?;
+        let layout = GroupLayout::from_shape(&shape, QuantConfig::new(bit_width, group_size)?);
+        check_len(name, "quantized_data bytes", data.lens[row], layout.packed_len())?;
+        check_len(name, "scales", scales.ranges[row].len(), layout.n_groups())?;
+        check_len(name, "zero_points", zero_points.ranges[row].len(), layout.n_groups())?;
+        for (col, c) in [(SCALES, &scales), (ZERO_POINTS, &zero_points)] {
+            if c.null_rows[row] || c.first_null_item(row).is_some() {
+                return Err(QuantError::layer_value(name, format!("{col} contains a null")));
+            }
+        }
+        layouts.push(layout);
+        dims.push(shape);
+    }
+
+    let counts: Vec<usize> = layouts.iter().map(GroupLayout::n_elements).collect();
+    let mut out = MutableBuffer::from_len_zeroed(counts.iter().sum::<usize>() * size_of::<f32>());
+    {
+        let outs = split_mut(out.typed_data_mut::<f32>(), counts.iter().copied());
+        let scale_values = scales.values.as_primitive::<Float32Type>().values();
+        let zero_values = zero_points.values.as_primitive::<Float32Type>().values();
+        let mut jobs: Vec<DequantJob<'_>> = outs
+            .into_iter()
+            .enumerate()
+            .map(|(row, out)| DequantJob {
+                name: &names[row],
+                layout: layouts[row],
+                packed: data.value(row),
+                scales: &scale_values[scales.ranges[row].clone()],
+                zero_points: &zero_values[zero_points.ranges[row].clone()],
+                out,
+            })
+            .collect();
+        backend.dequantize(&mut jobs)?;
+    }
+
+    let weights = float_lists(out.into(), &counts);
+    let shapes = int64_lists(dims.iter().map(|d| d.iter().map(|&x| x as i64)));
+    RecordBatch::try_new(
+        dequantized_schema(),
+        vec![Arc::new(StringArray::from(names)), Arc::new(weights), Arc::new(shapes)],
+    )
+    .map_err(|e| QuantError::value(format!("could not assemble the output batch: {e}")))
+}
+
+fn check_len(name: &str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(QuantError::layer_value(name, format!("has {got} {what}, but its shape, bit_width and group_size need {want}")));
+    }
+    Ok(())
+}
+
+/// `quantized_data` as binary or large_binary, row by row.
+struct BinaryColumn {
+    array: Arc<dyn Array>,
+    lens: Vec<usize>,
+}
+
+impl BinaryColumn {
+    fn value(&self, row: usize) -> &[u8] {
+        match self.array.data_type() {
+            DataType::LargeBinary => self.array.as_binary::<i64>().value(row),
+            _ => self.array.as_binary::<i32>().value(row),
+        }
+    }
+}
+
+fn binary_column(batch: &RecordBatch) -> Result<BinaryColumn> {
+    let col = required(batch, QUANTIZED_DATA)?;
+    let array = match col.data_type() {
+        DataType::Binary | DataType::LargeBinary => col.clone(),
+        DataType::BinaryView | DataType::FixedSizeBinary(_) => arrow_cast::cast(col, &DataType::LargeBinary)
+            .map_err(|e| QuantError::value(format!("Column '{QUANTIZED_DATA}' could not be read as binary: {e}")))?,
+        other => return Err(QuantError::type_error(format!("Column '{QUANTIZED_DATA}' must be binary, got {other}"))),
+    };
+    if let Some(row) = (0..array.len()).find(|&i| array.is_null(i)) {
+        return Err(QuantError::value(format!("Column '{QUANTIZED_DATA}' has a null at row {row}")));
+    }
+    let lens = (0..array.len())
+        .map(|i| match array.data_type() {
+            DataType::LargeBinary => array.as_binary::<i64>().value(i).len(),
+            _ => array.as_binary::<i32>().value(i).len(),
+        })
+        .collect();
+    Ok(BinaryColumn { array, lens })
+}
+
+fn float_list_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<ListColumn<'a>> {
+    let col = ListColumn::new(required(batch, name)?.as_ref(), name)?;
+    if col.values.data_type() != &DataType::Float32 {
+        return Err(QuantError::type_error(format!("Column '{name}' must be list<float32>, got list<{}>", col.values.data_type())));
+    }
+    Ok(col)
+}
+
+fn integer_column(batch: &RecordBatch, name: &str) -> Result<arrow_array::Int64Array> {
+    let col = required(batch, name)?;
+    if !col.data_type().is_integer() {
+        return Err(QuantError::type_error(format!("Column '{name}' must hold integers, got {}", col.data_type())));
+    }
+    if let Some(row) = (0..col.len()).find(|&i| col.is_null(i)) {
+        return Err(QuantError::value(format!("Column '{name}' has a null at row {row}")));
+    }
+    let cast = arrow_cast::cast(col, &DataType::Int64).map_err(|e| QuantError::value(format!("Column '{name}': {e}")))?;
+    Ok(cast.as_primitive::<Int64Type>().clone())
+}

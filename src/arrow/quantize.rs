@@ -1,0 +1,104 @@
+//! One RecordBatch of layers in, one RecordBatch of quantized layers out.
+//!
+//! The output buffers (packed codes, scales, zero points) are allocated once for the whole
+//! batch, cut into one slice per layer for the backend, and then become the Arrow arrays
+//! without being copied.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BinaryArray, Float32Array, Int64Array, LargeBinaryArray, ListArray, RecordBatch, StringArray, UInt8Array};
+use arrow_buffer::{Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_schema::DataType;
+
+use super::input::{read_layers, Layer};
+use super::schema::{list_field, quantized_schema};
+use super::split_mut;
+use crate::backend::{Backend, QuantJob};
+use crate::error::{QuantError, Result};
+use crate::quant::{GroupLayout, QuantConfig};
+
+/// Quantizes every layer of `batch` with `backend`.
+pub fn quantize_batch(batch: &RecordBatch, config: QuantConfig, backend: &dyn Backend) -> Result<RecordBatch> {
+    let layers = read_layers(batch)?;
+    quantize_layers(&layers, config, backend)
+}
+
+/// Quantizes already validated layers (also used by callers that read tensors from files).
+pub fn quantize_layers(layers: &[Layer<'_>], config: QuantConfig, backend: &dyn Backend) -> Result<RecordBatch> {
+    let layouts: Vec<GroupLayout> = layers.iter().map(|l| GroupLayout::from_shape(&l.shape, config)).collect();
+    let packed_lens: Vec<usize> = layouts.iter().map(GroupLayout::packed_len).collect();
+    let group_counts: Vec<usize> = layouts.iter().map(GroupLayout::n_groups).collect();
+    let total_groups: usize = group_counts.iter().sum();
+    if total_groups > i32::MAX as usize {
+        return Err(QuantError::value(format!(
+            "{total_groups} groups in one batch exceed the 2^31 scales a list<float32> column can hold; split the table"
+        )));
+    }
+
+    let mut packed = MutableBuffer::from_len_zeroed(packed_lens.iter().sum());
+    let mut scales = MutableBuffer::from_len_zeroed(total_groups * size_of::<f32>());
+    let mut zero_points = MutableBuffer::from_len_zeroed(total_groups * size_of::<f32>());
+    {
+        let packed = split_mut(packed.as_slice_mut(), packed_lens.iter().copied());
+        let scales = split_mut(scales.typed_data_mut::<f32>(), group_counts.iter().copied());
+        let zero_points = split_mut(zero_points.typed_data_mut::<f32>(), group_counts.iter().copied());
+        let mut jobs: Vec<QuantJob<'_>> = layers
+            .iter()
+            .zip(&layouts)
+            .zip(packed.into_iter().zip(scales).zip(zero_points))
+            .map(|((layer, &layout), ((packed, scales), zero_points))| QuantJob {
+                name: &layer.name,
+                weights: &layer.weights,
+                layout,
+                packed,
+                scales,
+                zero_points,
+            })
+            .collect();
+        backend.quantize(&mut jobs)?;
+    }
+
+    let large = packed.len() > i32::MAX as usize;
+    let data: ArrayRef = binary_array(packed.into(), &packed_lens, large);
+    let scales = float_lists(scales.into(), &group_counts);
+    let zero_points = float_lists(zero_points.into(), &group_counts);
+    let names = StringArray::from_iter_values(layers.iter().map(|l| l.name.as_str()));
+    let shapes = int64_lists(layers.iter().map(|l| l.shape.iter().map(|&d| d as i64)));
+    let bits = UInt8Array::from_iter_values(layouts.iter().map(|l| l.bit_width.bits() as u8));
+    let schema = quantized_schema(config.group_size, large);
+    RecordBatch::try_new(
+        schema,
+        vec![Arc::new(names), data, Arc::new(scales), Arc::new(zero_points), Arc::new(shapes), Arc::new(bits)],
+    )
+    .map_err(|e| QuantError::value(format!("could not assemble the output batch: {e}")))
+}
+
+fn binary_array(values: Buffer, lengths: &[usize], large: bool) -> ArrayRef {
+    if large {
+        Arc::new(LargeBinaryArray::new(OffsetBuffer::from_lengths(lengths.iter().copied()), values, None))
+    } else {
+        Arc::new(BinaryArray::new(OffsetBuffer::from_lengths(lengths.iter().copied()), values, None))
+    }
+}
+
+/// A list<float32> column over one shared value buffer.
+pub(crate) fn float_lists(values: Buffer, lengths: &[usize]) -> ListArray {
+    let values = Float32Array::new(ScalarBuffer::from(values), None);
+    ListArray::new(list_field(DataType::Float32), OffsetBuffer::from_lengths(lengths.iter().copied()), Arc::new(values), None)
+}
+
+pub(crate) fn int64_lists<I: IntoIterator<Item = i64>>(rows: impl Iterator<Item = I>) -> ListArray {
+    let mut lengths = Vec::new();
+    let mut values = Vec::new();
+    for row in rows {
+        let before = values.len();
+        values.extend(row);
+        lengths.push(values.len() - before);
+    }
+    ListArray::new(
+        list_field(DataType::Int64),
+        OffsetBuffer::from_lengths(lengths),
+        Arc::new(Int64Array::from(values)),
+        None,
+    )
+}

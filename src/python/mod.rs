@@ -1,0 +1,116 @@
+//! The Python extension module `arrow_quant_v2._native`: the only code that knows pyo3.
+//!
+//! Inputs cross through the Arrow PyCapsule interface with `pyo3-arrow` (any producer:
+//! pyarrow, polars, duckdb, nanoarrow); outputs go back as pyarrow objects through the same
+//! interface, without copies. The GIL is released while batches are read and quantized.
+
+mod errors;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{ArrowError, SchemaRef};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3_arrow::input::AnyRecordBatch;
+use pyo3_arrow::{PyRecordBatch, PyTable};
+
+use crate::arrow::schema::{quantized_schema, dequantized_schema, LAYER_NAME, WEIGHTS};
+use crate::arrow::{dequantize_batch, quantize_batch};
+use crate::device::{backend, Device};
+use crate::error::{QuantError, Result};
+use crate::quant::{BitWidth, QuantConfig};
+
+fn config(bit_width: i64, group_size: i64) -> Result<QuantConfig> {
+    QuantConfig::new(BitWidth::new(bit_width)?, group_size)
+}
+
+fn arrow_input(data: &Bound<'_, PyAny>, what: &str) -> PyResult<AnyRecordBatch> {
+    data.extract::<AnyRecordBatch>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} expects an Arrow table, record batch or stream (any object with __arrow_c_stream__ or __arrow_c_array__, e.g. pyarrow, polars, duckdb), got {}",
+            data.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "an unknown type".into())
+        ))
+    })
+}
+
+fn read_error(e: ArrowError) -> QuantError {
+    QuantError::value(format!("could not read the input stream: {e}"))
+}
+
+fn require_columns(schema: &SchemaRef, columns: &[&str]) -> Result<()> {
+    for &c in columns {
+        if schema.column_with_name(c).is_none() {
+            return Err(QuantError::MissingColumn(c.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` on every batch of the input, without the GIL.
+fn map_batches(
+    py: Python<'_>,
+    input: AnyRecordBatch,
+    required: &[&str],
+    f: impl Fn(&RecordBatch) -> Result<RecordBatch> + Send + Sync,
+) -> PyResult<Vec<RecordBatch>> {
+    let reader = input.into_reader()?;
+    require_columns(&reader.schema(), required)?;
+    let out = py.detach(|| reader.map(|batch| f(&batch.map_err(read_error)?)).collect::<Result<Vec<_>>>())?;
+    Ok(out)
+}
+
+#[pyfunction]
+#[pyo3(signature = (table, *, bit_width = 4, group_size = 128, device = "auto"))]
+fn quantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str) -> PyResult<Bound<'py, PyAny>> {
+    let config = config(bit_width, group_size)?;
+    let device: Device = device.parse()?;
+    let input = arrow_input(table, "quantize_arrow")?;
+    let backend = backend(device)?;
+    let batches = map_batches(py, input, &[LAYER_NAME, WEIGHTS], |b| quantize_batch(b, config, backend))?;
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| quantized_schema(config.group_size, false));
+    PyTable::try_new(batches, schema)?.into_pyarrow(py)
+}
+
+#[pyfunction]
+#[pyo3(signature = (batch, *, bit_width = 4, group_size = 128, device = "auto"))]
+fn quantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str) -> PyResult<Bound<'py, PyAny>> {
+    let config = config(bit_width, group_size)?;
+    let device: Device = device.parse()?;
+    let batch = batch.extract::<PyRecordBatch>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "quantize_arrow_batch expects an Arrow record batch (an object with __arrow_c_array__), got {}",
+            batch.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+        ))
+    })?;
+    let batch = batch.into_inner();
+    require_columns(&batch.schema(), &[LAYER_NAME, WEIGHTS])?;
+    let backend = backend(device)?;
+    let out = py.detach(|| quantize_batch(&batch, config, backend))?;
+    PyRecordBatch::new(out).into_pyarrow(py)
+}
+
+#[pyfunction]
+#[pyo3(signature = (table, *, device = "auto", group_size = None))]
+fn dequantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, device: &str, group_size: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+    let device: Device = device.parse()?;
+    let input = arrow_input(table, "dequantize_arrow")?;
+    let backend = backend(device)?;
+    let batches = map_batches(py, input, &[LAYER_NAME], |b| dequantize_batch(b, group_size, backend))?;
+    PyTable::try_new(batches, dequantized_schema())?.into_pyarrow(py)
+}
+
+/// Which backend `device` resolves to, e.g. "cpu (rayon, 2 threads, avx2)".
+#[pyfunction]
+#[pyo3(signature = (device = "auto"))]
+fn backend_name(device: &str) -> PyResult<String> {
+    Ok(backend(device.parse()?)?.name())
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize_arrow, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_arrow_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize_arrow, m)?)?;
+    m.add_function(wrap_pyfunction!(backend_name, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
