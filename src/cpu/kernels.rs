@@ -73,8 +73,9 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
     let per_byte = 8 / B;
     let chunks = values.chunks_exact(32);
     let rest = chunks.remainder();
-    let mut out_chunks = out.chunks_exact_mut(4 * B);
-    for (c, o) in chunks.zip(&mut out_chunks) {
+    // A tail group's bytes are not a whole number of 32-code chunks, so split by codes.
+    let (full, tail) = out.split_at_mut(values.len() / 32 * 4 * B);
+    for (c, o) in chunks.zip(full.chunks_exact_mut(4 * B)) {
         let mut q = [0u32; 32];
         for i in 0..32 {
             q[i] = code(c[i], p.lo, p.inv, max_code);
@@ -87,7 +88,6 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
             *byte = acc as u8;
         }
     }
-    let tail = out_chunks.into_remainder();
     tail.fill(0);
     for (i, &w) in rest.iter().enumerate() {
         tail[i * B / 8] |= (code(w, p.lo, p.inv, max_code) << ((i * B) % 8)) as u8;
@@ -99,16 +99,15 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
 pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
     let mask = (1u32 << B) - 1;
     let per_byte = 8 / B;
+    let (full, tail_bytes) = packed.split_at(out.len() / 32 * 4 * B);
     let mut chunks = out.chunks_exact_mut(32);
-    let mut in_chunks = packed.chunks_exact(4 * B);
-    for (o, c) in (&mut chunks).zip(&mut in_chunks) {
+    for (o, c) in (&mut chunks).zip(full.chunks_exact(4 * B)) {
         for i in 0..32 {
             let q = (c[i / per_byte] as u32 >> ((i % per_byte) * B)) & mask;
             let product = q as f32 * scale;
             o[i] = product + lo;
         }
     }
-    let tail_bytes = in_chunks.remainder();
     for (i, w) in chunks.into_remainder().iter_mut().enumerate() {
         let q = (tail_bytes[i * B / 8] as u32 >> ((i * B) % 8)) & mask;
         let product = q as f32 * scale;
