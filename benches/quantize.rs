@@ -1,1 +1,131 @@
-fn main(){}
+//! Quantize throughput on one 2^26-element f32 tensor (4-bit, group 128) against the cheapest
+//! thing any quantizer must do: one streaming read of the same buffer on every core.
+//!
+//! `cargo bench --bench quantize` prints criterion's figures and then the ratios, from
+//! interleaved runs in the same process (this machine is shared and noisy; absolute GB/s move,
+//! ratios much less). Set `AQ_BENCH_LOG2` to change the size.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use arrow_quant_v2::cpu::CpuBackend;
+use arrow_quant_v2::{Backend, BitWidth, DequantJob, GroupLayout, QuantConfig, QuantJob};
+use criterion::{Criterion, Throughput};
+use rayon::prelude::*;
+
+struct Case {
+    weights: Vec<f32>,
+    layout: GroupLayout,
+    packed: Vec<u8>,
+    scales: Vec<f32>,
+    zero_points: Vec<f32>,
+    restored: Vec<f32>,
+}
+
+impl Case {
+    fn new(log2: u32) -> Self {
+        let n = 1usize << log2;
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let weights: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+            })
+            .collect();
+        let layout = GroupLayout::new(1 << (log2 / 2), 1 << (log2 - log2 / 2), QuantConfig::new(BitWidth::B4, 128).unwrap());
+        Self {
+            packed: vec![0; layout.packed_len()],
+            scales: vec![0.0; layout.n_groups()],
+            zero_points: vec![0.0; layout.n_groups()],
+            restored: vec![0.0; n],
+            weights,
+            layout,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        (self.weights.len() * 4) as u64
+    }
+
+    /// One pass over the input on every core: the floor for anything that reads it.
+    fn read(&self) -> u32 {
+        self.weights
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut acc = [0u32; 16];
+                for block in c.chunks_exact(16) {
+                    for j in 0..16 {
+                        acc[j] = acc[j].wrapping_add(block[j].to_bits());
+                    }
+                }
+                acc.iter().fold(0u32, |a, &b| a ^ b)
+            })
+            .reduce(|| 0, |a, b| a ^ b)
+    }
+
+    fn quantize(&mut self) {
+        CpuBackend
+            .quantize(&mut [QuantJob {
+                name: "bench",
+                weights: &self.weights,
+                layout: self.layout,
+                packed: &mut self.packed,
+                scales: &mut self.scales,
+                zero_points: &mut self.zero_points,
+            }])
+            .unwrap();
+    }
+
+    fn dequantize(&mut self) {
+        CpuBackend
+            .dequantize(&mut [DequantJob {
+                name: "bench",
+                layout: self.layout,
+                packed: &self.packed,
+                scales: &self.scales,
+                zero_points: &self.zero_points,
+                out: &mut self.restored,
+            }])
+            .unwrap();
+    }
+}
+
+fn median(mut xs: Vec<Duration>) -> Duration {
+    xs.sort();
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let log2 = std::env::var("AQ_BENCH_LOG2").ok().and_then(|s| s.parse().ok()).unwrap_or(26);
+    let mut case = Case::new(log2);
+    let mut c = Criterion::default().configure_from_args().sample_size(20).measurement_time(Duration::from_secs(8));
+    let mut group = c.benchmark_group(format!("2^{log2} f32"));
+    group.throughput(Throughput::Bytes(case.bytes()));
+    group.bench_function("read baseline", |b| b.iter(|| black_box(case.read())));
+    group.bench_function("quantize 4-bit g128", |b| b.iter(|| case.quantize()));
+    group.bench_function("dequantize 4-bit g128", |b| b.iter(|| case.dequantize()));
+    group.finish();
+    c.final_summary();
+
+    // Interleaved runs, so both sides see the same machine state.
+    let (mut read, mut quant, mut dequant) = (vec![], vec![], vec![]);
+    for _ in 0..15 {
+        let t = Instant::now();
+        black_box(case.read());
+        read.push(t.elapsed());
+        let t = Instant::now();
+        case.quantize();
+        quant.push(t.elapsed());
+        let t = Instant::now();
+        case.dequantize();
+        dequant.push(t.elapsed());
+    }
+    let gbs = |d: Duration| case.bytes() as f64 / d.as_secs_f64() / 1e9;
+    let (r, q, d) = (median(read), median(quant), median(dequant));
+    println!("\n{} ({} threads), median of 15 interleaved runs, f32 input GB/s:", CpuBackend.name(), rayon::current_num_threads());
+    println!("  read baseline     {:6.2} GB/s", gbs(r));
+    println!("  quantize          {:6.2} GB/s   ratio to read {:.2}x", gbs(q), r.as_secs_f64() / q.as_secs_f64());
+    println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
+}

@@ -70,27 +70,41 @@ fn code(w: f32, lo: f32, inv: f32, max_code: u32) -> u32 {
 #[inline(always)]
 pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
     let max_code = (1u32 << B) - 1;
-    let per_byte = 8 / B;
     let chunks = values.chunks_exact(32);
     let rest = chunks.remainder();
     // A tail group's bytes are not a whole number of 32-code chunks, so split by codes.
     let (full, tail) = out.split_at_mut(values.len() / 32 * 4 * B);
     for (c, o) in chunks.zip(full.chunks_exact_mut(4 * B)) {
-        let mut q = [0u32; 32];
+        let mut q = [0u8; 32];
         for i in 0..32 {
-            q[i] = code(c[i], p.lo, p.inv, max_code);
+            q[i] = code(c[i], p.lo, p.inv, max_code) as u8;
         }
-        for (j, byte) in o.iter_mut().enumerate() {
-            let mut acc = 0u32;
-            for k in 0..per_byte {
-                acc |= q[j * per_byte + k] << (k * B);
-            }
-            *byte = acc as u8;
-        }
+        pack32::<B>(&q, o);
     }
     tail.fill(0);
     for (i, &w) in rest.iter().enumerate() {
         tail[i * B / 8] |= (code(w, p.lo, p.inv, max_code) << ((i * B) % 8)) as u8;
+    }
+}
+
+/// Packs 32 codes into `4·B` bytes. Neighbouring codes are read as one little-endian word
+/// and folded with shifts, which vectorizes (no strided gathers).
+#[inline(always)]
+fn pack32<const B: usize>(q: &[u8; 32], out: &mut [u8]) {
+    match B {
+        8 => out.copy_from_slice(q),
+        4 => {
+            for (o, pair) in out.iter_mut().zip(q.chunks_exact(2)) {
+                let w = u16::from_le_bytes([pair[0], pair[1]]);
+                *o = (w | (w >> 4)) as u8;
+            }
+        }
+        _ => {
+            for (o, quad) in out.iter_mut().zip(q.chunks_exact(4)) {
+                let x = u32::from_le_bytes([quad[0], quad[1], quad[2], quad[3]]);
+                *o = (x | (x >> 6) | (x >> 12) | (x >> 18)) as u8;
+            }
+        }
     }
 }
 
