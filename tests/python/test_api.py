@@ -1,0 +1,212 @@
+"""The Python API end to end: schema, exact bytes against the numpy reference, input types."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import arrow_quant_v2 as aq
+from arrow_quant_v2 import reference
+from conftest import layer_table
+
+QUANT_COLUMNS = ["layer_name", "quantized_data", "scales", "zero_points", "shape", "bit_width"]
+
+
+def assert_matches_reference(q, layers, bit_width, group_size):
+    assert q.num_rows == len(layers)
+    for i, (name, w) in enumerate(layers.items()):
+        packed, scales, zeros = reference.quantize(w, np.shape(w), bit_width, group_size)
+        assert q["layer_name"][i].as_py() == name
+        assert q["quantized_data"][i].as_py() == packed, name
+        np.testing.assert_array_equal(np.asarray(q["scales"][i].values).view(np.uint32), scales.view(np.uint32))
+        np.testing.assert_array_equal(np.asarray(q["zero_points"][i].values).view(np.uint32), zeros.view(np.uint32))
+
+
+def test_issue_example_round_trip(rng):
+    w = rng.standard_normal((512, 1024)).astype(np.float32)
+    table = pa.table({"layer_name": ["blk.0.attn.weight"], "weights": [w.ravel()], "shape": [list(w.shape)]})
+    q = aq.quantize_arrow(table, bit_width=4, group_size=128, device="cpu")
+    assert isinstance(q, pa.Table)
+    back = aq.dequantize_arrow(q)
+    assert back.column_names == ["layer_name", "weights", "shape"]
+    restored = np.asarray(back["weights"][0].values).reshape(w.shape)
+    scales = np.asarray(q["scales"][0].values).reshape(512, 8)
+    # Every element within half a quantization step (plus float32 rounding) of the original.
+    bound = np.repeat(scales, 128, axis=1) * 0.5 + 4 * np.finfo(np.float32).eps * (np.abs(w).max() + 1)
+    assert np.all(np.abs(restored - w) <= bound)
+    assert back["shape"][0].as_py() == [512, 1024]
+
+
+def test_schema_is_exactly_the_six_columns_with_metadata(rng):
+    q = aq.quantize_arrow(layer_table({"a": rng.standard_normal((4, 64), np.float32)}), bit_width=2, group_size=32)
+    assert q.column_names == QUANT_COLUMNS
+    assert q.schema.field("quantized_data").type == pa.binary()
+    assert q.schema.field("scales").type.value_type == pa.float32()
+    assert q.schema.field("zero_points").type.value_type == pa.float32()
+    assert q.schema.field("shape").type.value_type == pa.int64()
+    assert q.schema.field("bit_width").type == pa.uint8()
+    meta = q.schema.metadata
+    assert meta[b"arrow_quant.group_size"] == b"32"
+    assert meta[b"arrow_quant.scheme"] == b"affine-minmax-v1"
+    assert q["bit_width"][0].as_py() == 2
+
+
+@pytest.mark.parametrize("bit_width", [2, 4, 8])
+@pytest.mark.parametrize("group_size", [8, 64, 128, 136])
+def test_bytes_equal_the_numpy_reference(rng, bit_width, group_size):
+    layers = {
+        "conv": rng.standard_normal((8, 3, 3, 3), np.float32),  # rows of 3: one short group each
+        "mat": rng.standard_normal((6, 300), np.float32) * 0.02,  # tail groups
+        "vec": rng.standard_normal(77).astype(np.float32),
+        "const": np.full((2, 16), 0.25, np.float32),
+        "zeros": np.array([0.0, -0.0] * 8, np.float32),
+        "ties": np.array([0, 2**bit_width - 1] + [k + 0.5 for k in range(14)], np.float32),
+    }
+    q = aq.quantize_arrow(layer_table(layers), bit_width=bit_width, group_size=group_size, device="cpu")
+    assert_matches_reference(q, layers, bit_width, group_size)
+    back = aq.dequantize_arrow(q)
+    for i, (name, w) in enumerate(layers.items()):
+        want = reference.dequantize(
+            q["quantized_data"][i].as_py(),
+            np.asarray(q["scales"][i].values),
+            np.asarray(q["zero_points"][i].values),
+            np.shape(w),
+            bit_width,
+            group_size,
+        )
+        np.testing.assert_array_equal(np.asarray(back["weights"][i].values).view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("bit_width,ratio", [(2, 16), (4, 8), (8, 4)])
+def test_packed_size_follows_bit_width(rng, bit_width, ratio):
+    w = rng.standard_normal((64, 256), np.float32)
+    q = aq.quantize_arrow(layer_table({"w": w}), bit_width=bit_width)
+    assert len(q["quantized_data"][0].as_py()) == w.nbytes // ratio
+
+
+@pytest.mark.parametrize("value_type", [pa.float16(), pa.float64()])
+def test_float16_and_float64_inputs_quantize_as_their_float32_values(rng, value_type):
+    w = rng.standard_normal((4, 40))
+    w = w.astype(np.float16) if value_type == pa.float16() else w
+    q = aq.quantize_arrow(layer_table({"w": w}, value_type), bit_width=4, group_size=16)
+    assert_matches_reference(q, {"w": w.astype(np.float32)}, 4, 16)
+
+
+def test_python_lists_arrive_as_float64_and_work():
+    table = pa.Table.from_pydict({"layer_name": ["l"], "weights": [[0.0, 1.0, 2.0, 3.0] * 4]})
+    assert table.schema.field("weights").type == pa.list_(pa.float64())
+    q = aq.quantize_arrow(table, bit_width=2, group_size=8)
+    assert q["quantized_data"][0].as_py() == bytes([0b11100100] * 4)
+    assert q["shape"][0].as_py() == [16]
+
+
+def test_list_layouts_and_int32_shapes_are_accepted(rng):
+    w = rng.standard_normal((3, 16), np.float32)
+    base = aq.quantize_arrow(layer_table({"w": w}))
+    fixed = pa.table(
+        {
+            "layer_name": pa.array(["w"], pa.large_string()),
+            "weights": pa.FixedSizeListArray.from_arrays(pa.array(w.ravel()), 48),
+            "shape": pa.array([[3, 16]], pa.list_(pa.int32())),
+        }
+    )
+    large = pa.table({"layer_name": ["w"], "weights": pa.array([w.ravel()], pa.large_list(pa.float32())), "shape": [[3, 16]]})
+    for t in (fixed, large):
+        assert aq.quantize_arrow(t).column("quantized_data").equals(base.column("quantized_data"))
+
+
+def test_batch_path_gives_the_same_bytes_as_the_table_path(rng):
+    t = layer_table({f"l{i}": rng.standard_normal((2, 50 + i), np.float32) for i in range(5)})
+    from_table = aq.quantize_arrow(t, bit_width=8, group_size=16)
+    batch = t.to_batches()[0]
+    from_batch = aq.quantize_arrow_batch(batch, bit_width=8, group_size=16)
+    assert isinstance(from_batch, pa.RecordBatch)
+    assert pa.Table.from_batches([from_batch]).equals(from_table)
+
+
+def test_chunked_table_keeps_row_order(rng):
+    layers = {f"l{i}": rng.standard_normal(40, np.float32) for i in range(6)}
+    t = layer_table(layers)
+    chunked = pa.concat_tables([t.slice(0, 2), t.slice(2, 3), t.slice(5)])
+    assert chunked.column("weights").num_chunks == 3
+    q = aq.quantize_arrow(chunked, group_size=8)
+    assert q.column("layer_name").to_pylist() == list(layers)
+    assert_matches_reference(q, layers, 4, 8)
+
+
+def test_polars_input(rng):
+    pl = pytest.importorskip("polars")
+    w = rng.standard_normal((4, 32), np.float32)
+    df = pl.DataFrame(
+        {"layer_name": ["p"], "weights": [w.ravel()], "shape": [[4, 32]]},
+        schema={"layer_name": pl.String, "weights": pl.List(pl.Float32), "shape": pl.List(pl.Int64)},
+    )
+    q = aq.quantize_arrow(df, group_size=32)
+    assert_matches_reference(q, {"p": w}, 4, 32)
+
+
+def test_duckdb_input(rng):
+    duckdb = pytest.importorskip("duckdb")
+    t = layer_table({"d": rng.standard_normal((2, 16), np.float32)})
+    rel = duckdb.sql("SELECT * FROM t")
+    q = aq.quantize_arrow(rel, group_size=8)
+    assert q.column("quantized_data").equals(aq.quantize_arrow(t, group_size=8).column("quantized_data"))
+
+
+def test_result_is_independent_of_threads(rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    t = layer_table({f"l{i}": rng.standard_normal((32, 128), np.float32) for i in range(8)})
+    want = aq.quantize_arrow(t)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: aq.quantize_arrow(t), range(8)))
+    assert all(r.equals(want) for r in results)
+
+
+def test_dequantize_needs_group_size_when_metadata_is_gone(rng):
+    q = aq.quantize_arrow(layer_table({"w": rng.standard_normal(64, np.float32)}), group_size=16)
+    bare = q.replace_schema_metadata(None)
+    with pytest.raises(ValueError, match="group_size"):
+        aq.dequantize_arrow(bare)
+    assert aq.dequantize_arrow(bare, group_size=16).equals(aq.dequantize_arrow(q))
+
+
+class TestArrowQuantV2:
+    def test_modes(self):
+        assert aq.ArrowQuantV2(mode="diffusion").mode == "diffusion"
+        assert aq.ArrowQuantV2(mode="base").mode == "base"
+        with pytest.raises(ValueError, match="Invalid mode"):
+            aq.ArrowQuantV2(mode="turbo")
+
+    def test_quantize_arrow_returns_exactly_six_columns(self, rng):
+        t = layer_table({"a": rng.standard_normal((8, 128), np.float32)})
+        q = aq.ArrowQuantV2(mode="diffusion").quantize_arrow(t, bit_width=4)
+        assert q.column_names == QUANT_COLUMNS
+        assert q.equals(aq.quantize_arrow(t, bit_width=4))
+
+    def test_quantize_arrow_batch_matches_table(self, rng):
+        t = layer_table({"a": rng.standard_normal((8, 128), np.float32)})
+        quant = aq.ArrowQuantV2()
+        b = quant.quantize_arrow_batch(t.to_batches()[0], bit_width=8)
+        assert isinstance(b, pa.RecordBatch)
+        assert b.schema.names == QUANT_COLUMNS
+        assert pa.Table.from_batches([b]).equals(quant.quantize_arrow(t, bit_width=8))
+
+    def test_quantize_batch_from_numpy_dict(self, rng):
+        weights = {"x": rng.standard_normal((16, 32), np.float32), "y": rng.standard_normal(24).astype(np.float64)}
+        q = aq.ArrowQuantV2(mode="base").quantize_batch(weights, bit_width=2)
+        assert q.column_names == QUANT_COLUMNS
+        assert q["shape"].to_pylist() == [[16, 32], [24]]
+        assert_matches_reference(q, {k: v.astype(np.float32) for k, v in weights.items()}, 2, 128)
+
+    @pytest.mark.parametrize("empty", ["dict", "table", "batch"])
+    def test_empty_input_gives_empty_result_with_full_schema(self, empty):
+        quant = aq.ArrowQuantV2()
+        schema = pa.schema([("layer_name", pa.string()), ("weights", pa.list_(pa.float32()))])
+        if empty == "dict":
+            q = quant.quantize_batch({})
+        elif empty == "table":
+            q = quant.quantize_arrow(schema.empty_table())
+        else:
+            q = quant.quantize_arrow_batch(pa.RecordBatch.from_pylist([], schema=schema))
+        assert q.num_rows == 0
+        assert q.schema.names == QUANT_COLUMNS
