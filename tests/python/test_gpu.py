@@ -1,0 +1,97 @@
+"""device="gpu" and device="auto": the same bytes as the CPU, and the documented device choice.
+
+These run on any wgpu adapter, lavapipe included (CI installs it). They are skipped only when
+ARROW_QUANT_SKIP_GPU_TESTS=1 is set explicitly; a missing adapter is otherwise a failure.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import arrow_quant_v2 as aq
+from conftest import layer_table
+
+pytestmark = pytest.mark.skipif(os.environ.get("ARROW_QUANT_SKIP_GPU_TESTS") == "1", reason="ARROW_QUANT_SKIP_GPU_TESTS=1")
+
+
+def adversarial_layers(rng, bits):
+    levels = 2**bits - 1
+    ties = np.array([0.0, levels] + [k + 0.5 for k in range(levels)] * 2, np.float32)
+    near_ties = np.nextafter(ties, np.where(np.arange(ties.size) % 2 == 0, np.inf, -np.inf).astype(np.float32))
+    near_ties[:2] = (0.0, levels)
+    return {
+        "normal": (rng.standard_normal((16, 200)) * 0.02).astype(np.float32),
+        "ties": ties,
+        "near_ties": near_ties.astype(np.float32),
+        "subnormal": (rng.standard_normal(64) * 1e-40).astype(np.float32),
+        "huge": (rng.uniform(-1.6e38, 1.6e38, 64)).astype(np.float32),
+        "const": np.full((3, 17), -2.5, np.float32),
+        "zeros": np.array([0.0, -0.0] * 12, np.float32),
+        "tail_of_one": rng.standard_normal((4, 129)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("group_size", [8, 128])
+def test_gpu_bytes_equal_cpu_bytes(rng, bits, group_size):
+    t = layer_table(adversarial_layers(rng, bits))
+    cpu = aq.quantize_arrow(t, bit_width=bits, group_size=group_size, device="cpu")
+    gpu = aq.quantize_arrow(t, bit_width=bits, group_size=group_size, device="gpu")
+    assert gpu.equals(cpu)
+    back_cpu = aq.dequantize_arrow(cpu, device="cpu")
+    back_gpu = aq.dequantize_arrow(cpu, device="gpu")
+    for i in range(back_cpu.num_rows):
+        a = np.asarray(back_cpu["weights"][i].values).view(np.uint32)
+        b = np.asarray(back_gpu["weights"][i].values).view(np.uint32)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gpu_float16_input(rng):
+    w = rng.standard_normal((8, 64)).astype(np.float16)
+    t = layer_table({"h": w}, pa.float16())
+    assert aq.quantize_arrow(t, device="gpu", group_size=32).equals(aq.quantize_arrow(t, device="cpu", group_size=32))
+
+
+def test_gpu_nan_error_matches_cpu():
+    w = np.ones(300, np.float32)
+    w[17] = np.nan
+    t = layer_table({"x": w})
+    with pytest.raises(ValueError, match=re.escape("Layer 'x' contains NaN or Inf at index 17")):
+        aq.quantize_arrow(t, device="gpu")
+
+
+def test_many_small_layers_on_gpu(rng):
+    layers = {f"blk.{i}.norm": rng.standard_normal(8 + i % 40).astype(np.float32) for i in range(2000)}
+    t = layer_table(layers)
+    assert aq.quantize_arrow(t, device="gpu", group_size=16).equals(aq.quantize_arrow(t, device="cpu", group_size=16))
+
+
+def backend_in_subprocess(**env):
+    full = {k: v for k, v in os.environ.items() if k != "ARROW_QUANT_ALLOW_SOFTWARE_GPU"}
+    full.update(env)
+    out = subprocess.run(
+        [sys.executable, "-c", "import arrow_quant_v2 as aq; print(aq.backend_name('auto'))"],
+        env=full, capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
+
+
+def software_only():
+    return re.search(r"llvmpipe|lavapipe|swiftshader|\bcpu\b", aq.backend_name("gpu"), re.I) is not None
+
+
+def test_auto_never_picks_a_software_adapter_by_itself():
+    if not software_only():
+        pytest.skip("a hardware GPU is present; auto rightly picks it")
+    assert backend_in_subprocess().startswith("cpu")
+
+
+def test_software_adapter_can_be_allowed_for_auto():
+    if not software_only():
+        pytest.skip("a hardware GPU is present")
+    assert not backend_in_subprocess(ARROW_QUANT_ALLOW_SOFTWARE_GPU="1").startswith("cpu")
