@@ -102,3 +102,47 @@ pub(crate) fn int64_lists<I: IntoIterator<Item = i64>>(rows: impl Iterator<Item 
         None,
     )
 }
+
+/// Gives every batch the same schema: when one batch needed `large_binary` codes, the others'
+/// `quantized_data` are widened too, so the batches form one table.
+pub fn unify_code_types(batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let Some(large) = batches.iter().find(|b| b.schema().field(1).data_type() == &DataType::LargeBinary) else {
+        return Ok(batches);
+    };
+    let schema = large.schema();
+    batches
+        .into_iter()
+        .map(|b| {
+            let mut columns = b.columns().to_vec();
+            columns[1] = arrow_cast::cast(&columns[1], &DataType::LargeBinary)
+                .map_err(|e| QuantError::value(format!("could not widen quantized_data: {e}")))?;
+            RecordBatch::try_new(schema.clone(), columns).map_err(|e| QuantError::value(e.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::CpuBackend;
+    use std::borrow::Cow;
+
+    fn batch(values: &[f32]) -> RecordBatch {
+        let layers = [Layer { name: "l".into(), weights: Cow::Borrowed(values), shape: vec![values.len()] }];
+        quantize_layers(&layers, QuantConfig::default(), &CpuBackend).unwrap()
+    }
+
+    #[test]
+    fn one_large_batch_widens_the_others() {
+        let small = batch(&[1.0, 2.0, 3.0]);
+        let wide = unify_code_types(vec![small.clone()]).unwrap().remove(0);
+        assert_eq!(wide.schema(), small.schema(), "nothing to widen");
+
+        let mut cols = small.columns().to_vec();
+        cols[1] = arrow_cast::cast(&cols[1], &DataType::LargeBinary).unwrap();
+        let large = RecordBatch::try_new(quantized_schema(128, true), cols).unwrap();
+        let out = unify_code_types(vec![small.clone(), large.clone()]).unwrap();
+        assert!(out.iter().all(|b| b.schema() == large.schema()));
+        assert_eq!(out[0].column(1).as_ref(), large.column(1).as_ref());
+    }
+}

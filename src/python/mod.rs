@@ -14,6 +14,7 @@ use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use crate::arrow::schema::{quantized_schema, dequantized_schema, LAYER_NAME, WEIGHTS};
+use crate::arrow::quantize::unify_code_types;
 use crate::arrow::{dequantize_batch, quantize_batch};
 use crate::device::{backend, Device};
 use crate::error::{QuantError, Result};
@@ -65,7 +66,7 @@ fn quantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, bit_width: i6
     let device: Device = device.parse()?;
     let input = arrow_input(table, "quantize_arrow")?;
     let backend = backend(device)?;
-    let batches = map_batches(py, input, &[LAYER_NAME, WEIGHTS], |b| quantize_batch(b, config, backend))?;
+    let batches = unify_code_types(map_batches(py, input, &[LAYER_NAME, WEIGHTS], |b| quantize_batch(b, config, backend))?)?;
     let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| quantized_schema(config.group_size, false));
     PyTable::try_new(batches, schema)?.into_pyarrow(py)
 }
