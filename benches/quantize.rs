@@ -66,7 +66,11 @@ impl Case {
     }
 
     fn quantize(&mut self) {
-        CpuBackend
+        self.quantize_with(CpuBackend::new())
+    }
+
+    fn quantize_with(&mut self, backend: CpuBackend) {
+        backend
             .quantize(&mut [QuantJob {
                 name: "bench",
                 weights: &self.weights,
@@ -79,7 +83,7 @@ impl Case {
     }
 
     fn dequantize(&mut self) {
-        CpuBackend
+        CpuBackend::new()
             .dequantize(&mut [DequantJob {
                 name: "bench",
                 layout: self.layout,
@@ -110,7 +114,7 @@ fn main() {
     c.final_summary();
 
     // Interleaved runs, so both sides see the same machine state.
-    let (mut read, mut quant, mut dequant) = (vec![], vec![], vec![]);
+    let (mut read, mut quant, mut portable, mut dequant) = (vec![], vec![], vec![], vec![]);
     for _ in 0..15 {
         let t = Instant::now();
         black_box(case.read());
@@ -119,13 +123,17 @@ fn main() {
         case.quantize();
         quant.push(t.elapsed());
         let t = Instant::now();
+        case.quantize_with(CpuBackend::portable());
+        portable.push(t.elapsed());
+        let t = Instant::now();
         case.dequantize();
         dequant.push(t.elapsed());
     }
     let gbs = |d: Duration| case.bytes() as f64 / d.as_secs_f64() / 1e9;
-    let (r, q, d) = (median(read), median(quant), median(dequant));
-    println!("\n{} ({} threads), median of 15 interleaved runs, f32 input GB/s:", CpuBackend.name(), rayon::current_num_threads());
+    let (r, q, p, d) = (median(read), median(quant), median(portable), median(dequant));
+    println!("\n{} ({} threads), median of 15 interleaved runs, f32 input GB/s:", CpuBackend::new().name(), rayon::current_num_threads());
     println!("  read baseline     {:6.2} GB/s", gbs(r));
     println!("  quantize          {:6.2} GB/s   ratio to read {:.2}x", gbs(q), r.as_secs_f64() / q.as_secs_f64());
+    println!("  quantize portable {:6.2} GB/s   ratio to read {:.2}x", gbs(p), r.as_secs_f64() / p.as_secs_f64());
     println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
 }

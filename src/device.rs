@@ -27,7 +27,7 @@ impl FromStr for Device {
     }
 }
 
-static CPU: CpuBackend = CpuBackend;
+static CPU: CpuBackend = CpuBackend::new();
 
 /// The backend for `device`. "cpu" never touches the GPU stack.
 pub fn backend(device: Device) -> Result<&'static dyn Backend> {

@@ -7,11 +7,14 @@ use arrow_quant_v2::{BitWidth, QuantError, QuantizedTensor};
 use common::*;
 use proptest::prelude::*;
 
+/// The dispatching backend (AVX2 where available) and the portable kernels alone.
+const BACKENDS: [CpuBackend; 2] = [CpuBackend::new(), CpuBackend::portable()];
+
 #[test]
 fn exact_two_bit_bytes() {
     // lo = 0, hi = 3, L = 3: scale = inv = 1 and the codes are the values themselves.
     let w = [0.0, 1.0, 2.0, 3.0, 3.0, 2.0, 1.0, 0.0];
-    let t = QuantizedTensor::quantize(&CpuBackend, "l", &w, layout(1, 8, BitWidth::B2, 8)).unwrap();
+    let t = QuantizedTensor::quantize(&CpuBackend::new(), "l", &w, layout(1, 8, BitWidth::B2, 8)).unwrap();
     assert_eq!(t.packed, vec![0b11_10_01_00, 0b00_01_10_11]);
     assert_eq!((t.scales[0], t.zero_points[0]), (1.0, 0.0));
 }
@@ -20,19 +23,19 @@ fn exact_two_bit_bytes() {
 fn exact_four_bit_bytes_with_tail_group_of_one() {
     // Row of 9: a full group of 8 and a tail group holding one element.
     let w: Vec<f32> = vec![-1.0, 14.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 42.5];
-    let t = QuantizedTensor::quantize(&CpuBackend, "l", &w, layout(1, 9, BitWidth::B4, 8)).unwrap();
+    let t = QuantizedTensor::quantize(&CpuBackend::new(), "l", &w, layout(1, 9, BitWidth::B4, 8)).unwrap();
     // lo = -1, hi = 14, L = 15: scale = 1, codes = w + 1 → 0, 15, 1, 2, 3, 4, 5, 6.
     assert_eq!(t.packed, vec![0xf0, 0x21, 0x43, 0x65, 0x00]);
     assert_eq!(t.scales, vec![1.0, 0.0]);
     assert_eq!(t.zero_points, vec![-1.0, 42.5]);
-    assert_eq!(t.dequantize(&CpuBackend).unwrap(), w);
+    assert_eq!(t.dequantize(&CpuBackend::new()).unwrap(), w);
 }
 
 #[test]
 fn exact_eight_bit_bytes_and_ties_to_even() {
     // lo = 0, hi = 255: scale = inv = 1; 0.5 → 0, 1.5 → 2, 2.5 → 2 (ties to even).
     let w = [0.0, 255.0, 0.5, 1.5, 2.5, 3.5, 254.5, 7.0];
-    let t = QuantizedTensor::quantize(&CpuBackend, "l", &w, layout(1, 8, BitWidth::B8, 8)).unwrap();
+    let t = QuantizedTensor::quantize(&CpuBackend::new(), "l", &w, layout(1, 8, BitWidth::B8, 8)).unwrap();
     assert_eq!(t.packed, vec![0, 255, 0, 2, 2, 4, 254, 7]);
 }
 
@@ -40,17 +43,17 @@ fn exact_eight_bit_bytes_and_ties_to_even() {
 fn constant_group_dequantizes_exactly() {
     for bits in BITS {
         let w = vec![0.125f32; 24];
-        let t = QuantizedTensor::quantize(&CpuBackend, "l", &w, layout(1, 24, bits, 8)).unwrap();
+        let t = QuantizedTensor::quantize(&CpuBackend::new(), "l", &w, layout(1, 24, bits, 8)).unwrap();
         assert!(t.packed.iter().all(|&b| b == 0));
         assert_eq!(t.scales, vec![0.0; 3]);
-        assert_eq!(t.dequantize(&CpuBackend).unwrap(), w);
+        assert_eq!(t.dequantize(&CpuBackend::new()).unwrap(), w);
     }
 }
 
 #[test]
 fn negative_zero_is_the_minimum_of_zeros() {
     let w = [0.0, -0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-    let t = QuantizedTensor::quantize(&CpuBackend, "l", &w, layout(1, 8, BitWidth::B4, 8)).unwrap();
+    let t = QuantizedTensor::quantize(&CpuBackend::new(), "l", &w, layout(1, 8, BitWidth::B4, 8)).unwrap();
     assert_eq!(t.zero_points[0].to_bits(), (-0.0f32).to_bits());
 }
 
@@ -59,7 +62,7 @@ fn nan_is_reported_at_its_first_index_in_the_first_bad_layer() {
     let mut w = vec![0.5f32; 300];
     w[217] = f32::NAN;
     w[250] = f32::INFINITY;
-    let err = QuantizedTensor::quantize(&CpuBackend, "blk.0", &w, layout(1, 300, BitWidth::B4, 128)).unwrap_err();
+    let err = QuantizedTensor::quantize(&CpuBackend::new(), "blk.0", &w, layout(1, 300, BitWidth::B4, 128)).unwrap_err();
     assert!(matches!(err, QuantError::NonFinite { index: 217, .. }), "{err:?}");
     assert!(err.to_string().starts_with("Layer 'blk.0' contains NaN or Inf at index 217"), "{err}");
 }
@@ -69,7 +72,7 @@ fn overflowing_range_is_rejected_with_the_layer_name() {
     let mut w = vec![0.0f32; 16];
     w[3] = 3e38;
     w[5] = -3e38;
-    let err = QuantizedTensor::quantize(&CpuBackend, "big", &w, layout(1, 16, BitWidth::B8, 8)).unwrap_err();
+    let err = QuantizedTensor::quantize(&CpuBackend::new(), "big", &w, layout(1, 16, BitWidth::B8, 8)).unwrap_err();
     assert!(matches!(err, QuantError::RangeOverflow { group: 0, .. }), "{err:?}");
     assert!(err.to_string().contains("'big'"));
 }
@@ -80,7 +83,10 @@ fn adversarial_layers_match_reference() {
     for bits in BITS {
         for (rows, row_len, gs) in [(3, 9, 8), (2, 257, 16), (5, 128, 128), (1, 1000, 136), (4, 33, 8)] {
             let l = layout(rows, row_len, bits, gs);
-            assert_matches_reference(&CpuBackend, &adversarial_layer(&mut rng, &l), l);
+            let w = adversarial_layer(&mut rng, &l);
+            for backend in BACKENDS {
+                assert_matches_reference(&backend, &w, l);
+            }
         }
     }
 }
@@ -90,7 +96,9 @@ fn a_row_longer_than_one_parallel_span_matches_reference() {
     let mut rng = Rng(7);
     let l = layout(1, 200_003, BitWidth::B4, 136);
     let w: Vec<f32> = (0..l.n_elements()).map(|_| rng.normal_ish()).collect();
-    assert_matches_reference(&CpuBackend, &w, l);
+    for backend in BACKENDS {
+        assert_matches_reference(&backend, &w, l);
+    }
 }
 
 fn finite_f32() -> impl Strategy<Value = f32> {
@@ -107,7 +115,9 @@ proptest! {
 
     #[test]
     fn cpu_matches_reference((l, w) in layout_and_weights()) {
-        assert_matches_reference(&CpuBackend, &w, l);
+        for backend in BACKENDS {
+            assert_matches_reference(&backend, &w, l);
+        }
     }
 
     #[test]
@@ -117,8 +127,8 @@ proptest! {
         bits in prop::sample::select(BITS.to_vec()),
     ) {
         let l = layout(1, w.len(), bits, gs);
-        let t = QuantizedTensor::quantize(&CpuBackend, "l", &w, l).unwrap();
-        let back = t.dequantize(&CpuBackend).unwrap();
+        let t = QuantizedTensor::quantize(&CpuBackend::new(), "l", &w, l).unwrap();
+        let back = t.dequantize(&CpuBackend::new()).unwrap();
         for g in 0..l.n_groups() {
             let (scale, lo) = (t.scales[g], t.zero_points[g]);
             for i in l.group_elements(g) {

@@ -129,7 +129,7 @@ mod tests {
 
     fn batch(values: &[f32]) -> RecordBatch {
         let layers = [Layer { name: "l".into(), weights: Cow::Borrowed(values), shape: vec![values.len()] }];
-        quantize_layers(&layers, QuantConfig::default(), &CpuBackend).unwrap()
+        quantize_layers(&layers, QuantConfig::default(), &CpuBackend::new()).unwrap()
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crate::quant::params::order_key;
 use crate::quant::GroupParams;
 
 const LANES: usize = 16;
-const MAGIC: f32 = 8_388_608.0; // 2^23
-const MAGIC_BITS: u32 = 0x4b00_0000;
+pub const MAGIC: f32 = 8_388_608.0; // 2^23
+pub const MAGIC_BITS: u32 = 0x4b00_0000;
 
 /// What a group scan found: its range, or the offset of its first non-finite value.
 pub enum Scan {
@@ -43,12 +43,18 @@ pub fn scan(values: &[f32]) -> Scan {
         hi[j] = if v > hi[j] { v } else { hi[j] };
         bad[j] |= (v.to_bits() & 0x7f80_0000) + 0x0080_0000;
     }
-    if bad.iter().fold(0, |a, &b| a | b) & 0x8000_0000 != 0 {
+    finish_scan(&lo, &hi, bad.iter().fold(0, |a, &b| a | b), values)
+}
+
+/// Folds per-lane minima, maxima and non-finite flags into the group's scan result.
+#[inline(always)]
+pub fn finish_scan(lo: &[f32], hi: &[f32], bad: u32, values: &[f32]) -> Scan {
+    if bad & 0x8000_0000 != 0 {
         return Scan::NonFinite;
     }
     let mut l = lo[0];
     let mut h = hi[0];
-    for j in 1..LANES {
+    for j in 1..lo.len() {
         l = if lo[j] < l { lo[j] } else { l };
         h = if hi[j] > h { hi[j] } else { h };
     }
@@ -81,6 +87,13 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
         }
         pack32::<B>(&q, o);
     }
+    encode_tail::<B>(rest, p, tail);
+}
+
+/// The codes after the last full 32-code chunk of a group, one at a time.
+#[inline(always)]
+pub fn encode_tail<const B: usize>(rest: &[f32], p: &GroupParams, tail: &mut [u8]) {
+    let max_code = (1u32 << B) - 1;
     tail.fill(0);
     for (i, &w) in rest.iter().enumerate() {
         tail[i * B / 8] |= (code(w, p.lo, p.inv, max_code) << ((i * B) % 8)) as u8;
@@ -131,11 +144,11 @@ pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32
 
 /// Dispatches a const-generic kernel on the runtime bit width.
 macro_rules! with_bits {
-    ($bits:expr, $f:ident ( $($arg:expr),* )) => {
+    ($bits:expr, $($f:ident)::+ ( $($arg:expr),* )) => {
         match $bits {
-            $crate::quant::BitWidth::B2 => $f::<2>($($arg),*),
-            $crate::quant::BitWidth::B4 => $f::<4>($($arg),*),
-            $crate::quant::BitWidth::B8 => $f::<8>($($arg),*),
+            $crate::quant::BitWidth::B2 => $($f)::+::<2>($($arg),*),
+            $crate::quant::BitWidth::B4 => $($f)::+::<4>($($arg),*),
+            $crate::quant::BitWidth::B8 => $($f)::+::<8>($($arg),*),
         }
     };
 }

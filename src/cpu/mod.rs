@@ -1,6 +1,8 @@
 //! The CPU backend: rayon across layers, rows and runs of groups; vectorized inner loops
 //! (`kernels`), compiled for AVX2 as well and picked at run time.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod kernels;
 
 use rayon::prelude::*;
@@ -8,28 +10,54 @@ use rayon::prelude::*;
 use crate::backend::{Backend, DequantJob, QuantJob};
 use crate::error::{QuantError, Result};
 use crate::quant::{reference, GroupLayout, GroupParams};
-use kernels::{decode, encode, scan, with_bits, Scan};
+use kernels::{decode, with_bits, Scan};
 
 /// Groups handed to one task: large enough to amortize scheduling, small enough to balance a
 /// single huge row over every core.
 const SPAN_ELEMENTS: usize = 1 << 15;
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CpuBackend;
+#[derive(Clone, Copy, Debug)]
+pub struct CpuBackend {
+    portable_only: bool,
+}
+
+impl CpuBackend {
+    /// Uses the AVX2 kernels when the running CPU has them.
+    pub const fn new() -> Self {
+        Self { portable_only: false }
+    }
+
+    /// Only the portable kernels: to test them on machines that have AVX2, and to measure
+    /// what the runtime dispatch buys.
+    pub const fn portable() -> Self {
+        Self { portable_only: true }
+    }
+
+    fn simd(&self) -> bool {
+        !self.portable_only && has_avx2()
+    }
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A group failed validation; [`first_error`] finds which and why.
 struct Invalid;
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        format!("cpu (rayon, {} threads, {})", rayon::current_num_threads(), simd_level())
+        let kernels = if self.simd() { "avx2" } else { "portable simd" };
+        format!("cpu (rayon, {} threads, {kernels})", rayon::current_num_threads())
     }
 
     fn quantize(&self, jobs: &mut [QuantJob<'_>]) -> Result<()> {
         let failed = jobs
             .par_iter_mut()
             .enumerate()
-            .filter_map(|(i, job)| quantize_job(job).is_err().then_some(i))
+            .filter_map(|(i, job)| quantize_job(job, self.simd()).is_err().then_some(i))
             .min();
         match failed {
             Some(i) => Err(first_error(&jobs[i])),
@@ -38,21 +66,13 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize(&self, jobs: &mut [DequantJob<'_>]) -> Result<()> {
-        jobs.par_iter_mut().for_each(dequantize_job);
+        jobs.par_iter_mut().for_each(|job| dequantize_job(job, self.simd()));
         Ok(())
     }
 }
 
-fn simd_level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        return "avx2";
-    }
-    "baseline simd"
-}
-
 /// Splits a job into rows, and each row into spans of whole groups, for rayon.
-fn quantize_job(job: &mut QuantJob<'_>) -> std::result::Result<(), Invalid> {
+fn quantize_job(job: &mut QuantJob<'_>, simd: bool) -> std::result::Result<(), Invalid> {
     let l = job.layout;
     if l.n_elements() == 0 {
         return Ok(());
@@ -69,34 +89,78 @@ fn quantize_job(job: &mut QuantJob<'_>) -> std::result::Result<(), Invalid> {
                 .zip(p.par_chunks_mut(span_groups * l.group_bytes()))
                 .zip(s.par_chunks_mut(span_groups))
                 .zip(z.par_chunks_mut(span_groups))
-                .try_for_each(|(((w, p), s), z)| quantize_span(w, p, s, z, &l))
+                .try_for_each(|(((w, p), s), z)| quantize_span(w, p, s, z, &l, simd))
         })
 }
 
-/// A run of consecutive groups of one row.
-fn quantize_span(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
+/// The two group kernels, in a portable and an AVX2 flavour.
+trait Kernels {
+    fn scan(values: &[f32]) -> Scan;
+    fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]);
+}
+
+struct Portable;
+
+impl Kernels for Portable {
+    #[inline(always)]
+    fn scan(values: &[f32]) -> Scan {
+        kernels::scan(values)
+    }
+    #[inline(always)]
+    fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
+        kernels::encode::<B>(values, p, out)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Kernels for Avx2 {
+    #[inline(always)]
+    fn scan(values: &[f32]) -> Scan {
+        // SAFETY: `Avx2` kernels only run inside `quantize_span_avx2`, reached after runtime
+        // detection of AVX2.
+        unsafe { avx2::scan(values) }
+    }
+    #[inline(always)]
+    fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
+        // SAFETY: as above.
+        unsafe { avx2::encode::<B>(values, p, out) }
+    }
+}
+
+fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the running CPU supports AVX2, checked just above.
+    return std::is_x86_feature_detected!("avx2");
+    #[allow(unreachable_code)]
+    false
+}
+
+/// A run of consecutive groups of one row.
+fn quantize_span(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, simd: bool) -> std::result::Result<(), Invalid> {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only true when the running CPU supports AVX2 (`has_avx2`).
         return unsafe { quantize_span_avx2(w, p, s, z, l) };
     }
-    quantize_span_generic(w, p, s, z, l)
+    quantize_groups::<Portable>(w, p, s, z, l)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn quantize_span_avx2(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
-    quantize_span_generic(w, p, s, z, l)
+    quantize_groups::<Avx2>(w, p, s, z, l)
 }
 
 #[inline(always)]
-fn quantize_span_generic(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
+fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
     let max_code = l.bit_width.max_code();
     let groups = w.chunks(l.group_size).zip(p.chunks_mut(l.group_bytes()));
     for (((values, packed), scale), zero) in groups.zip(s.iter_mut()).zip(z.iter_mut()) {
-        let Scan::Range { lo, hi } = scan(values) else { return Err(Invalid) };
+        let Scan::Range { lo, hi } = K::scan(values) else { return Err(Invalid) };
         let params = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
-        with_bits!(l.bit_width, encode(values, &params, packed));
+        with_bits!(l.bit_width, K::encode(values, &params, packed));
         *scale = params.scale;
         *zero = params.lo;
     }
@@ -112,7 +176,7 @@ fn first_error(job: &QuantJob<'_>) -> QuantError {
         .expect("a job that failed has an invalid group")
 }
 
-fn dequantize_job(job: &mut DequantJob<'_>) {
+fn dequantize_job(job: &mut DequantJob<'_>, simd: bool) {
     let l = job.layout;
     if l.n_elements() == 0 {
         return;
@@ -129,14 +193,14 @@ fn dequantize_job(job: &mut DequantJob<'_>) {
                 .zip(p.par_chunks(span_groups * l.group_bytes()))
                 .zip(s.par_chunks(span_groups))
                 .zip(z.par_chunks(span_groups))
-                .for_each(|(((o, p), s), z)| dequantize_span(o, p, s, z, &l))
+                .for_each(|(((o, p), s), z)| dequantize_span(o, p, s, z, &l, simd))
         });
 }
 
-fn dequantize_span(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
+fn dequantize_span(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout, simd: bool) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the running CPU supports AVX2, checked just above.
+    if simd {
+        // SAFETY: `simd` is only true when the running CPU supports AVX2 (`has_avx2`).
         return unsafe { dequantize_span_avx2(o, p, s, z, l) };
     }
     dequantize_span_generic(o, p, s, z, l)

@@ -1,0 +1,111 @@
+//! AVX2 versions of the hot group kernels (`scan`, `encode`), for x86-64 CPUs that have it
+//! (checked at run time by `cpu::mod`). They compute exactly what `kernels` computes, eight
+//! lanes at a time; the tests compare both against the scalar reference.
+//!
+//! The only `unsafe` here is unaligned loads and stores through pointers into slices whose
+//! length was checked by `chunks_exact`.
+
+use std::arch::x86_64::*;
+
+use super::kernels::{encode_tail, finish_scan, Scan, MAGIC, MAGIC_BITS};
+use crate::quant::GroupParams;
+
+#[target_feature(enable = "avx2")]
+#[inline]
+fn load(c: &[f32]) -> __m256 {
+    debug_assert_eq!(c.len(), 8);
+    // SAFETY: `c` holds 8 f32 (callers pass `chunks_exact(8)` pieces); loadu needs no alignment.
+    unsafe { _mm256_loadu_ps(c.as_ptr()) }
+}
+
+/// Min, max and a non-finite check in one pass (see `kernels::scan`).
+#[target_feature(enable = "avx2")]
+pub fn scan(values: &[f32]) -> Scan {
+    let mut lo = _mm256_set1_ps(f32::INFINITY);
+    let mut hi = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut bad = _mm256_setzero_si256();
+    let exp_mask = _mm256_set1_epi32(0x7f80_0000);
+    let exp_one = _mm256_set1_epi32(0x0080_0000);
+    let chunks = values.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        let v = load(c);
+        // min_ps(a, b) is `a < b ? a : b`: exact for finite values; ±0 ties are settled later.
+        lo = _mm256_min_ps(v, lo);
+        hi = _mm256_max_ps(v, hi);
+        bad = _mm256_or_si256(bad, _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(v), exp_mask), exp_one));
+    }
+    let (mut l, mut h, mut b) = ([0f32; 9], [0f32; 9], [0u32; 8]);
+    // SAFETY: each array has room for 8 lanes; storeu needs no alignment.
+    unsafe {
+        _mm256_storeu_ps(l.as_mut_ptr(), lo);
+        _mm256_storeu_ps(h.as_mut_ptr(), hi);
+        _mm256_storeu_si256(b.as_mut_ptr().cast(), bad);
+    }
+    // Fold the scalar remainder into a ninth lane.
+    let (mut tl, mut th, mut tb) = (f32::INFINITY, f32::NEG_INFINITY, 0u32);
+    for &v in rest {
+        tl = if v < tl { v } else { tl };
+        th = if v > th { v } else { th };
+        tb |= (v.to_bits() & 0x7f80_0000) + 0x0080_0000;
+    }
+    (l[8], h[8]) = (tl, th);
+    finish_scan(&l, &h, b.iter().fold(tb, |a, &x| a | x), values)
+}
+
+/// Codes of eight values: `min((v - lo) * inv + 2^23 → bits − bits(2^23), L)`.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn codes8(v: __m256, lo: __m256, inv: __m256, max_code: __m256i) -> __m256i {
+    let t = _mm256_mul_ps(_mm256_sub_ps(v, lo), inv);
+    let q = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(t, _mm256_set1_ps(MAGIC))), _mm256_set1_epi32(MAGIC_BITS as i32));
+    _mm256_min_epu32(q, max_code)
+}
+
+/// Codes of one group packed into `out`, 32 codes per step.
+#[target_feature(enable = "avx2")]
+pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
+    let lo = _mm256_set1_ps(p.lo);
+    let inv = _mm256_set1_ps(p.inv);
+    let max_code = _mm256_set1_epi32((1 << B) - 1);
+    // packus interleaves 128-bit lanes; this puts the 32 codes back in element order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let chunks = values.chunks_exact(32);
+    let rest = chunks.remainder();
+    let (full, tail) = out.split_at_mut(values.len() / 32 * 4 * B);
+    for (c, o) in chunks.zip(full.chunks_exact_mut(4 * B)) {
+        let q0 = codes8(load(&c[0..8]), lo, inv, max_code);
+        let q1 = codes8(load(&c[8..16]), lo, inv, max_code);
+        let q2 = codes8(load(&c[16..24]), lo, inv, max_code);
+        let q3 = codes8(load(&c[24..32]), lo, inv, max_code);
+        let bytes = _mm256_permutevar8x32_epi32(
+            _mm256_packus_epi16(_mm256_packus_epi32(q0, q1), _mm256_packus_epi32(q2, q3)),
+            order,
+        );
+        match B {
+            // SAFETY (all three stores): `o` holds exactly 4·B bytes, the width stored.
+            8 => unsafe { _mm256_storeu_si256(o.as_mut_ptr().cast(), bytes) },
+            4 => {
+                // Each 16-bit word holds codes 2j and 2j+1; fold the high one into bits 4..8.
+                let folded = _mm256_and_si256(_mm256_or_si256(bytes, _mm256_srli_epi16(bytes, 4)), _mm256_set1_epi16(0xff));
+                let packed = _mm256_permute4x64_epi64(_mm256_packus_epi16(folded, folded), 0b1000);
+                unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), _mm256_castsi256_si128(packed)) }
+            }
+            _ => {
+                // Each 32-bit word holds codes 4j..4j+4 in its bytes; fold them into one byte.
+                let x = bytes;
+                let folded = _mm256_and_si256(
+                    _mm256_or_si256(
+                        _mm256_or_si256(x, _mm256_srli_epi32(x, 6)),
+                        _mm256_or_si256(_mm256_srli_epi32(x, 12), _mm256_srli_epi32(x, 18)),
+                    ),
+                    _mm256_set1_epi32(0xff),
+                );
+                let words = _mm256_packus_epi16(_mm256_packus_epi32(folded, folded), _mm256_setzero_si256());
+                let packed = _mm256_permutevar8x32_epi32(words, order);
+                unsafe { _mm_storel_epi64(o.as_mut_ptr().cast(), _mm256_castsi256_si128(packed)) }
+            }
+        }
+    }
+    encode_tail::<B>(rest, p, tail);
+}
