@@ -332,6 +332,7 @@ fn device_selection() {
     // "cpu" is the CPU backend; "gpu" names the adapter.
     assert!(backend(Device::Cpu).unwrap().name().starts_with("cpu"));
     if let Some(g) = gpu() {
+        eprintln!("GPU backend: {}", g.name());
         assert!(g.name().starts_with("gpu ("), "{}", g.name());
     }
 }
