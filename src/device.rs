@@ -5,6 +5,7 @@ use std::str::FromStr;
 use crate::backend::Backend;
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
+use crate::gpu::GpuBackend;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Device {
@@ -29,12 +30,29 @@ impl FromStr for Device {
 
 static CPU: CpuBackend = CpuBackend::new();
 
-/// The backend for `device`. "cpu" never touches the GPU stack.
+/// The backend for `device`.
+///
+/// * "cpu": the CPU backend; never initializes wgpu.
+/// * "gpu": the best wgpu adapter, software adapters (lavapipe/llvmpipe) included; without any
+///   adapter, a [`QuantError::Device`] that lists what was found.
+/// * "auto": a hardware GPU when one is present, else the CPU backend. A software adapter
+///   (wgpu device type `Cpu`) is only taken when the environment variable
+///   `ARROW_QUANT_ALLOW_SOFTWARE_GPU=1` is set ([`crate::gpu::ALLOW_SOFTWARE_ENV`]); if the GPU
+///   cannot be set up, "auto" also falls back to the CPU.
+///
+/// The GPU instance, device and pipelines are created once per process and reused. Both
+/// backends produce the same bytes.
 pub fn backend(device: Device) -> Result<&'static dyn Backend> {
     match device {
-        Device::Cpu | Device::Auto => Ok(&CPU),
-        Device::Gpu => Err(QuantError::Device(
-            "device='gpu' is not available yet: this build has no GPU backend; use device='cpu' or 'auto'".into(),
-        )),
+        Device::Cpu => Ok(&CPU),
+        Device::Gpu => Ok(GpuBackend::shared()?),
+        Device::Auto => {
+            if crate::gpu::auto_wants_gpu() {
+                if let Ok(b) = GpuBackend::shared() {
+                    return Ok(b);
+                }
+            }
+            Ok(&CPU)
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod gpu;
 pub mod quant;
 
 #[cfg(feature = "python")]

@@ -1,0 +1,213 @@
+//! Instance, adapter, device and pipelines: created once per process and reused.
+//!
+//! Every failure (no loader, no driver, no adapter, a device error or a lost device) becomes
+//! [`QuantError::Device`]; wgpu's own panics during set-up are caught.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::error::{QuantError, Result};
+
+use super::shaders;
+
+/// Set to `1` to let `device="auto"` pick a software adapter (lavapipe/llvmpipe, SwiftShader:
+/// wgpu device type `Cpu`). Without it "auto" only takes a hardware GPU and otherwise uses the
+/// CPU backend, which is faster than a software rasterizer. `device="gpu"` always accepts one.
+pub const ALLOW_SOFTWARE_ENV: &str = "ARROW_QUANT_ALLOW_SOFTWARE_GPU";
+
+pub struct GpuContext {
+    pub info: wgpu::AdapterInfo,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub limits: wgpu::Limits,
+    pub timestamps: bool,
+    pub quant_layout: wgpu::BindGroupLayout,
+    pub group_pipeline: wgpu::ComputePipeline,
+    pub pack_pipeline: wgpu::ComputePipeline,
+    pub dequant_layout: wgpu::BindGroupLayout,
+    pub dequant_pipeline: wgpu::ComputePipeline,
+    /// The first uncaptured device error or the device-lost reason, if any.
+    pub failure: Arc<Mutex<Option<String>>>,
+}
+
+struct Probe {
+    instance: wgpu::Instance,
+    adapters: Vec<wgpu::Adapter>,
+}
+
+static PROBE: OnceLock<std::result::Result<Probe, String>> = OnceLock::new();
+static CONTEXT: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
+}
+
+fn probe() -> std::result::Result<&'static Probe, String> {
+    PROBE
+        .get_or_init(|| {
+            catch_unwind(|| {
+                let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+                let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+                Probe { instance, adapters }
+            })
+            .map_err(|p| format!("initializing wgpu failed: {}", panic_message(p)))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn describe(info: &wgpu::AdapterInfo) -> String {
+    format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type)
+}
+
+fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
+}
+
+/// Higher is better: hardware before software, discrete before integrated, native APIs
+/// before GL.
+fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let ty = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 4,
+        wgpu::DeviceType::IntegratedGpu => 3,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 1,
+        wgpu::DeviceType::Cpu => 0,
+    };
+    let api = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 2,
+        wgpu::Backend::Gl => 1,
+        _ => 0,
+    };
+    (ty, api)
+}
+
+/// The adapters wgpu found, for messages.
+pub fn found_adapters() -> String {
+    match probe() {
+        Err(e) => e,
+        Ok(p) if p.adapters.is_empty() => "none".into(),
+        Ok(p) => p.adapters.iter().map(|a| describe(&a.get_info())).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// True when "auto" should use the GPU: a hardware adapter exists, or a software one and the
+/// environment allows it. Only enumerates adapters (no device is created when it says no).
+pub fn auto_wants_gpu() -> bool {
+    let allow_sw = std::env::var(ALLOW_SOFTWARE_ENV).is_ok_and(|v| v == "1");
+    probe().is_ok_and(|p| p.adapters.iter().any(|a| allow_sw || !is_software(&a.get_info())))
+}
+
+/// The shared context, created on first use.
+pub fn context() -> Result<&'static GpuContext> {
+    CONTEXT
+        .get_or_init(|| {
+            let p = probe()?;
+            let adapter = p
+                .adapters
+                .iter()
+                .max_by_key(|a| rank(&a.get_info()))
+                .ok_or_else(|| "device='gpu': no GPU adapter found (wgpu found no Vulkan, Metal, DX12 or GL adapter; install a GPU driver, or mesa-vulkan-drivers for the software adapter lavapipe)".to_string())?;
+            let _ = &p.instance;
+            catch_unwind(AssertUnwindSafe(|| create(adapter)))
+                .map_err(|e| format!("creating the GPU device failed: {}", panic_message(e)))?
+        })
+        .as_ref()
+        .map_err(|e| QuantError::Device(format!("{e} (adapters found: {})", found_adapters())))
+}
+
+fn create(adapter: &wgpu::Adapter) -> std::result::Result<GpuContext, String> {
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    let required_features = if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        label: Some("arrow_quant_v2"),
+        required_features,
+        required_limits: limits.clone(),
+        experimental_features: wgpu::ExperimentalFeatures::disabled(),
+        memory_hints: wgpu::MemoryHints::Performance,
+        trace: wgpu::Trace::Off,
+    }))
+    .map_err(|e| format!("requesting a device from {} failed: {e}", describe(&info)))?;
+
+    let failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let f = failure.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| format!("GPU error: {e}"));
+    }));
+    let f = failure.clone();
+    device.set_device_lost_callback(move |reason, msg| {
+        let mut slot = f.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| format!("GPU device lost ({reason:?}): {msg}"));
+    });
+
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
+        count: None,
+    };
+    let uniform = wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Uniform, has_dynamic_offset: false, min_binding_size: None },
+        count: None,
+    };
+    let quant_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("quantize"),
+        entries: &[uniform, storage(1, true), storage(2, true), storage(3, false), storage(4, false), storage(5, false), storage(6, false), storage(7, false)],
+    });
+    let dequant_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("dequantize"),
+        entries: &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, true), storage(5, false)],
+    });
+    let pipeline = |layout: &wgpu::BindGroupLayout, src: &str, entry: &str| {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(entry), source: wgpu::ShaderSource::Wgsl(src.into()) });
+        let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(entry), bind_group_layouts: &[Some(layout)], immediate_size: 0 });
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    };
+    let qsrc = shaders::quantize_source();
+    let group_pipeline = pipeline(&quant_layout, &qsrc, "group_pass");
+    let pack_pipeline = pipeline(&quant_layout, &qsrc, "pack_pass");
+    let dequant_pipeline = pipeline(&dequant_layout, &shaders::dequantize_source(), "dequant_pass");
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(format!("building the GPU pipelines on {} failed: {e}", describe(&info)));
+    }
+    Ok(GpuContext { info, device, queue, limits, timestamps, quant_layout, group_pipeline, pack_pipeline, dequant_layout, dequant_pipeline, failure })
+}
+
+impl GpuContext {
+    pub fn describe(&self) -> String {
+        describe(&self.info)
+    }
+
+    pub fn is_software(&self) -> bool {
+        is_software(&self.info)
+    }
+
+    /// The first device error recorded so far, as a `QuantError`.
+    pub fn check(&self) -> Result<()> {
+        match self.failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(e) => Err(QuantError::Device(format!("{e} (adapter {})", self.describe()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for a submission; a device error or a failed wait becomes `QuantError::Device`.
+    pub fn wait(&self, index: wgpu::SubmissionIndex) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
+            .map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e} (adapter {})", self.describe())))?;
+        self.check()
+    }
+}

@@ -1,0 +1,171 @@
+//! The GPU backend (wgpu + WGSL), byte-identical to [`crate::quant::reference`] on every driver.
+//!
+//! * `context`: instance/adapter/device/pipelines, once per process; adapter choice and the
+//!   `ARROW_QUANT_ALLOW_SOFTWARE_GPU` switch for `device="auto"`.
+//! * `plan`: layers → chunks of pieces (whole groups; many small layers per dispatch).
+//! * `staging`: fixed double-buffered device buffers, submit / wait / map.
+//! * `quantize`, `dequantize`: the passes.
+//! * `softfloat`: the integer division and the FTZ-proof math, in Rust, mirrored in
+//!   `shaders/common.wgsl` and tested against native `f32`.
+//!
+//! Jobs the kernels do not take (a group bigger than a chunk, rows over 2^30 elements,
+//! dequantize parameters outside the proven-exact range) run on the CPU backend.
+
+mod context;
+mod dequantize;
+mod plan;
+mod quantize;
+mod shaders;
+pub mod softfloat;
+mod staging;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, OnceLock};
+
+use crate::backend::{Backend, DequantJob, QuantJob};
+use crate::cpu::CpuBackend;
+use crate::error::{QuantError, Result};
+use crate::quant::reference;
+
+pub use context::{auto_wants_gpu, found_adapters, ALLOW_SOFTWARE_ENV};
+use plan::Caps;
+
+pub struct GpuBackend {
+    ctx: &'static context::GpuContext,
+    caps: Caps,
+    quant: Mutex<Option<[quantize::QuantSet; 2]>>,
+    dequant: Mutex<Option<[dequantize::DequantSet; 2]>>,
+}
+
+static SHARED: OnceLock<std::result::Result<GpuBackend, String>> = OnceLock::new();
+
+impl GpuBackend {
+    /// The process-wide GPU backend on the best adapter (software adapters included), created
+    /// on first use.
+    pub fn shared() -> Result<&'static GpuBackend> {
+        if let Some(b) = SHARED.get() {
+            return b.as_ref().map_err(|e| QuantError::Device(e.clone()));
+        }
+        let ctx = context::context()?;
+        SHARED
+            .get_or_init(|| Ok(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None) }))
+            .as_ref()
+            .map_err(|e| QuantError::Device(e.clone()))
+    }
+
+    /// Adapter name, backend API and device type.
+    pub fn adapter(&self) -> String {
+        self.ctx.describe()
+    }
+
+    pub fn is_software(&self) -> bool {
+        self.ctx.is_software()
+    }
+
+    /// Whether kernel timestamps are available (`Features::TIMESTAMP_QUERY`).
+    pub fn has_timestamps(&self) -> bool {
+        self.ctx.timestamps
+    }
+
+    /// [`Backend::quantize`], also returning the summed kernel time in seconds when timestamps
+    /// are supported.
+    pub fn quantize_timed(&self, jobs: &mut [QuantJob<'_>]) -> Result<Option<f64>> {
+        let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len()).filter(|&i| jobs[i].layout.n_elements() > 0).partition(|&i| plan::fits(&jobs[i].layout, &self.caps));
+        let mut failed = Vec::new();
+        for &i in &cpu {
+            if CpuBackend.quantize(std::slice::from_mut(&mut jobs[i])).is_err() {
+                failed.push(i);
+            }
+        }
+        let mut kernel = None;
+        if !gpu.is_empty() {
+            let layouts: Vec<_> = gpu.iter().map(|&i| (i, jobs[i].layout)).collect();
+            let chunks = plan::plan(&layouts, &self.caps);
+            let mut guard = self.quant.lock().unwrap_or_else(|p| p.into_inner());
+            let sets = guard.get_or_insert_with(|| [0, 1].map(|_| quantize::QuantSet::new(self.ctx, &self.caps)));
+            let r = guarded(|| quantize::run(self.ctx, sets, &self.caps, jobs, &chunks, true));
+            match r {
+                Ok((f, k)) => {
+                    failed.extend(f);
+                    kernel = k;
+                }
+                Err(e) => {
+                    *guard = None; // buffers may still be mapped or in use: rebuild next time
+                    return Err(e);
+                }
+            }
+        }
+        match failed.into_iter().min() {
+            Some(i) => Err(first_error(&jobs[i])),
+            None => Ok(kernel),
+        }
+    }
+
+    /// [`Backend::dequantize`] with the kernel time, as [`Self::quantize_timed`].
+    pub fn dequantize_timed(&self, jobs: &mut [DequantJob<'_>]) -> Result<Option<f64>> {
+        let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len())
+            .filter(|&i| jobs[i].layout.n_elements() > 0)
+            .partition(|&i| plan::fits(&jobs[i].layout, &self.caps) && dequantize::params_ok(jobs[i].scales, jobs[i].zero_points));
+        for &i in &cpu {
+            CpuBackend.dequantize(std::slice::from_mut(&mut jobs[i]))?;
+        }
+        if gpu.is_empty() {
+            return Ok(None);
+        }
+        let layouts: Vec<_> = gpu.iter().map(|&i| (i, jobs[i].layout)).collect();
+        let chunks = plan::plan(&layouts, &self.caps);
+        let mut guard = self.dequant.lock().unwrap_or_else(|p| p.into_inner());
+        let sets = guard.get_or_insert_with(|| [0, 1].map(|_| dequantize::DequantSet::new(self.ctx, &self.caps)));
+        let r = guarded(|| dequantize::run(self.ctx, sets, &self.caps, jobs, &chunks, true));
+        if r.is_err() {
+            *guard = None;
+        }
+        r
+    }
+
+    /// A plain host → device copy of `bytes` (write_buffer, submit, wait): the transfer
+    /// baseline for the benchmark. Returns seconds.
+    pub fn copy_baseline(&self, bytes: &[u8]) -> Result<f64> {
+        let chunk = self.caps.elems * 4;
+        let buf = staging::buffer(self.ctx, "copy baseline", chunk as u64, staging::STORAGE);
+        let t = std::time::Instant::now();
+        for c in bytes.chunks(chunk) {
+            let n = c.len() / 4 * 4;
+            self.ctx.queue.write_buffer(&buf, 0, &c[..n]);
+            let idx = self.ctx.queue.submit([]);
+            self.ctx.wait(idx)?;
+        }
+        Ok(t.elapsed().as_secs_f64())
+    }
+}
+
+/// Runs `f`, turning a wgpu panic into `QuantError::Device`.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        Err(QuantError::Device(format!("the GPU backend failed: {msg}")))
+    })
+}
+
+/// The error the CPU path reports for a failed layer: its first offending group, found by the
+/// reference's own checks.
+fn first_error(job: &QuantJob<'_>) -> QuantError {
+    let l = &job.layout;
+    (0..l.n_groups())
+        .find_map(|g| reference::checked_group_params(job.name, l, g, &job.weights[l.group_elements(g)]).err())
+        .unwrap_or_else(|| QuantError::Device(format!("the GPU flagged layer '{}' as invalid but the CPU check found no invalid group", job.name)))
+}
+
+impl Backend for GpuBackend {
+    fn name(&self) -> String {
+        format!("gpu ({})", self.ctx.describe())
+    }
+
+    fn quantize(&self, jobs: &mut [QuantJob<'_>]) -> Result<()> {
+        self.quantize_timed(jobs).map(|_| ())
+    }
+
+    fn dequantize(&self, jobs: &mut [DequantJob<'_>]) -> Result<()> {
+        self.dequantize_timed(jobs).map(|_| ())
+    }
+}

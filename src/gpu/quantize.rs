@@ -1,0 +1,143 @@
+//! Quantize on the GPU: per chunk, pass 1 (`group_pass`, one invocation per group) then pass 2
+//! (`pack_pass`, one invocation per output u32 word), in one compute pass.
+
+use std::collections::VecDeque;
+
+use crate::backend::QuantJob;
+use crate::error::Result;
+
+use super::context::GpuContext;
+use super::plan::{Caps, Chunk, Seg, Uniforms, PARAMS_BYTES};
+use super::staging::{self, buffer, InFlight, Timer, READBACK, STORAGE, UNIFORM_STRIDE};
+
+pub struct QuantSet {
+    uniform: wgpu::Buffer,
+    segs: wgpu::Buffer,
+    input: wgpu::Buffer,
+    errs: wgpu::Buffer,
+    words: wgpu::Buffer,
+    scales: wgpu::Buffer,
+    zero_points: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    bind: [wgpu::BindGroup; 2],
+    timer: Option<Timer>,
+}
+
+/// Offsets in the staging buffer: packed words, scales, zero points, error flags, timestamps.
+struct Layout {
+    scales: u64,
+    zero_points: u64,
+    errs: u64,
+    time: u64,
+    len: u64,
+}
+
+fn layout(caps: &Caps) -> Layout {
+    let scales = caps.words as u64 * 4;
+    let zero_points = scales + caps.groups as u64 * 4;
+    let errs = zero_points + caps.groups as u64 * 4;
+    let time = errs + caps.segs as u64 * 4;
+    Layout { scales, zero_points, errs, time, len: time + 16 }
+}
+
+impl QuantSet {
+    pub fn new(ctx: &GpuContext, caps: &Caps) -> Self {
+        let uniform = buffer(ctx, "uniforms", 2 * UNIFORM_STRIDE, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+        let segs = buffer(ctx, "segments", caps.segs as u64 * 48, STORAGE);
+        let input = buffer(ctx, "weights", caps.elems as u64 * 4, STORAGE);
+        let params = buffer(ctx, "params", caps.groups as u64 * PARAMS_BYTES, STORAGE);
+        let words = buffer(ctx, "packed", caps.words as u64 * 4, STORAGE);
+        let scales = buffer(ctx, "scales", caps.groups as u64 * 4, STORAGE);
+        let zero_points = buffer(ctx, "zero points", caps.groups as u64 * 4, STORAGE);
+        let errs = buffer(ctx, "errors", caps.segs as u64 * 4, STORAGE);
+        let staging = buffer(ctx, "read-back", layout(caps).len, READBACK);
+        let bind = [0, 1].map(|i| {
+            let u = wgpu::BufferBinding { buffer: &uniform, offset: i * UNIFORM_STRIDE, size: wgpu::BufferSize::new(16) };
+            let entries: Vec<wgpu::BindGroupEntry> = [&segs, &input, &params, &words, &scales, &zero_points, &errs]
+                .iter()
+                .enumerate()
+                .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32 + 1, resource: buf.as_entire_binding() })
+                .chain([wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(u) }])
+                .collect();
+            ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("quantize"), layout: &ctx.quant_layout, entries: &entries })
+        });
+        Self { uniform, segs, input, errs, words, scales, zero_points, staging, bind, timer: Timer::new(ctx) }
+    }
+}
+
+/// Runs every job of `chunks` (built from `jobs`). Returns the jobs with an invalid group
+/// (NaN/Inf or overflowing range) and the summed kernel time when `timed` and supported.
+pub fn run(ctx: &GpuContext, sets: &[QuantSet; 2], caps: &Caps, jobs: &mut [QuantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<(Vec<usize>, Option<f64>)> {
+    let lay = layout(caps);
+    let mut failed = Vec::new();
+    let mut kernel = (timed && ctx.timestamps).then_some(0.0);
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
+    let finish = |f: InFlight, jobs: &mut [QuantJob<'_>], failed: &mut Vec<usize>, kernel: &mut Option<f64>| -> Result<()> {
+        staging::wait_mapped(ctx, &f)?;
+        let set = &sets[f.set];
+        {
+            let view = set.staging.slice(..lay.len).get_mapped_range().map_err(|e| crate::error::QuantError::Device(format!("mapping the read-back buffer failed: {e}")))?;
+            for (i, p) in chunks[f.chunk].pieces.iter().enumerate() {
+                let job = &mut jobs[p.job];
+                let s = &p.seg;
+                let w = s.word_start as usize * 4;
+                job.packed[p.bytes.clone()].copy_from_slice(&view[w..w + p.bytes.len()]);
+                let (g, n) = (s.group_start as usize * 4, p.groups.len() * 4);
+                let sc = lay.scales as usize + g;
+                bytemuck::cast_slice_mut::<f32, u8>(&mut job.scales[p.groups.clone()]).copy_from_slice(&view[sc..sc + n]);
+                let zp = lay.zero_points as usize + g;
+                bytemuck::cast_slice_mut::<f32, u8>(&mut job.zero_points[p.groups.clone()]).copy_from_slice(&view[zp..zp + n]);
+                let e = lay.errs as usize + i * 4;
+                if view[e..e + 4] != [0; 4] {
+                    failed.push(p.job);
+                }
+            }
+            if let Some(k) = kernel.as_mut() {
+                *k += Timer::seconds(ctx, &view[lay.time as usize..lay.time as usize + 16]);
+            }
+        }
+        set.staging.unmap();
+        Ok(())
+    };
+    for (ci, chunk) in chunks.iter().enumerate() {
+        let si = ci % 2;
+        if inflight.len() == 2 {
+            finish(inflight.pop_front().expect("two in flight"), jobs, &mut failed, &mut kernel)?;
+        }
+        let set = &sets[si];
+        let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
+        let n_segs = segs.len() as u32;
+        let q = &ctx.queue;
+        q.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs, n_units: chunk.n_groups as u32, zero_mask: 0, pad: 0 }));
+        q.write_buffer(&set.uniform, UNIFORM_STRIDE, bytemuck::bytes_of(&Uniforms { n_segs, n_units: chunk.n_words as u32, zero_mask: 0, pad: 0 }));
+        q.write_buffer(&set.segs, 0, bytemuck::cast_slice(&segs));
+        for p in &chunk.pieces {
+            q.write_buffer(&set.input, p.seg.elem_start as u64 * 4, bytemuck::cast_slice(&jobs[p.job].weights[p.elems.clone()]));
+        }
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("quantize") });
+        enc.clear_buffer(&set.errs, 0, Some(n_segs as u64 * 4));
+        {
+            let timer = set.timer.as_ref().filter(|_| kernel.is_some());
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("quantize"), timestamp_writes: timer.map(Timer::writes) });
+            pass.set_pipeline(&ctx.group_pipeline);
+            pass.set_bind_group(0, &set.bind[0], &[]);
+            staging::dispatch(ctx, &mut pass, chunk.n_groups);
+            pass.set_pipeline(&ctx.pack_pipeline);
+            pass.set_bind_group(0, &set.bind[1], &[]);
+            staging::dispatch(ctx, &mut pass, chunk.n_words);
+        }
+        let (ng, nw) = (chunk.n_groups as u64 * 4, chunk.n_words as u64 * 4);
+        enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, nw);
+        enc.copy_buffer_to_buffer(&set.scales, 0, &set.staging, lay.scales, ng);
+        enc.copy_buffer_to_buffer(&set.zero_points, 0, &set.staging, lay.zero_points, ng);
+        enc.copy_buffer_to_buffer(&set.errs, 0, &set.staging, lay.errs, n_segs as u64 * 4);
+        if let (Some(t), Some(_)) = (&set.timer, kernel) {
+            t.resolve(&mut enc, &set.staging, lay.time);
+        }
+        inflight.push_back(staging::submit(ctx, enc, &set.staging, lay.len, si, ci));
+    }
+    while let Some(f) = inflight.pop_front() {
+        finish(f, jobs, &mut failed, &mut kernel)?;
+    }
+    Ok((failed, kernel))
+}

@@ -1,0 +1,104 @@
+//! Buffers and the submit/wait/read-back cycle shared by both directions.
+//!
+//! Memory is bounded: each direction owns two fixed sets of buffers (sized by [`Caps`]), used in
+//! turn, so chunk k+1 is uploaded and queued while chunk k runs, and chunk k is read back
+//! (mapped and copied straight into the jobs' output slices) while chunk k+1 runs.
+
+use std::sync::mpsc;
+
+use crate::error::{QuantError, Result};
+
+use super::context::GpuContext;
+use super::plan::Caps;
+
+/// Uniform blocks for two dispatches live at offsets 0 and 256 of one buffer.
+pub const UNIFORM_STRIDE: u64 = 256;
+
+pub fn caps(ctx: &GpuContext) -> Caps {
+    let binding = (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size);
+    // 4 Mi elements (16 MiB of f32) per chunk: big enough to keep a GPU busy, small enough
+    // for two sets plus staging to stay well under 200 MiB of device memory.
+    let elems = (binding / 4).min(4 << 20) as usize;
+    let groups = (binding / super::plan::PARAMS_BYTES).min(elems as u64 / 4) as usize;
+    let segs = 4096usize.min((binding / 48) as usize);
+    let words = (elems / 4 + segs).min((binding / 4) as usize);
+    Caps { elems, groups, words, segs }
+}
+
+pub fn buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: size.max(4), usage, mapped_at_creation: false })
+}
+
+pub const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE.union(wgpu::BufferUsages::COPY_DST).union(wgpu::BufferUsages::COPY_SRC);
+pub const READBACK: wgpu::BufferUsages = wgpu::BufferUsages::MAP_READ.union(wgpu::BufferUsages::COPY_DST);
+
+/// Kernel timestamps of one set (when the adapter supports them).
+pub struct Timer {
+    pub queries: wgpu::QuerySet,
+    pub resolve: wgpu::Buffer,
+}
+
+impl Timer {
+    pub fn new(ctx: &GpuContext) -> Option<Self> {
+        ctx.timestamps.then(|| Timer {
+            queries: ctx.device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("kernel time"), ty: wgpu::QueryType::Timestamp, count: 2 }),
+            resolve: buffer(ctx, "timestamps", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+        })
+    }
+
+    pub fn writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites { query_set: &self.queries, beginning_of_pass_write_index: Some(0), end_of_pass_write_index: Some(1) }
+    }
+
+    /// Resolves the two timestamps into `staging` at `offset` (16 bytes).
+    pub fn resolve(&self, enc: &mut wgpu::CommandEncoder, staging: &wgpu::Buffer, offset: u64) {
+        enc.resolve_query_set(&self.queries, 0..2, &self.resolve, 0);
+        enc.copy_buffer_to_buffer(&self.resolve, 0, staging, offset, 16);
+    }
+
+    pub fn seconds(ctx: &GpuContext, bytes: &[u8]) -> f64 {
+        let t0 = u64::from_le_bytes(bytes[0..8].try_into().unwrap_or_default());
+        let t1 = u64::from_le_bytes(bytes[8..16].try_into().unwrap_or_default());
+        t1.saturating_sub(t0) as f64 * ctx.queue.get_timestamp_period() as f64 * 1e-9
+    }
+}
+
+/// A submitted chunk whose staging buffer is being mapped.
+pub struct InFlight {
+    pub set: usize,
+    pub chunk: usize,
+    pub index: wgpu::SubmissionIndex,
+    pub mapped: mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+/// Submits `enc` and asks for `staging[..len]` to be mapped once it has run.
+pub fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder, staging: &wgpu::Buffer, len: u64, set: usize, chunk: usize) -> InFlight {
+    let index = ctx.queue.submit([enc.finish()]);
+    let (tx, mapped) = mpsc::channel();
+    staging.slice(..len).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    InFlight { set, chunk, index, mapped }
+}
+
+/// Waits for `f` to finish and for its staging buffer to be mapped.
+pub fn wait_mapped(ctx: &GpuContext, f: &InFlight) -> Result<()> {
+    ctx.wait(f.index.clone())?;
+    let r = match f.mapped.try_recv() {
+        Ok(r) => r,
+        Err(_) => {
+            ctx.device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e}")))?;
+            f.mapped.recv().map_err(|_| QuantError::Device("the GPU read-back was dropped".into()))?
+        }
+    };
+    r.map_err(|e| QuantError::Device(format!("reading back from the GPU failed: {e} (adapter {})", ctx.describe())))?;
+    ctx.check()
+}
+
+/// `dispatch_workgroups` for `n` invocations of 256 (2-D past the per-dimension limit).
+pub fn dispatch(ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, n: usize) {
+    let (x, y) = super::plan::dispatch_dims(n, ctx.limits.max_compute_workgroups_per_dimension);
+    pass.dispatch_workgroups(x, y, 1);
+}

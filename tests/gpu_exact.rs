@@ -1,0 +1,338 @@
+//! The GPU backend against the reference and the CPU backend, bit for bit. Runs on whatever
+//! adapter wgpu finds (lavapipe in CI). Without an adapter these tests fail, unless
+//! `ARROW_QUANT_SKIP_GPU_TESTS=1` is set.
+
+use arrow_quant_v2::backend::{Backend, DequantJob, QuantJob};
+use arrow_quant_v2::cpu::CpuBackend;
+use arrow_quant_v2::device::{backend, Device};
+use arrow_quant_v2::quant::reference;
+use arrow_quant_v2::{BitWidth, GroupLayout, QuantConfig};
+
+fn gpu() -> Option<&'static dyn Backend> {
+    match backend(Device::Gpu) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("no GPU adapter for the GPU tests ({e}); set ARROW_QUANT_SKIP_GPU_TESTS=1 to skip"),
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    fn normalish(&mut self) -> f32 {
+        (self.unit() - 0.5) * 4.0 * self.unit()
+    }
+    /// Any finite value with |x| < 2^126: every exponent, subnormals, signed zeros.
+    fn any_bits(&mut self) -> f32 {
+        loop {
+            let b = self.next() as u32;
+            if (b >> 23) & 0xff < 253 {
+                return f32::from_bits(b);
+            }
+        }
+    }
+}
+
+fn layout(rows: usize, row_len: usize, bits: BitWidth, gs: i64) -> GroupLayout {
+    GroupLayout::new(rows, row_len, QuantConfig::new(bits, gs).unwrap())
+}
+
+struct Out {
+    packed: Vec<u8>,
+    scales: Vec<f32>,
+    zps: Vec<f32>,
+}
+
+fn quantize_all(b: &dyn Backend, layers: &[(Vec<f32>, GroupLayout)]) -> arrow_quant_v2::Result<Vec<Out>> {
+    let mut outs: Vec<Out> = layers
+        .iter()
+        .map(|(_, l)| Out { packed: vec![0xAA; l.packed_len()], scales: vec![f32::NAN; l.n_groups()], zps: vec![f32::NAN; l.n_groups()] })
+        .collect();
+    let names: Vec<String> = (0..layers.len()).map(|i| format!("layer{i}")).collect();
+    let mut jobs: Vec<QuantJob> = layers
+        .iter()
+        .zip(outs.iter_mut())
+        .zip(&names)
+        .map(|(((w, l), o), name)| QuantJob { name, weights: w, layout: *l, packed: &mut o.packed, scales: &mut o.scales, zero_points: &mut o.zps })
+        .collect();
+    b.quantize(&mut jobs)?;
+    drop(jobs);
+    Ok(outs)
+}
+
+fn dequantize_all(b: &dyn Backend, layers: &[(Vec<f32>, GroupLayout)], outs: &[Out]) -> Vec<Vec<f32>> {
+    let mut res: Vec<Vec<f32>> = layers.iter().map(|(_, l)| vec![f32::NAN; l.n_elements()]).collect();
+    let mut jobs: Vec<DequantJob> = layers
+        .iter()
+        .zip(outs)
+        .zip(res.iter_mut())
+        .map(|(((_, l), o), out)| DequantJob { name: "", layout: *l, packed: &o.packed, scales: &o.scales, zero_points: &o.zps, out })
+        .collect();
+    b.dequantize(&mut jobs).unwrap();
+    drop(jobs);
+    res
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Quantizes and dequantizes `layers` in one call each and compares with the reference and
+/// the CPU backend bit for bit.
+fn check(layers: &[(Vec<f32>, GroupLayout)]) {
+    let Some(g) = gpu() else { return };
+    let got = quantize_all(g, layers).unwrap();
+    let cpu = quantize_all(&CpuBackend, layers).unwrap();
+    for (i, ((w, l), o)) in layers.iter().zip(&got).enumerate() {
+        let mut packed = vec![0u8; l.packed_len()];
+        let mut scales = vec![0f32; l.n_groups()];
+        let mut zps = vec![0f32; l.n_groups()];
+        reference::quantize_layer("x", w, l, &mut packed, &mut scales, &mut zps).unwrap();
+        if o.packed != packed {
+            let at = o.packed.iter().zip(&packed).position(|(a, b)| a != b).unwrap();
+            panic!("layer {i} {l:?}: packed byte {at} differs: gpu {:#x} ref {:#x}", o.packed[at], packed[at]);
+        }
+        assert_eq!(bits(&o.scales), bits(&scales), "layer {i} {l:?}: scales");
+        assert_eq!(bits(&o.zps), bits(&zps), "layer {i} {l:?}: zero points");
+        assert_eq!(cpu[i].packed, packed, "cpu backend, layer {i}");
+    }
+    let deq = dequantize_all(g, layers, &got);
+    for (i, ((_, l), o)) in layers.iter().zip(&got).enumerate() {
+        let mut want = vec![0f32; l.n_elements()];
+        reference::dequantize_layer(l, &o.packed, &o.scales, &o.zps, &mut want);
+        let (a, b) = (bits(&deq[i]), bits(&want));
+        if a != b {
+            let at = a.iter().zip(&b).position(|(x, y)| x != y).unwrap();
+            panic!("layer {i} {l:?}: dequantized element {at}: gpu {:e} ref {:e}", deq[i][at], want[at]);
+        }
+    }
+}
+
+const ALL_BITS: [BitWidth; 3] = [BitWidth::B2, BitWidth::B4, BitWidth::B8];
+
+#[test]
+fn random_layers_all_widths_and_group_sizes() {
+    let mut r = Rng(0x9e3779b97f4a7c15);
+    let mut layers = Vec::new();
+    for bits in ALL_BITS {
+        for gs in [8i64, 16, 128, 136] {
+            let g = gs as usize;
+            for (rows, row_len) in [(1, 5 * g), (1, 3 * g + 1), (7, 2 * g + 1), (5, g / 2 + 3), (3, 1), (1, 1000)] {
+                let w = (0..rows * row_len).map(|_| r.normalish()).collect();
+                layers.push((w, layout(rows, row_len, bits, gs)));
+            }
+        }
+    }
+    check(&layers);
+}
+
+#[test]
+fn random_bit_patterns_every_exponent() {
+    let mut r = Rng(12345);
+    let mut layers = Vec::new();
+    for bits in ALL_BITS {
+        for gs in [8i64, 16, 136] {
+            let n = 4000;
+            let w = (0..n).map(|_| r.any_bits()).collect();
+            layers.push((w, layout(1, n, bits, gs)));
+            // Groups whose values share an exponent band, so ranges are not dominated by one
+            // huge element.
+            let w = (0..n)
+                .map(|i| {
+                    let band = (i / gs as usize) as u32 % 250;
+                    f32::from_bits((band << 23) | (r.next() as u32 & 0x807f_ffff))
+                })
+                .collect();
+            layers.push((w, layout(1, n, bits, gs)));
+        }
+    }
+    check(&layers);
+}
+
+#[test]
+fn rounding_ties_and_neighbours() {
+    let mut r = Rng(777);
+    let mut layers = Vec::new();
+    for bits in ALL_BITS {
+        let l = bits.max_code();
+        for trial in 0..40 {
+            // A group with ends lo and hi, filled with values whose t = (w − lo)·inv lands on
+            // k + 0.5 in f32 arithmetic, and the floats next to them.
+            let (lo, hi) = if trial == 0 { (0.0f32, l as f32) } else { let a = r.normalish() * 10f32.powi(trial % 7 - 3); (a, a + r.unit() * 10f32.powi(trial % 5 - 2) + 1e-6) };
+            let p = arrow_quant_v2::quant::GroupParams::from_range(lo, hi, l).unwrap();
+            let mut w = vec![lo, hi];
+            for k in 0..l.min(40) {
+                let target = ((k as f64 + 0.5) / p.inv as f64 + lo as f64) as f32;
+                let mut x = target;
+                for _ in 0..4 {
+                    x = f32::from_bits(x.to_bits() - 1);
+                }
+                for _ in 0..9 {
+                    if x >= lo && x <= hi {
+                        w.push(x);
+                    }
+                    x = f32::from_bits(x.to_bits() + 1);
+                }
+            }
+            // Exact ties when inv = 1: integers + 0.5.
+            if trial == 0 {
+                w.extend((0..l).map(|k| k as f32 + 0.5));
+            }
+            // One group per layer: group size = padded length.
+            let gs = w.len().div_ceil(8) * 8;
+            while w.len() < gs {
+                w.push(lo);
+            }
+            layers.push((w, layout(1, gs, bits, gs as i64)));
+        }
+    }
+    check(&layers);
+}
+
+#[test]
+fn subnormals_tiny_values_and_signed_zeros() {
+    let mut r = Rng(4242);
+    let sub = |r: &mut Rng| f32::from_bits((r.next() as u32 & 0x807f_ffff) | 0);
+    let tiny = |r: &mut Rng| f32::from_bits(((r.next() as u32 % 60 + 1) << 23) | (r.next() as u32 & 0x807f_ffff));
+    let mut layers = Vec::new();
+    for bits in ALL_BITS {
+        let n = 16 * 64;
+        let mk = |f: &mut dyn FnMut(usize) -> f32| (0..n).map(|i| f(i)).collect::<Vec<f32>>();
+        layers.push((mk(&mut |_| sub(&mut r)), layout(1, n, bits, 16)));
+        layers.push((mk(&mut |i| if i % 3 == 0 { sub(&mut r) } else { tiny(&mut r) }), layout(1, n, bits, 16)));
+        layers.push((mk(&mut |i| [0.0, -0.0, 1e-45, -1e-45, f32::MIN_POSITIVE, -f32::MIN_POSITIVE][i % 6]), layout(1, n, bits, 8)));
+        layers.push((mk(&mut |i| if i % 2 == 0 { -0.0 } else { 0.0 }), layout(1, n, bits, 8)));
+        layers.push((mk(&mut |i| if i % 16 == 0 { 1.0 } else { sub(&mut r) }), layout(1, n, bits, 16)));
+        layers.push((mk(&mut |i| if i % 16 == 0 { 2f32.powi(-61) } else { tiny(&mut r) }), layout(1, n, bits, 16)));
+        // A tiny lo with a big hi (inv subnormal for 2-bit when the range is huge).
+        layers.push((mk(&mut |i| if i % 8 == 0 { 3.0e38 } else { sub(&mut r) }), layout(1, n, bits, 8)));
+    }
+    check(&layers);
+}
+
+#[test]
+fn huge_ranges_just_below_overflow() {
+    let mut r = Rng(99);
+    let mut layers = Vec::new();
+    let max = f32::MAX;
+    for bits in ALL_BITS {
+        let n = 8 * 50;
+        let w: Vec<f32> = (0..n)
+            .map(|i| match i % 8 {
+                0 => -max / 2.0,
+                1 => max / 2.0,
+                _ => (r.unit() - 0.5) * max,
+            })
+            .collect();
+        layers.push((w, layout(1, n, bits, 8)));
+        let w: Vec<f32> = (0..n).map(|i| if i % 8 == 0 { 0.0 } else { r.unit() * max }).collect();
+        layers.push((w, layout(1, n, bits, 8)));
+        let w: Vec<f32> = (0..n).map(|i| if i % 8 == 0 { -max } else { -max + r.unit() * max }).collect();
+        layers.push((w, layout(1, n, bits, 8)));
+        let w: Vec<f32> = (0..n).map(|i| if i % 8 == 0 { max } else { f32::from_bits(max.to_bits() - (r.next() % 1000) as u32) }).collect();
+        layers.push((w, layout(1, n, bits, 8)));
+    }
+    check(&layers);
+}
+
+#[test]
+fn constant_groups_and_one_element_tails() {
+    let mut layers = Vec::new();
+    for bits in ALL_BITS {
+        layers.push((vec![0.25; 128 * 3 + 1], layout(1, 128 * 3 + 1, bits, 128)));
+        layers.push((vec![-7.0; 6 * 17], layout(6, 17, bits, 16)));
+        layers.push(((0..9 * 33).map(|i| (i % 7) as f32 - 3.0).collect(), layout(9, 33, bits, 8)));
+        layers.push((vec![1.0], layout(1, 1, bits, 8)));
+        layers.push((vec![-0.0; 40], layout(40, 1, bits, 8)));
+    }
+    check(&layers);
+}
+
+#[test]
+fn many_small_layers_in_one_call() {
+    let mut r = Rng(5);
+    let layers: Vec<_> = (0..5000)
+        .map(|i| {
+            let bits = ALL_BITS[i % 3];
+            let (rows, row_len) = (1 + i % 3, 1 + (i * 7) % 50);
+            ((0..rows * row_len).map(|_| r.normalish()).collect(), layout(rows, row_len, bits, 8 * (1 + i as i64 % 3)))
+        })
+        .collect();
+    check(&layers);
+}
+
+#[test]
+fn layers_larger_than_a_chunk() {
+    let mut r = Rng(31337);
+    let mut layers = Vec::new();
+    let n = (4 << 20) + 12345;
+    layers.push(((0..n).map(|_| r.normalish()).collect(), layout(1, n, BitWidth::B4, 128)));
+    layers.push(((0..3 * 1_500_001).map(|_| r.normalish()).collect(), layout(3, 1_500_001, BitWidth::B2, 136)));
+    layers.push(((0..(3 << 20)).map(|_| r.normalish()).collect(), layout(3 << 10, 1 << 10, BitWidth::B8, 16)));
+    check(&layers);
+}
+
+#[test]
+fn non_finite_and_overflow_errors_match_cpu() {
+    let Some(g) = gpu() else { return };
+    let ok: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut w2 = ok.clone();
+        w2[77] = bad;
+        w2[200] = f32::NAN;
+        let layers = vec![(ok.clone(), layout(2, 128, BitWidth::B4, 16)), (w2.clone(), layout(2, 128, BitWidth::B4, 16)), (w2, layout(1, 256, BitWidth::B2, 8))];
+        let e_gpu = quantize_all(g, &layers).err().expect("gpu must fail").to_string();
+        let e_cpu = quantize_all(&CpuBackend, &layers).err().expect("cpu must fail").to_string();
+        assert_eq!(e_gpu, e_cpu);
+        assert!(e_gpu.contains("layer1") && e_gpu.contains("index 77"), "{e_gpu}");
+    }
+    let mut w = ok.clone();
+    w[3] = -3e38;
+    w[5] = 3e38;
+    let layers = vec![(ok.clone(), layout(1, 256, BitWidth::B8, 8)), (w, layout(1, 256, BitWidth::B8, 8))];
+    let e_gpu = quantize_all(g, &layers).err().expect("gpu must fail").to_string();
+    assert_eq!(e_gpu, quantize_all(&CpuBackend, &layers).err().unwrap().to_string());
+    assert!(e_gpu.contains("overflows"), "{e_gpu}");
+    // The backend still works after an error.
+    check(&[(ok, layout(1, 256, BitWidth::B4, 128))]);
+}
+
+#[test]
+fn dequantize_foreign_parameters_matches_reference() {
+    let Some(g) = gpu() else { return };
+    // Parameters the quantizer never writes (negative or huge scales, -0.0): still exact (CPU
+    // route) and still equal to the reference.
+    let l = layout(1, 64, BitWidth::B4, 16);
+    let packed: Vec<u8> = (0..32).map(|i| (i * 37) as u8).collect();
+    for (scales, zps) in [
+        (vec![-1.5f32, 0.25, 2.0, 1e-40], vec![0.0f32, -0.0, 1e-42, 3.0]),
+        (vec![1e38, 3.0e30, -0.0, 0.0], vec![-1e38, 1e30, -0.0, 1e-45]),
+    ] {
+        let mut out = vec![0f32; 64];
+        g.dequantize(&mut [DequantJob { name: "", layout: l, packed: &packed, scales: &scales, zero_points: &zps, out: &mut out }]).unwrap();
+        let mut want = vec![0f32; 64];
+        reference::dequantize_layer(&l, &packed, &scales, &zps, &mut want);
+        assert_eq!(bits(&out), bits(&want));
+    }
+}
+
+#[test]
+fn device_selection() {
+    // "cpu" is the CPU backend; "gpu" names the adapter.
+    assert!(backend(Device::Cpu).unwrap().name().starts_with("cpu"));
+    if let Some(g) = gpu() {
+        eprintln!("GPU backend: {}", g.name());
+        assert!(g.name().starts_with("gpu ("), "{}", g.name());
+    }
+}
