@@ -93,7 +93,7 @@ fn bits(v: &[f32]) -> Vec<u32> {
 fn check(layers: &[(Vec<f32>, GroupLayout)]) {
     let Some(g) = gpu() else { return };
     let got = quantize_all(g, layers).unwrap();
-    let cpu = quantize_all(&CpuBackend, layers).unwrap();
+    let cpu = quantize_all(&CpuBackend::new(), layers).unwrap();
     for (i, ((w, l), o)) in layers.iter().zip(&got).enumerate() {
         let mut packed = vec![0u8; l.packed_len()];
         let mut scales = vec![0f32; l.n_groups()];
@@ -293,7 +293,7 @@ fn non_finite_and_overflow_errors_match_cpu() {
         w2[200] = f32::NAN;
         let layers = vec![(ok.clone(), layout(2, 128, BitWidth::B4, 16)), (w2.clone(), layout(2, 128, BitWidth::B4, 16)), (w2, layout(1, 256, BitWidth::B2, 8))];
         let e_gpu = quantize_all(g, &layers).err().expect("gpu must fail").to_string();
-        let e_cpu = quantize_all(&CpuBackend, &layers).err().expect("cpu must fail").to_string();
+        let e_cpu = quantize_all(&CpuBackend::new(), &layers).err().expect("cpu must fail").to_string();
         assert_eq!(e_gpu, e_cpu);
         assert!(e_gpu.contains("layer1") && e_gpu.contains("index 77"), "{e_gpu}");
     }
@@ -302,7 +302,7 @@ fn non_finite_and_overflow_errors_match_cpu() {
     w[5] = 3e38;
     let layers = vec![(ok.clone(), layout(1, 256, BitWidth::B8, 8)), (w, layout(1, 256, BitWidth::B8, 8))];
     let e_gpu = quantize_all(g, &layers).err().expect("gpu must fail").to_string();
-    assert_eq!(e_gpu, quantize_all(&CpuBackend, &layers).err().unwrap().to_string());
+    assert_eq!(e_gpu, quantize_all(&CpuBackend::new(), &layers).err().unwrap().to_string());
     assert!(e_gpu.contains("overflows"), "{e_gpu}");
     // The backend still works after an error.
     check(&[(ok, layout(1, 256, BitWidth::B4, 128))]);

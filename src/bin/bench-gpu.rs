@@ -96,7 +96,7 @@ fn main() {
         run(gpu, 0, true, &mut kernel); // warm-up (first use creates the buffers)
         kernel = None;
         let t_gpu = best(args.iters, || run(gpu, 0, true, &mut kernel));
-        let t_cpu = best(args.iters, || run(&CpuBackend, 1, false, &mut None));
+        let t_cpu = best(args.iters, || run(&CpuBackend::new(), 1, false, &mut None));
         let same = outs[0] == outs[1];
         let t_copy = best(args.iters, || gpu.copy_baseline(bytemuck::cast_slice(&weights)).expect("copy"));
         let gbs = |t: f64| n as f64 * 4.0 / t / 1e9;

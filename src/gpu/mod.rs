@@ -73,7 +73,7 @@ impl GpuBackend {
         let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len()).filter(|&i| jobs[i].layout.n_elements() > 0).partition(|&i| plan::fits(&jobs[i].layout, &self.caps));
         let mut failed = Vec::new();
         for &i in &cpu {
-            if CpuBackend.quantize(std::slice::from_mut(&mut jobs[i])).is_err() {
+            if CpuBackend::new().quantize(std::slice::from_mut(&mut jobs[i])).is_err() {
                 failed.push(i);
             }
         }
@@ -107,7 +107,7 @@ impl GpuBackend {
             .filter(|&i| jobs[i].layout.n_elements() > 0)
             .partition(|&i| plan::fits(&jobs[i].layout, &self.caps) && dequantize::params_ok(jobs[i].scales, jobs[i].zero_points));
         for &i in &cpu {
-            CpuBackend.dequantize(std::slice::from_mut(&mut jobs[i]))?;
+            CpuBackend::new().dequantize(std::slice::from_mut(&mut jobs[i]))?;
         }
         if gpu.is_empty() {
             return Ok(None);
