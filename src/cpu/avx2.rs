@@ -1,4 +1,4 @@
-//! AVX2 versions of the hot group kernels (`scan`, `encode`), for x86-64 CPUs that have it
+//! AVX2 versions of the hot group kernels (`scan`, `encode`, `decode`), for x86-64 CPUs that have it
 //! (checked at run time by `cpu::mod`). They compute exactly what `kernels` computes, eight
 //! lanes at a time; the tests compare both against the scalar reference.
 //!
@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::{encode_tail, finish_scan, Scan, MAGIC, MAGIC_BITS};
+use super::kernels::{decode_tail, encode_tail, finish_scan, Scan, MAGIC, MAGIC_BITS};
 use crate::quant::GroupParams;
 
 #[target_feature(enable = "avx2")]
@@ -108,4 +108,30 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
         }
     }
     encode_tail::<B>(rest, p, tail);
+}
+
+/// Expands one group's codes back to `f32`, eight codes per step: the `B` bytes that hold
+/// them are broadcast to eight lanes and each lane shifts its own code down. The product and
+/// the sum are separate instructions (two roundings, as the contract says; no FMA).
+#[target_feature(enable = "avx2")]
+pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
+    let scale_v = _mm256_set1_ps(scale);
+    let lo_v = _mm256_set1_ps(lo);
+    let mask = _mm256_set1_epi32((1 << B) - 1);
+    let shifts = _mm256_setr_epi32(0, B as i32, 2 * B as i32, 3 * B as i32, 4 * B as i32, 5 * B as i32, 6 * B as i32, 7 * B as i32);
+    let (full, tail_bytes) = packed.split_at(out.len() / 8 * B);
+    let mut chunks = out.chunks_exact_mut(8);
+    for (o, c) in (&mut chunks).zip(full.chunks_exact(B)) {
+        let codes = if B == 8 {
+            _mm256_cvtepu8_epi32(_mm_set_epi64x(0, i64::from_le_bytes(c.try_into().expect("8 bytes"))))
+        } else {
+            let mut word = [0u8; 4];
+            word[..B].copy_from_slice(c);
+            _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(i32::from_le_bytes(word)), shifts), mask)
+        };
+        let w = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(codes), scale_v), lo_v);
+        // SAFETY: `o` holds 8 f32 (`chunks_exact_mut(8)`); storeu needs no alignment.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), w) };
+    }
+    decode_tail::<B>(tail_bytes, scale, lo, chunks.into_remainder());
 }

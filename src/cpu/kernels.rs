@@ -135,8 +135,15 @@ pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32
             o[i] = product + lo;
         }
     }
-    for (i, w) in chunks.into_remainder().iter_mut().enumerate() {
-        let q = (tail_bytes[i * B / 8] as u32 >> ((i * B) % 8)) & mask;
+    decode_tail::<B>(tail_bytes, scale, lo, chunks.into_remainder());
+}
+
+/// Expands codes packed from the start of `packed` into `out`, one at a time.
+#[inline(always)]
+pub fn decode_tail<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
+    let mask = (1u32 << B) - 1;
+    for (i, w) in out.iter_mut().enumerate() {
+        let q = (packed[i * B / 8] as u32 >> ((i * B) % 8)) & mask;
         let product = q as f32 * scale;
         *w = product + lo;
     }

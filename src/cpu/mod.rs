@@ -209,10 +209,12 @@ fn dequantize_span(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayou
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn dequantize_span_avx2(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
-    dequantize_span_generic(o, p, s, z, l)
+    let groups = o.chunks_mut(l.group_size).zip(p.chunks(l.group_bytes()));
+    for (((out, packed), &scale), &lo) in groups.zip(s).zip(z) {
+        with_bits!(l.bit_width, avx2::decode(packed, scale, lo, out));
+    }
 }
 
-#[inline(always)]
 fn dequantize_span_generic(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
     let groups = o.chunks_mut(l.group_size).zip(p.chunks(l.group_bytes()));
     for (((out, packed), &scale), &lo) in groups.zip(s).zip(z) {
