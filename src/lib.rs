@@ -9,6 +9,8 @@ pub mod backend;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod gguf;
+pub mod model;
 pub mod quant;
 
 #[cfg(feature = "python")]
