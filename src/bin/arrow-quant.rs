@@ -142,7 +142,7 @@ fn run(cli: Cli) -> Result<()> {
 fn inspect(path: &Path) -> Result<()> {
     let q = QuantFile::open(path)?;
     for (k, v) in q.metadata() {
-        let v = if v.len() > 200 { format!("{}… ({} chars)", &v[..v.floor_char_boundary(200)], v.len()) } else { v };
+        let v = if v.chars().count() > 200 { format!("{}… ({} chars)", v.chars().take(200).collect::<String>(), v.chars().count()) } else { v };
         println!("{k} = {v}");
     }
     println!("{:<60} {:>7} {:>4} {:>20} {:>12} {:>7}", "tensor", "format", "bits", "shape", "bytes", "ratio");

@@ -182,7 +182,8 @@ pub fn summary_table(reports: &[TensorReport]) -> String {
     for r in reports {
         src += r.source_bytes;
         out += r.output_bytes;
-        let name = if r.name.len() > 56 { format!("…{}", &r.name[r.name.len() - 55..]) } else { r.name.clone() };
+        let n = r.name.chars().count();
+        let name = if n > 56 { format!("…{}", r.name.chars().skip(n - 55).collect::<String>()) } else { r.name.clone() };
         let _ = writeln!(
             s,
             "{:<56} {:>7} {:>4} {:>12} {:>12} {:>9.6} {:>9.2e} {:>8.2}",
