@@ -9,7 +9,9 @@ pub mod backend;
 pub mod cpu;
 pub mod device;
 pub mod error;
+pub mod gguf;
 pub mod gpu;
+pub mod model;
 pub mod quant;
 
 #[cfg(feature = "python")]

@@ -18,6 +18,8 @@ from ._native import (
     dequantize_arrow,
     quantize_arrow,
     quantize_arrow_batch,
+    quantize_safetensors,
+    read_quantized,
 )
 
 __all__ = [
@@ -28,6 +30,8 @@ __all__ = [
     "quantize_arrow",
     "quantize_arrow_batch",
     "layers_table",
+    "quantize_safetensors",
+    "read_quantized",
 ]
 
 _MODES = ("diffusion", "base")

@@ -1,6 +1,7 @@
 """Type stubs for the compiled core, ``arrow_quant_v2._native``."""
 
-from typing import Any, Literal, Optional
+from os import PathLike
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import pyarrow as pa
 
@@ -30,3 +31,41 @@ def dequantize_arrow(table: Any, *, device: Device = "auto", group_size: Optiona
 
 def backend_name(device: Device = "auto") -> str:
     """The backend `device` resolves to, e.g. ``"cpu (rayon, 2 threads, avx2)"``."""
+
+def quantize_safetensors(
+    src: Union[str, PathLike],
+    dst: Union[str, PathLike],
+    *,
+    format: Optional[Literal["arrow", "parquet", "gguf"]] = None,
+    type: Literal["affine", "q4_0", "q4_1", "q8_0"] = "affine",
+    bit_width: int = 4,
+    group_size: int = 128,
+    device: Device = "auto",
+    keep: Union[str, Sequence[str], None] = None,
+    quantize: Union[str, Sequence[str], None] = None,
+    min_cosine: Optional[float] = None,
+    progress: Union[bool, Callable[[int, int], Any], None] = False,
+) -> pa.Table:
+    """Quantizes a safetensors checkpoint tensor by tensor into an Arrow IPC or GGUF file.
+
+    `src`: a .safetensors file, a folder of shards with a ``*.safetensors.index.json``, or a
+    diffusers-style folder (tensor names get the sub-folder as prefix, ``"unet/..."``).
+    `format` defaults from `dst`'s extension (``.gguf`` → GGUF, else Arrow IPC); GGUF needs
+    `type` q4_0/q4_1/q8_0 (bytes equal to ``gguf.quants.quantize`` of gguf 0.19.0), Arrow needs
+    ``"affine"``. 1-D tensors, tensors of ≤ 1024 elements and rows that cannot be cut into
+    groups stay F16 (F32 if 1-D); `keep`/`quantize` globs override. `min_cosine` (affine) picks
+    per tensor the lowest of 2/4/8 bits that reaches it. `progress`: True for a progress bar on
+    stderr, or a callable(done_bytes, total_bytes) called after each tensor; an exception it
+    raises (or Ctrl-C) stops the conversion. The output is written under a temporary name and
+    renamed when complete.
+
+    Returns the quality report, one row per tensor: `name`, `source_dtype`, `shape`, `format`
+    ("affine", "Q4_0", "Q4_1", "Q8_0", "F16", "F32" or "skipped"), `bit_width`, `reason`,
+    `n_elements`, `source_bytes`, `output_bytes`, `cosine`, `relative_mse`, `snr_db`,
+    `max_abs_error`. Raises ValueError for bad options or corrupt checkpoints, OSError for
+    missing or unreadable files."""
+
+def read_quantized(path: Union[str, PathLike]) -> pa.Table:
+    """Reads an Arrow IPC model file written by :func:`quantize_safetensors`: the quantized
+    schema plus `source_dtype`, `format`, `cosine`, `relative_mse`, `snr_db`. Rows whose
+    `format` is "F16"/"F32" hold raw little-endian values in `quantized_data`."""

@@ -1,0 +1,218 @@
+//! `arrow-quant`: quantize whole checkpoints to Arrow IPC or GGUF, expand them back to
+//! safetensors, and inspect converted files.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use arrow_quant_v2::model::arrow_out::{summary_table, write_report};
+use arrow_quant_v2::model::atomic::AtomicFile;
+use arrow_quant_v2::model::quantized::QuantFile;
+use arrow_quant_v2::model::{convert, Options, OutputFormat, Progress, QuantType};
+use arrow_quant_v2::{BitWidth, Device, QuantConfig, QuantError, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Parser)]
+#[command(name = "arrow-quant", version, about = "Quantize model checkpoints to Arrow IPC or GGUF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Quantize a checkpoint (.safetensors file, sharded folder, or diffusers folder).
+    Quantize {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// arrow, parquet or gguf (default: from the output's extension)
+        #[arg(long)]
+        format: Option<String>,
+        /// affine (Arrow) or q4_0, q4_1, q8_0 (GGUF)
+        #[arg(long = "type", default_value = "affine")]
+        qtype: String,
+        #[arg(long, default_value_t = 4)]
+        bit_width: i64,
+        #[arg(long, default_value_t = 128)]
+        group_size: i64,
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Keep tensors matching this glob in F16/F32 (repeatable)
+        #[arg(long)]
+        keep: Vec<String>,
+        /// Quantize tensors matching this glob even when the default rules keep them (repeatable)
+        #[arg(long)]
+        quantize: Vec<String>,
+        /// Per tensor, the lowest of 2/4/8 bits whose cosine similarity reaches this (affine)
+        #[arg(long)]
+        min_cosine: Option<f64>,
+        /// Write the per-tensor quality report as an Arrow IPC file
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// GGUF general.architecture
+        #[arg(long)]
+        arch: Option<String>,
+        /// Print the decision for each tensor
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Expand a quantized file (Arrow IPC or GGUF) to .safetensors.
+    Dequantize {
+        qfile: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "f32")]
+        dtype: OutDtype,
+    },
+    /// List the tensors, formats and sizes of a quantized file.
+    Inspect { file: PathBuf },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OutDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+struct Bar {
+    bar: ProgressBar,
+    verbose: bool,
+}
+
+impl Progress for Bar {
+    fn advance(&mut self, done: u64, total: u64) -> Result<()> {
+        self.bar.set_length(total);
+        self.bar.set_position(done);
+        Ok(())
+    }
+    fn message(&mut self, line: &str) {
+        if self.verbose || line.starts_with("warning") {
+            self.bar.suspend(|| eprintln!("{line}"));
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Quantize { model, output, format, qtype, bit_width, group_size, device, keep, quantize, min_cosine, report, arch, verbose } => {
+            let opts = Options {
+                format: format.as_deref().map(str::parse::<OutputFormat>).transpose()?,
+                qtype: qtype.parse::<QuantType>()?,
+                config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?,
+                device: device.parse::<Device>()?,
+                keep,
+                quantize,
+                min_cosine,
+                arch,
+                name: None,
+            };
+            // indicatif draws to stderr and hides itself when stderr is not a terminal.
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+                    .expect("valid template"),
+            );
+            let mut progress = Bar { bar, verbose };
+            let reports = convert(&model, &output, &opts, &mut progress)?;
+            progress.bar.finish_and_clear();
+            print!("{}", summary_table(&reports));
+            if let Some(path) = report {
+                write_report(&path, &reports)?;
+            }
+            Ok(())
+        }
+        Command::Dequantize { qfile, output, dtype } => dequantize(&qfile, &output, dtype),
+        Command::Inspect { file } => inspect(&file),
+    }
+}
+
+fn inspect(path: &Path) -> Result<()> {
+    let q = QuantFile::open(path)?;
+    for (k, v) in q.metadata() {
+        let v = if v.chars().count() > 200 { format!("{}… ({} chars)", v.chars().take(200).collect::<String>(), v.chars().count()) } else { v };
+        println!("{k} = {v}");
+    }
+    println!("{:<60} {:>7} {:>4} {:>20} {:>12} {:>7}", "tensor", "format", "bits", "shape", "bytes", "ratio");
+    let (mut stored, mut f32_bytes) = (0u64, 0u64);
+    for e in q.entries() {
+        let full = 4 * e.n_elements() as u64;
+        stored += e.stored_bytes;
+        f32_bytes += full;
+        println!(
+            "{:<60} {:>7} {:>4} {:>20} {:>12} {:>6.2}x",
+            e.name,
+            e.format,
+            e.bit_width,
+            format!("{:?}", e.shape),
+            e.stored_bytes,
+            full as f64 / e.stored_bytes.max(1) as f64
+        );
+    }
+    let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{} tensors, {stored} bytes of tensor data ({file_len} bytes on disk); {:.2}x smaller than float32",
+        q.entries().len(),
+        f32_bytes as f64 / stored.max(1) as f64
+    );
+    Ok(())
+}
+
+/// One tensor decoded on demand while safetensors writes the file, so only one is in memory.
+struct Lazy<'a> {
+    q: &'a QuantFile,
+    i: usize,
+    dtype: OutDtype,
+    shape: Vec<usize>,
+}
+
+impl safetensors::View for Lazy<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        match self.dtype {
+            OutDtype::F32 => safetensors::Dtype::F32,
+            OutDtype::F16 => safetensors::Dtype::F16,
+            OutDtype::Bf16 => safetensors::Dtype::BF16,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        // The file was checked when it was opened; a decode error here means it changed since.
+        let v = self.q.decode(self.i).unwrap_or_else(|e| panic!("cannot decode tensor: {e}"));
+        Cow::Owned(match self.dtype {
+            OutDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            OutDtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            OutDtype::Bf16 => v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+        })
+    }
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * if matches!(self.dtype, OutDtype::F32) { 4 } else { 2 }
+    }
+}
+
+fn dequantize(qfile: &Path, output: &Path, dtype: OutDtype) -> Result<()> {
+    let q = QuantFile::open(qfile)?;
+    let tensors: Vec<(String, Lazy)> = q
+        .entries()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.clone(), Lazy { q: &q, i, dtype, shape: e.shape.clone() }))
+        .collect();
+    let out = AtomicFile::create(output)?;
+    safetensors::serialize_to_file(tensors, None, out.temp_path())
+        .map_err(|e| QuantError::value(format!("cannot write {}: {e}", output.display())))?;
+    out.commit()
+}

@@ -1,0 +1,213 @@
+//! The Arrow IPC output of a model, and the quality report as a table.
+//!
+//! The model file holds one record batch per tensor in the quantized schema
+//! (`layer_name`, `quantized_data`, `scales`, `zero_points`, `shape`, `bit_width`) plus
+//! `source_dtype`, `format` ("affine", or "F16"/"F32" for tensors kept in high precision, whose
+//! `quantized_data` is then the raw little-endian values, `scales`/`zero_points` empty and
+//! `bit_width` 16 or 32) and the tensor's `cosine`, `relative_mse`, `snr_db`. The schema
+//! metadata adds the source files, each tensor's source dtype and format, and the tool version.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BinaryArray, Float32Array, Float64Array, LargeBinaryArray, ListArray, RecordBatch, StringArray, UInt64Array, UInt8Array};
+use arrow_buffer::OffsetBuffer;
+use arrow_ipc::writer::FileWriter;
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+
+use super::atomic::AtomicFile;
+use super::convert::TensorReport;
+use crate::arrow::quantize::int64_lists;
+use crate::arrow::schema::{list_field, quantized_schema};
+use crate::backend::QuantizedTensor;
+use crate::error::{QuantError, Result};
+use crate::gguf::GgmlType;
+
+pub const SOURCE_DTYPE: &str = "source_dtype";
+pub const FORMAT: &str = "format";
+pub const META_SOURCE_FILES: &str = "arrow_quant.model.source_files";
+pub const META_TENSORS: &str = "arrow_quant.model.tensors";
+pub const META_TOOL: &str = "arrow_quant.model.tool";
+
+pub struct ModelMeta {
+    pub source_files: Vec<String>,
+    /// (name, source dtype, format)
+    pub tensors: Vec<(String, String, String)>,
+}
+
+fn arrow_err(e: arrow_schema::ArrowError) -> QuantError {
+    QuantError::value(format!("Arrow IPC: {e}"))
+}
+
+/// The model file's schema.
+pub fn model_schema(group_size: usize, large: bool, meta: &ModelMeta) -> SchemaRef {
+    let base = quantized_schema(group_size, large);
+    let mut fields: Vec<Field> = base.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(SOURCE_DTYPE, DataType::Utf8, false));
+    fields.push(Field::new(FORMAT, DataType::Utf8, false));
+    for s in ["cosine", "relative_mse", "snr_db"] {
+        fields.push(Field::new(s, DataType::Float64, false));
+    }
+    let mut metadata: HashMap<String, String> = base.metadata().clone();
+    metadata.insert(META_SOURCE_FILES.into(), serde_json::to_string(&meta.source_files).unwrap());
+    let tensors: Vec<serde_json::Value> = meta
+        .tensors
+        .iter()
+        .map(|(n, d, f)| serde_json::json!({"name": n, "dtype": d, "format": f}))
+        .collect();
+    metadata.insert(META_TENSORS.into(), serde_json::Value::Array(tensors).to_string());
+    metadata.insert(META_TOOL.into(), format!("arrow_quant_v2 {}", env!("CARGO_PKG_VERSION")));
+    Arc::new(Schema::new(fields).with_metadata(metadata))
+}
+
+pub struct ArrowSink {
+    writer: FileWriter<AtomicFile>,
+    schema: SchemaRef,
+    large: bool,
+}
+
+fn floats(v: &[f32]) -> ArrayRef {
+    Arc::new(ListArray::new(
+        list_field(DataType::Float32),
+        OffsetBuffer::from_lengths([v.len()]),
+        Arc::new(Float32Array::from(v.to_vec())),
+        None,
+    ))
+}
+
+impl ArrowSink {
+    pub fn new(out: AtomicFile, group_size: usize, large: bool, meta: &ModelMeta) -> Result<Self> {
+        let schema = model_schema(group_size, large, meta);
+        let writer = FileWriter::try_new(out, &schema).map_err(arrow_err)?;
+        Ok(Self { writer, schema, large })
+    }
+
+    fn write_row(&mut self, r: &TensorReport, data: &[u8], scales: &[f32], zero_points: &[f32], bits: u8) -> Result<()> {
+        let data: ArrayRef = if self.large {
+            Arc::new(LargeBinaryArray::from_iter_values([data]))
+        } else {
+            if data.len() > i32::MAX as usize {
+                return Err(QuantError::layer_value(&r.name, "more than 2 GiB of data in one tensor"));
+            }
+            Arc::new(BinaryArray::from_iter_values([data]))
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![r.name.as_str()])),
+            data,
+            floats(scales),
+            floats(zero_points),
+            Arc::new(int64_lists(std::iter::once(r.shape.iter().map(|&d| d as i64)))),
+            Arc::new(UInt8Array::from(vec![bits])),
+            Arc::new(StringArray::from(vec![r.source_dtype.as_str()])),
+            Arc::new(StringArray::from(vec![r.format.as_str()])),
+            Arc::new(Float64Array::from(vec![r.stats.cosine()])),
+            Arc::new(Float64Array::from(vec![r.stats.relative_mse()])),
+            Arc::new(Float64Array::from(vec![r.stats.snr_db()])),
+        ];
+        let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_err)?;
+        self.writer.write(&batch).map_err(arrow_err)
+    }
+
+    pub fn write_affine(&mut self, r: &TensorReport, q: &QuantizedTensor) -> Result<()> {
+        self.write_row(r, &q.packed, &q.scales, &q.zero_points, q.layout.bit_width.bits() as u8)
+    }
+
+    pub fn write_kept(&mut self, r: &TensorReport, ty: GgmlType, data: &[u8]) -> Result<()> {
+        let bits = if ty == GgmlType::F32 { 32 } else { 16 };
+        self.write_row(r, data, &[], &[], bits)
+    }
+
+    /// Writes the footer and hands back the file for renaming.
+    pub fn finish(mut self) -> Result<AtomicFile> {
+        self.writer.finish().map_err(arrow_err)?;
+        self.writer.into_inner().map_err(arrow_err)
+    }
+}
+
+/// The quality report: one row per tensor.
+pub fn report_batch(reports: &[TensorReport]) -> RecordBatch {
+    let f64s = |f: fn(&TensorReport) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(reports.iter().map(f))) };
+    let u64s = |f: fn(&TensorReport) -> u64| -> ArrayRef { Arc::new(UInt64Array::from_iter_values(reports.iter().map(f))) };
+    let strs = |f: fn(&TensorReport) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(reports.iter().map(f))) };
+    let schema = Schema::new(vec![
+        Field::new("name", DataType::Utf8, false),
+        Field::new("source_dtype", DataType::Utf8, false),
+        Field::new("shape", DataType::List(list_field(DataType::Int64)), false),
+        Field::new("format", DataType::Utf8, false),
+        Field::new("bit_width", DataType::UInt8, false),
+        Field::new("reason", DataType::Utf8, false),
+        Field::new("n_elements", DataType::UInt64, false),
+        Field::new("source_bytes", DataType::UInt64, false),
+        Field::new("output_bytes", DataType::UInt64, false),
+        Field::new("cosine", DataType::Float64, false),
+        Field::new("relative_mse", DataType::Float64, false),
+        Field::new("snr_db", DataType::Float64, false),
+        Field::new("max_abs_error", DataType::Float64, false),
+    ]);
+    let columns: Vec<ArrayRef> = vec![
+        strs(|r| &r.name),
+        strs(|r| &r.source_dtype),
+        Arc::new(int64_lists(reports.iter().map(|r| r.shape.iter().map(|&d| d as i64)))),
+        strs(|r| &r.format),
+        Arc::new(UInt8Array::from_iter_values(reports.iter().map(|r| r.bit_width))),
+        strs(|r| &r.reason),
+        u64s(|r| r.shape.iter().product::<usize>() as u64),
+        u64s(|r| r.source_bytes),
+        u64s(|r| r.output_bytes),
+        f64s(|r| r.stats.cosine()),
+        f64s(|r| r.stats.relative_mse()),
+        f64s(|r| r.stats.snr_db()),
+        f64s(|r| r.stats.max_abs_error),
+    ];
+    RecordBatch::try_new(Arc::new(schema), columns).expect("report columns match the schema")
+}
+
+/// Writes the report as an Arrow IPC file (atomically).
+pub fn write_report(path: &std::path::Path, reports: &[TensorReport]) -> Result<()> {
+    let batch = report_batch(reports);
+    let out = AtomicFile::create(path)?;
+    let mut w = FileWriter::try_new(out, &batch.schema()).map_err(arrow_err)?;
+    w.write(&batch).map_err(arrow_err)?;
+    w.finish().map_err(arrow_err)?;
+    w.into_inner().map_err(arrow_err)?.commit()
+}
+
+/// A plain-text summary table of the report.
+pub fn summary_table(reports: &[TensorReport]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<56} {:>7} {:>4} {:>12} {:>12} {:>9} {:>9} {:>8}", "tensor", "format", "bits", "src bytes", "out bytes", "cosine", "rel mse", "snr dB");
+    let (mut src, mut out) = (0u64, 0u64);
+    let mut worst: Option<&TensorReport> = None;
+    for r in reports {
+        src += r.source_bytes;
+        out += r.output_bytes;
+        let n = r.name.chars().count();
+        let name = if n > 56 { format!("…{}", r.name.chars().skip(n - 55).collect::<String>()) } else { r.name.clone() };
+        let _ = writeln!(
+            s,
+            "{:<56} {:>7} {:>4} {:>12} {:>12} {:>9.6} {:>9.2e} {:>8.2}",
+            name,
+            r.format,
+            r.bit_width,
+            r.source_bytes,
+            r.output_bytes,
+            r.stats.cosine(),
+            r.stats.relative_mse(),
+            r.stats.snr_db()
+        );
+        if r.format != "skipped" && worst.is_none_or(|w| r.stats.cosine() < w.stats.cosine()) {
+            worst = Some(r);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "{} tensors, {src} -> {out} bytes (ratio {:.2}x)",
+        reports.len(),
+        if out == 0 { 0.0 } else { src as f64 / out as f64 }
+    );
+    if let Some(w) = worst {
+        let _ = writeln!(s, "lowest cosine: {:.6} ({})", w.stats.cosine(), w.name);
+    }
+    s
+}

@@ -1,0 +1,136 @@
+//! Whole-model functions: `quantize_safetensors` and `read_quantized`.
+
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3_arrow::PyTable;
+
+use crate::device::Device;
+use crate::error::{QuantError, Result};
+use crate::model::arrow_out::report_batch;
+use crate::model::quantized::read_arrow;
+use crate::model::{convert, Options, OutputFormat, Progress, QuantType};
+use crate::quant::{BitWidth, QuantConfig};
+
+/// Reports progress to a Python callable and/or an indicatif bar; checks for Ctrl-C between
+/// tensors. A Python exception is kept and re-raised once the conversion has cleaned up.
+struct PyProgress {
+    callback: Option<Py<PyAny>>,
+    bar: Option<ProgressBar>,
+    error: Option<PyErr>,
+}
+
+impl Progress for PyProgress {
+    fn advance(&mut self, done: u64, total: u64) -> Result<()> {
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+        let result = Python::attach(|py| -> PyResult<()> {
+            py.check_signals()?;
+            if let Some(cb) = &self.callback {
+                cb.call1(py, (done, total))?;
+            }
+            Ok(())
+        });
+        result.map_err(|e| {
+            self.error = Some(e);
+            QuantError::value("interrupted by the progress callback")
+        })
+    }
+}
+
+fn strings(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Vec<String>> {
+    match v {
+        None => Ok(Vec::new()),
+        Some(v) if v.is_none() => Ok(Vec::new()),
+        Some(v) => {
+            if let Ok(s) = v.extract::<String>() {
+                return Ok(vec![s]);
+            }
+            v.extract::<Vec<String>>().map_err(|_| PyTypeError::new_err(format!("{what} must be a glob string or a list of them")))
+        }
+    }
+}
+
+/// Quantizes a safetensors checkpoint (file, sharded folder or diffusers folder) into an Arrow
+/// IPC or GGUF file; returns the per-tensor quality report as a pyarrow.Table.
+#[pyfunction]
+#[pyo3(signature = (src, dst, *, format = None, r#type = "affine", bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, progress = None))]
+#[allow(clippy::too_many_arguments)]
+fn quantize_safetensors<'py>(
+    py: Python<'py>,
+    src: PathBuf,
+    dst: PathBuf,
+    format: Option<&str>,
+    r#type: &str,
+    bit_width: i64,
+    group_size: i64,
+    device: &str,
+    keep: Option<&Bound<'py, PyAny>>,
+    quantize: Option<&Bound<'py, PyAny>>,
+    min_cosine: Option<f64>,
+    progress: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let opts = Options {
+        format: format.map(str::parse::<OutputFormat>).transpose()?,
+        qtype: r#type.parse::<QuantType>()?,
+        config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?,
+        device: device.parse::<Device>()?,
+        keep: strings(keep, "keep")?,
+        quantize: strings(quantize, "quantize")?,
+        min_cosine,
+        arch: None,
+        name: None,
+    };
+    let (callback, bar) = match progress {
+        None => (None, None),
+        Some(p) if p.is_none() => (None, None),
+        Some(p) if p.is_callable() => (Some(p.clone().unbind()), None),
+        Some(p) => {
+            let on: bool = p.extract().map_err(|_| PyTypeError::new_err("progress must be a bool or a callable(done_bytes, total_bytes)"))?;
+            let bar = on.then(|| {
+                let b = ProgressBar::new(0);
+                b.set_style(ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}").expect("valid template"));
+                b
+            });
+            (None, bar)
+        }
+    };
+    let mut prog = PyProgress { callback, bar, error: None };
+    let result = py.detach(|| convert(&src, &dst, &opts, &mut prog));
+    if let Some(bar) = &prog.bar {
+        bar.finish_and_clear();
+    }
+    if let Some(e) = prog.error.take() {
+        return Err(e);
+    }
+    let reports = result?;
+    let batch = report_batch(&reports);
+    let schema = batch.schema();
+    PyTable::try_new(vec![batch], schema)?.into_pyarrow(py)
+}
+
+/// Reads an Arrow IPC file written by `quantize_safetensors` (or any Arrow IPC file).
+#[pyfunction]
+fn read_quantized<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyAny>> {
+    let batches = py.detach(|| read_arrow(&path))?;
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => {
+            let file = std::fs::File::open(&path).map_err(|e| QuantError::Io { context: format!("cannot open {}", path.display()), source: e })?;
+            arrow_ipc::reader::FileReader::try_new(file, None)
+                .map_err(|e| QuantError::value(format!("{}: {e}", path.display())))?
+                .schema()
+        }
+    };
+    PyTable::try_new(batches, schema)?.into_pyarrow(py)
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(quantize_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(read_quantized, m)?)?;
+    Ok(())
+}

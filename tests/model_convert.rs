@@ -1,0 +1,105 @@
+//! Whole-model conversion: GGUF and Arrow outputs read back, keep rules, min_cosine, and
+//! atomic writes.
+
+mod model_common;
+
+use arrow_quant_v2::gguf::reader::GgufFile;
+use arrow_quant_v2::gguf::{GgmlType, MetaValue};
+use arrow_quant_v2::model::quantized::QuantFile;
+use arrow_quant_v2::model::{convert, NoProgress, Options, QuantType};
+use arrow_quant_v2::quant::metrics::ErrorStats;
+use model_common::*;
+use safetensors::Dtype;
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let mut s = ErrorStats::default();
+    s.add(a, b);
+    s.cosine()
+}
+
+#[test]
+fn gguf_output_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.safetensors");
+    let model = small_model();
+    write(&src, &model);
+    for (qt, ty, min_cos) in [(QuantType::Q4_0, GgmlType::Q4_0, 0.98), (QuantType::Q4_1, GgmlType::Q4_1, 0.98), (QuantType::Q8_0, GgmlType::Q8_0, 0.9999)] {
+        let dst = dir.path().join("m.gguf");
+        let opts = Options { qtype: qt, keep: vec!["proj.*".into()], ..Options::default() };
+        let reports = convert(&src, &dst, &opts, &mut NoProgress).unwrap();
+        assert_eq!(reports.len(), model.len());
+        let g = GgufFile::open(&dst).unwrap();
+        assert_eq!(g.get("general.alignment"), Some(&MetaValue::U32(32)));
+        assert!(matches!(g.get("general.architecture"), Some(MetaValue::Str(_))));
+        let q = QuantFile::open(&dst).unwrap();
+        for (i, t) in g.tensors.iter().enumerate() {
+            let m = model.iter().find(|m| m.name == t.name).unwrap();
+            assert_eq!(t.shape, m.shape);
+            let want = match t.name.as_str() {
+                "conv.weight" => GgmlType::F16,         // rows of 3
+                "conv.bias" | "norm.weight" => GgmlType::F32, // 1-D
+                "tiny.weight" => GgmlType::F16,          // 256 elements
+                "proj.weight" => GgmlType::F16,          // --keep
+                _ => ty,
+            };
+            assert_eq!(t.ty, want, "{}", t.name);
+            assert_eq!(t.start % 32, 0);
+            let back = q.decode(i).unwrap();
+            let c = cosine(&m.values, &back);
+            assert!(c > min_cos, "{} {:?}: cosine {c}", t.name, t.ty);
+            let r = reports.iter().find(|r| r.name == t.name).unwrap();
+            assert!((r.stats.cosine() - c).abs() < 1e-3 || m.dtype != Dtype::F32, "report {} vs {c}", r.stats.cosine());
+        }
+    }
+}
+
+#[test]
+fn arrow_output_reads_back_and_min_cosine_picks_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.safetensors");
+    let model = small_model();
+    write(&src, &model);
+    let dst = dir.path().join("m.arrow");
+    let opts = Options { quantize: vec!["norm.weight".into()], ..Options::default() };
+    let reports = convert(&src, &dst, &opts, &mut NoProgress).unwrap();
+    let q = QuantFile::open(&dst).unwrap();
+    for (i, e) in q.entries().iter().enumerate() {
+        let m = model.iter().find(|m| m.name == e.name).unwrap();
+        let expect = match e.name.as_str() {
+            "conv.weight" | "tiny.weight" => "F16",
+            "conv.bias" => "F32",
+            _ => "affine",
+        };
+        assert_eq!(e.format, expect, "{}", e.name);
+        let c = cosine(&m.values, &q.decode(i).unwrap());
+        assert!(c > 0.98, "{}: {c}", e.name);
+    }
+    assert!(reports.iter().all(|r| r.stats.cosine() > 0.98));
+
+    let opts = Options { min_cosine: Some(0.9995), ..Options::default() };
+    let reports = convert(&src, &dst, &opts, &mut NoProgress).unwrap();
+    let proj = reports.iter().find(|r| r.name == "proj.weight").unwrap();
+    assert_eq!(proj.bit_width, 8, "uniform values need 8 bits for cosine 0.9995");
+    let opts = Options { min_cosine: Some(0.5), ..Options::default() };
+    let reports = convert(&src, &dst, &opts, &mut NoProgress).unwrap();
+    assert_eq!(reports.iter().find(|r| r.name == "proj.weight").unwrap().bit_width, 2);
+}
+
+#[test]
+fn failed_conversion_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.safetensors");
+    let mut model = small_model();
+    model[3].values[100] = f32::NAN;
+    write(&src, &model);
+    for (name, qt) in [("out.gguf", QuantType::Q4_0), ("out.arrow", QuantType::Affine)] {
+        let dst = dir.path().join(name);
+        let e = convert(&src, &dst, &Options { qtype: qt, ..Options::default() }, &mut NoProgress).unwrap_err();
+        assert!(e.to_string().contains("proj.weight"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "only the source remains: {left:?}");
+    }
+    // Mismatched format/type combinations are refused before anything is written.
+    assert!(convert(&src, &dir.path().join("x.gguf"), &Options::default(), &mut NoProgress).is_err());
+    assert!(!dir.path().join("x.gguf").exists());
+}
