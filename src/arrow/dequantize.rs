@@ -31,7 +31,8 @@ pub fn batch_group_size(batch: &RecordBatch, group_size: Option<i64>) -> Result<
     meta.parse().map_err(|_| QuantError::value(format!("schema metadata '{META_GROUP_SIZE}' is not an integer: {meta:?}")))
 }
 
-/// Expands every layer of a quantized batch back to float32.
+/// Expands every layer of a quantized batch back to float32. Rows with `bit_width` 16 or 32
+/// (tensors a model conversion kept in high precision) are decoded from their raw bytes.
 pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &dyn Backend) -> Result<RecordBatch> {
     let group_size = batch_group_size(batch, group_size)?;
     let names = layer_names(batch, LAYER_NAME)?;
@@ -41,45 +42,58 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
     let shapes = ShapeColumn::new(required(batch, SHAPE)?.as_ref())?;
     let bits = integer_column(batch, BIT_WIDTH)?;
 
-    let mut layouts = Vec::with_capacity(names.len());
-    let mut dims = Vec::with_capacity(names.len());
+    // Rows are either quantized (bit_width 2/4/8) or kept in high precision by the model
+    // converter (bit_width 16/32: raw little-endian f16/f32 in quantized_data, no scales).
+    let mut rows = Vec::with_capacity(names.len());
     for (row, name) in names.iter().enumerate() {
         let shape = shapes.dims(row, name)?;
+        let n: usize = shape.iter().product();
         let width = bits.value(row);
-        let bit_width = BitWidth::new(width).map_err(|e| QuantError::layer_value(name, e.to_string()))?;
-        let layout = GroupLayout::from_shape(&shape, QuantConfig::new(bit_width, group_size)?);
-        check_len(name, "quantized_data bytes", data.lens[row], layout.packed_len())?;
-        check_len(name, "scales", scales.ranges[row].len(), layout.n_groups())?;
-        check_len(name, "zero_points", zero_points.ranges[row].len(), layout.n_groups())?;
-        for (col, c) in [(SCALES, &scales), (ZERO_POINTS, &zero_points)] {
-            if c.null_rows[row] || c.first_null_item(row).is_some() {
-                return Err(QuantError::layer_value(name, format!("{col} contains a null")));
+        let kind = match width {
+            16 | 32 => {
+                check_len(name, "quantized_data bytes", data.lens[row], n * (width as usize / 8))?;
+                RowKind::Raw(width)
             }
-        }
-        layouts.push(layout);
-        dims.push(shape);
+            _ => {
+                let bit_width = BitWidth::new(width).map_err(|e| QuantError::layer_value(name, e.to_string()))?;
+                let layout = GroupLayout::from_shape(&shape, QuantConfig::new(bit_width, group_size)?);
+                check_len(name, "quantized_data bytes", data.lens[row], layout.packed_len())?;
+                check_len(name, "scales", scales.ranges[row].len(), layout.n_groups())?;
+                check_len(name, "zero_points", zero_points.ranges[row].len(), layout.n_groups())?;
+                for (col, c) in [(SCALES, &scales), (ZERO_POINTS, &zero_points)] {
+                    if c.null_rows[row] || c.first_null_item(row).is_some() {
+                        return Err(QuantError::layer_value(name, format!("{col} contains a null")));
+                    }
+                }
+                RowKind::Quantized(layout)
+            }
+        };
+        rows.push((kind, shape, n));
     }
 
-    let counts: Vec<usize> = layouts.iter().map(GroupLayout::n_elements).collect();
+    let counts: Vec<usize> = rows.iter().map(|r| r.2).collect();
     let mut out = MutableBuffer::from_len_zeroed(counts.iter().sum::<usize>() * size_of::<f32>());
     {
         let outs = split_mut(out.typed_data_mut::<f32>(), counts.iter().copied());
         let scale_values = scales.values.as_primitive::<Float32Type>().values();
         let zero_values = zero_points.values.as_primitive::<Float32Type>().values();
-        let mut jobs: Vec<DequantJob<'_>> = outs
-            .into_iter()
-            .enumerate()
-            .map(|(row, out)| DequantJob {
-                name: &names[row],
-                layout: layouts[row],
-                packed: data.value(row),
-                scales: &scale_values[scales.ranges[row].clone()],
-                zero_points: &zero_values[zero_points.ranges[row].clone()],
-                out,
-            })
-            .collect();
+        let mut jobs: Vec<DequantJob<'_>> = Vec::new();
+        for (row, out) in outs.into_iter().enumerate() {
+            match rows[row].0 {
+                RowKind::Raw(width) => decode_raw(width, data.value(row), out),
+                RowKind::Quantized(layout) => jobs.push(DequantJob {
+                    name: &names[row],
+                    layout,
+                    packed: data.value(row),
+                    scales: &scale_values[scales.ranges[row].clone()],
+                    zero_points: &zero_values[zero_points.ranges[row].clone()],
+                    out,
+                }),
+            }
+        }
         backend.dequantize(&mut jobs)?;
     }
+    let dims: Vec<Vec<usize>> = rows.into_iter().map(|r| r.1).collect();
 
     let weights = float_lists(out.into(), &counts);
     let shapes = int64_lists(dims.iter().map(|d| d.iter().map(|&x| x as i64)));
@@ -88,6 +102,24 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
         vec![Arc::new(StringArray::from(names)), Arc::new(weights), Arc::new(shapes)],
     )
     .map_err(|e| QuantError::value(format!("could not assemble the output batch: {e}")))
+}
+
+enum RowKind {
+    Quantized(GroupLayout),
+    /// Stored as little-endian f16 (16) or f32 (32) values.
+    Raw(i64),
+}
+
+fn decode_raw(width: i64, bytes: &[u8], out: &mut [f32]) {
+    if width == 32 {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    } else {
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+        }
+    }
 }
 
 fn check_len(name: &str, what: &str, got: usize, want: usize) -> Result<()> {

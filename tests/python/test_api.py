@@ -212,3 +212,28 @@ class TestArrowQuantV2:
             q = quant.quantize_arrow_batch(pa.RecordBatch.from_pylist([], schema=schema))
         assert q.num_rows == 0
         assert q.schema.names == QUANT_COLUMNS
+
+
+def test_dequantize_decodes_rows_kept_in_high_precision(rng):
+    """Model files keep some tensors as raw f16/f32 (bit_width 16/32); they decode as such."""
+    q = aq.quantize_arrow(layer_table({"q": rng.standard_normal(64, np.float32)}), group_size=16)
+    h = rng.standard_normal((2, 3)).astype(np.float16)
+    f = rng.standard_normal(5).astype(np.float32)
+    kept = pa.table(
+        {
+            "layer_name": ["h", "f"],
+            "quantized_data": pa.array([h.tobytes(), f.tobytes()], pa.binary()),
+            "scales": pa.array([[], []], pa.list_(pa.field("item", pa.float32(), nullable=False))),
+            "zero_points": pa.array([[], []], pa.list_(pa.field("item", pa.float32(), nullable=False))),
+            "shape": pa.array([[2, 3], [5]], pa.list_(pa.field("item", pa.int64(), nullable=False))),
+            "bit_width": pa.array([16, 32], pa.uint8()),
+        },
+        schema=q.schema,
+    )
+    back = aq.dequantize_arrow(pa.concat_tables([q, kept]))
+    np.testing.assert_array_equal(np.asarray(back["weights"][1].values), h.astype(np.float32).ravel())
+    np.testing.assert_array_equal(np.asarray(back["weights"][2].values), f)
+    assert back["shape"].to_pylist() == [[64], [2, 3], [5]]
+    short = kept.slice(0, 1).set_column(1, "quantized_data", pa.array([b"\x00" * 5], pa.binary()))
+    with pytest.raises(ValueError, match="Layer 'h': has 5 quantized_data bytes, but .* need 12"):
+        aq.dequantize_arrow(short)
