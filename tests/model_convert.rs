@@ -25,7 +25,7 @@ fn gguf_output_reads_back() {
     write(&src, &model);
     for (qt, ty, min_cos) in [(QuantType::Q4_0, GgmlType::Q4_0, 0.98), (QuantType::Q4_1, GgmlType::Q4_1, 0.98), (QuantType::Q8_0, GgmlType::Q8_0, 0.9999)] {
         let dst = dir.path().join("m.gguf");
-        let opts = Options { qtype: qt, keep: vec!["proj.*".into()], ..Options::default() };
+        let opts = Options { qtype: Some(qt), keep: vec!["proj.*".into()], ..Options::default() };
         let reports = convert(&src, &dst, &opts, &mut NoProgress).unwrap();
         assert_eq!(reports.len(), model.len());
         let g = GgufFile::open(&dst).unwrap();
@@ -94,7 +94,7 @@ fn failed_conversion_leaves_no_file() {
     write(&src, &model);
     for (name, qt) in [("out.gguf", QuantType::Q4_0), ("out.arrow", QuantType::Affine)] {
         let dst = dir.path().join(name);
-        let e = convert(&src, &dst, &Options { qtype: qt, ..Options::default() }, &mut NoProgress).unwrap_err();
+        let e = convert(&src, &dst, &Options { qtype: Some(qt), ..Options::default() }, &mut NoProgress).unwrap_err();
         assert!(e.to_string().contains("proj.weight"), "{e}");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 1, "only the source remains: {left:?}");

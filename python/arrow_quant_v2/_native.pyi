@@ -37,7 +37,7 @@ def quantize_safetensors(
     dst: Union[str, PathLike],
     *,
     format: Optional[Literal["arrow", "parquet", "gguf"]] = None,
-    type: Literal["affine", "q4_0", "q4_1", "q8_0"] = "affine",
+    type: Optional[Literal["affine", "q4_0", "q4_1", "q8_0"]] = None,
     bit_width: int = 4,
     group_size: int = 128,
     device: Device = "auto",
@@ -50,9 +50,9 @@ def quantize_safetensors(
 
     `src`: a .safetensors file, a folder of shards with a ``*.safetensors.index.json``, or a
     diffusers-style folder (tensor names get the sub-folder as prefix, ``"unet/..."``).
-    `format` defaults from `dst`'s extension (``.gguf`` → GGUF, else Arrow IPC); GGUF needs
-    `type` q4_0/q4_1/q8_0 (bytes equal to ``gguf.quants.quantize`` of gguf 0.19.0), Arrow needs
-    ``"affine"``. 1-D tensors, tensors of ≤ 1024 elements and rows that cannot be cut into
+    `format` defaults from `dst`'s extension (``.gguf`` → GGUF, else Arrow IPC); GGUF takes
+    `type` q4_0/q4_1/q8_0 (bytes equal to ``gguf.quants.quantize`` of gguf 0.19.0; default q4_0,
+    or q8_0 with ``bit_width=8``), Arrow takes ``"affine"`` (the default there). 1-D tensors, tensors of ≤ 1024 elements and rows that cannot be cut into
     groups stay F16 (F32 if 1-D); `keep`/`quantize` globs override. `min_cosine` (affine) picks
     per tensor the lowest of 2/4/8 bits that reaches it. `progress`: True for a progress bar on
     stderr, or a callable(done_bytes, total_bytes) called after each tensor; an exception it

@@ -30,9 +30,9 @@ enum Command {
         /// arrow, parquet or gguf (default: from the output's extension)
         #[arg(long)]
         format: Option<String>,
-        /// affine (Arrow) or q4_0, q4_1, q8_0 (GGUF)
-        #[arg(long = "type", default_value = "affine")]
-        qtype: String,
+        /// affine (Arrow) or q4_0, q4_1, q8_0 (GGUF) [default: affine for Arrow; q4_0 for GGUF, q8_0 with --bit-width 8]
+        #[arg(long = "type")]
+        qtype: Option<String>,
         #[arg(long, default_value_t = 4)]
         bit_width: i64,
         #[arg(long, default_value_t = 128)]
@@ -110,7 +110,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Quantize { model, output, format, qtype, bit_width, group_size, device, keep, quantize, min_cosine, report, arch, verbose } => {
             let opts = Options {
                 format: format.as_deref().map(str::parse::<OutputFormat>).transpose()?,
-                qtype: qtype.parse::<QuantType>()?,
+                qtype: qtype.map(|t| t.parse::<QuantType>()).transpose()?,
                 config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?,
                 device: device.parse::<Device>()?,
                 keep,

@@ -89,7 +89,8 @@ impl FromStr for QuantType {
 pub struct Options {
     /// `None`: from the output's extension.
     pub format: Option<OutputFormat>,
-    pub qtype: QuantType,
+    /// `None`: affine for Arrow output; for GGUF, q8_0 when `config` asks for 8 bits, else q4_0.
+    pub qtype: Option<QuantType>,
     /// Bit width and group size of the affine format.
     pub config: QuantConfig,
     pub device: Device,
@@ -108,7 +109,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             format: None,
-            qtype: QuantType::Affine,
+            qtype: None,
             config: QuantConfig::default(),
             device: Device::Auto,
             keep: Vec::new(),
@@ -242,7 +243,15 @@ pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progre
     if format == OutputFormat::Parquet {
         return Err(QuantError::value("Parquet output is not implemented yet; write Arrow IPC (.arrow) or GGUF (.gguf)"));
     }
-    let ggml = opts.qtype.ggml();
+    let qtype = opts.qtype.unwrap_or(match (format, opts.config.bit_width) {
+        (OutputFormat::Gguf, BitWidth::B8) => QuantType::Q8_0,
+        (OutputFormat::Gguf, BitWidth::B4) => QuantType::Q4_0,
+        (OutputFormat::Gguf, BitWidth::B2) => {
+            return Err(QuantError::value("GGUF output has 4-bit (q4_0, q4_1) and 8-bit (q8_0) types; 2 bits is for Arrow output"))
+        }
+        _ => QuantType::Affine,
+    });
+    let ggml = qtype.ggml();
     match (format, ggml) {
         (OutputFormat::Gguf, None) => {
             return Err(QuantError::value("GGUF stores ggml block types: pass type 'q4_0', 'q4_1' or 'q8_0' (affine is for Arrow output)"))

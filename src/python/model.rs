@@ -58,14 +58,14 @@ fn strings(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Vec<String>> {
 /// Quantizes a safetensors checkpoint (file, sharded folder or diffusers folder) into an Arrow
 /// IPC or GGUF file; returns the per-tensor quality report as a pyarrow.Table.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, format = None, r#type = "affine", bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, progress = None))]
+#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, progress = None))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_safetensors<'py>(
     py: Python<'py>,
     src: PathBuf,
     dst: PathBuf,
     format: Option<&str>,
-    r#type: &str,
+    r#type: Option<&str>,
     bit_width: i64,
     group_size: i64,
     device: &str,
@@ -76,7 +76,7 @@ fn quantize_safetensors<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let opts = Options {
         format: format.map(str::parse::<OutputFormat>).transpose()?,
-        qtype: r#type.parse::<QuantType>()?,
+        qtype: r#type.map(str::parse::<QuantType>).transpose()?,
         config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?,
         device: device.parse::<Device>()?,
         keep: strings(keep, "keep")?,

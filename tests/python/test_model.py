@@ -125,8 +125,8 @@ def test_errors(tmp_path):
     good = tmp_path / "g.safetensors"
     write_safetensors(good, {"w": np.ones((64, 64), np.float32)})
     with pytest.raises(ValueError, match="q4_0"):
-        aq.quantize_safetensors(good, tmp_path / "o.gguf")
-    with pytest.raises(ValueError):
+        aq.quantize_safetensors(good, tmp_path / "o.gguf", type="affine")
+    with pytest.raises(ValueError, match="GGUF block type"):
         aq.quantize_safetensors(good, tmp_path / "o.arrow", type="q4_0")
 
     def boom(done, total):
@@ -198,3 +198,18 @@ def test_minilm_end_to_end(tmp_path, qtype, bits, threshold):
                 assert cos > threshold
                 n += 1
         assert n == len(quantized)
+
+
+@pytest.mark.parametrize("bit_width,want", [(4, "Q4_0"), (8, "Q8_0")])
+def test_gguf_type_defaults_from_bit_width(tmp_path, bit_width, want):
+    gguf = importlib.import_module("gguf")
+    src = tmp_path / "m.safetensors"
+    write_safetensors(src, {"w": np.random.default_rng(2).standard_normal((64, 64)).astype(np.float32)})
+    aq.quantize_safetensors(src, tmp_path / "m.gguf", bit_width=bit_width)
+    (tensor,) = gguf.GGUFReader(tmp_path / "m.gguf").tensors
+    assert tensor.tensor_type == getattr(gguf.GGMLQuantizationType, want)
+    with pytest.raises(ValueError, match="GGUF stores ggml block types"):
+        aq.quantize_safetensors(src, tmp_path / "x.gguf", type="affine")
+    with pytest.raises(ValueError, match="2 bits is for Arrow output"):
+        aq.quantize_safetensors(src, tmp_path / "y.gguf", bit_width=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.safetensors"]
