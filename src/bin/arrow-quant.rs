@@ -141,17 +141,28 @@ fn run(cli: Cli) -> Result<()> {
 
 fn inspect(path: &Path) -> Result<()> {
     let q = QuantFile::open(path)?;
+    // A reader that stops early (`| head`) is not an error.
+    match write_inspection(path, &q, &mut std::io::stdout().lock()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(QuantError::Io { context: "cannot write to stdout".into(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn write_inspection(path: &Path, q: &QuantFile, out: &mut impl std::io::Write) -> std::io::Result<()> {
     for (k, v) in q.metadata() {
         let v = if v.chars().count() > 200 { format!("{}… ({} chars)", v.chars().take(200).collect::<String>(), v.chars().count()) } else { v };
-        println!("{k} = {v}");
+        writeln!(out, "{k} = {v}")?;
     }
-    println!("{:<60} {:>7} {:>4} {:>20} {:>12} {:>7}", "tensor", "format", "bits", "shape", "bytes", "ratio");
+    writeln!(out, "{:<60} {:>7} {:>4} {:>20} {:>12} {:>7}", "tensor", "format", "bits", "shape", "bytes", "ratio")?;
     let (mut stored, mut f32_bytes) = (0u64, 0u64);
     for e in q.entries() {
         let full = 4 * e.n_elements() as u64;
         stored += e.stored_bytes;
         f32_bytes += full;
-        println!(
+        writeln!(
+            out,
             "{:<60} {:>7} {:>4} {:>20} {:>12} {:>6.2}x",
             e.name,
             e.format,
@@ -159,14 +170,15 @@ fn inspect(path: &Path) -> Result<()> {
             format!("{:?}", e.shape),
             e.stored_bytes,
             full as f64 / e.stored_bytes.max(1) as f64
-        );
+        )?;
     }
     let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    println!(
+    writeln!(
+        out,
         "{} tensors, {stored} bytes of tensor data ({file_len} bytes on disk); {:.2}x smaller than float32",
         q.entries().len(),
         f32_bytes as f64 / stored.max(1) as f64
-    );
+    )?;
     Ok(())
 }
 
