@@ -50,7 +50,7 @@ def quantize_safetensors(
 
     `src`: a .safetensors file, a folder of shards with a ``*.safetensors.index.json``, or a
     diffusers-style folder (tensor names get the sub-folder as prefix, ``"unet/..."``).
-    `format` defaults from `dst`'s extension (``.gguf`` → GGUF, else Arrow IPC); GGUF takes
+    `format` defaults from `dst`'s extension (``.gguf`` → GGUF, ``.parquet`` → Parquet, else Arrow IPC); GGUF takes
     `type` q4_0/q4_1/q8_0 (bytes equal to ``gguf.quants.quantize`` of gguf 0.19.0; default q4_0,
     or q8_0 with ``bit_width=8``), Arrow takes ``"affine"`` (the default there). 1-D tensors, tensors of ≤ 1024 elements and rows that cannot be cut into
     groups stay F16 (F32 if 1-D); `keep`/`quantize` globs override. `min_cosine` (affine) picks
@@ -66,6 +66,6 @@ def quantize_safetensors(
     missing or unreadable files."""
 
 def read_quantized(path: Union[str, PathLike]) -> pa.Table:
-    """Reads an Arrow IPC model file written by :func:`quantize_safetensors`: the quantized
+    """Reads an Arrow IPC or Parquet model file written by :func:`quantize_safetensors`: the quantized
     schema plus `source_dtype`, `format`, `cosine`, `relative_mse`, `snr_db`. Rows whose
     `format` is "F16"/"F32" hold raw little-endian values in `quantized_data`."""

@@ -185,6 +185,9 @@ fn write_inspection(path: &Path, q: &QuantFile, out: &mut impl std::io::Write) -
 /// One tensor decoded on demand while safetensors writes the file, so only one is in memory.
 struct Lazy<'a> {
     q: &'a QuantFile,
+    /// The first decode error: `View::data` cannot return one, so it is kept here and the
+    /// output is abandoned after serialization.
+    failed: &'a std::cell::RefCell<Option<QuantError>>,
     i: usize,
     dtype: OutDtype,
     shape: Vec<usize>,
@@ -202,8 +205,13 @@ impl safetensors::View for Lazy<'_> {
         &self.shape
     }
     fn data(&self) -> Cow<'_, [u8]> {
-        // The file was checked when it was opened; a decode error here means it changed since.
-        let v = self.q.decode(self.i).unwrap_or_else(|e| panic!("cannot decode tensor: {e}"));
+        let v = match self.q.decode(self.i) {
+            Ok(v) => v,
+            Err(e) => {
+                self.failed.borrow_mut().get_or_insert(e);
+                return Cow::Owned(vec![0; self.data_len()]);
+            }
+        };
         Cow::Owned(match self.dtype {
             OutDtype::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             OutDtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
@@ -217,14 +225,18 @@ impl safetensors::View for Lazy<'_> {
 
 fn dequantize(qfile: &Path, output: &Path, dtype: OutDtype) -> Result<()> {
     let q = QuantFile::open(qfile)?;
+    let failed = std::cell::RefCell::new(None);
     let tensors: Vec<(String, Lazy)> = q
         .entries()
         .iter()
         .enumerate()
-        .map(|(i, e)| (e.name.clone(), Lazy { q: &q, i, dtype, shape: e.shape.clone() }))
+        .map(|(i, e)| (e.name.clone(), Lazy { q: &q, failed: &failed, i, dtype, shape: e.shape.clone() }))
         .collect();
     let out = AtomicFile::create(output)?;
     safetensors::serialize_to_file(tensors, None, out.temp_path())
         .map_err(|e| QuantError::value(format!("cannot write {}: {e}", output.display())))?;
+    if let Some(e) = failed.into_inner() {
+        return Err(e); // dropping `out` removes the temporary file
+    }
     out.commit()
 }

@@ -15,6 +15,8 @@ use arrow_buffer::OffsetBuffer;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
+use parquet::arrow::ArrowWriter;
+
 use super::atomic::AtomicFile;
 use super::convert::TensorReport;
 use crate::arrow::quantize::int64_lists;
@@ -39,6 +41,10 @@ fn arrow_err(e: arrow_schema::ArrowError) -> QuantError {
     QuantError::value(format!("Arrow IPC: {e}"))
 }
 
+fn parquet_err(e: parquet::errors::ParquetError) -> QuantError {
+    QuantError::value(format!("could not write Parquet: {e}"))
+}
+
 /// The model file's schema.
 pub fn model_schema(group_size: usize, large: bool, meta: &ModelMeta) -> SchemaRef {
     let base = quantized_schema(group_size, large);
@@ -60,8 +66,14 @@ pub fn model_schema(group_size: usize, large: bool, meta: &ModelMeta) -> SchemaR
     Arc::new(Schema::new(fields).with_metadata(metadata))
 }
 
+/// Arrow IPC or Parquet: the same batches, either container.
+enum TableWriter {
+    Ipc(FileWriter<AtomicFile>),
+    Parquet(ArrowWriter<AtomicFile>),
+}
+
 pub struct ArrowSink {
-    writer: FileWriter<AtomicFile>,
+    writer: TableWriter,
     schema: SchemaRef,
     large: bool,
 }
@@ -76,9 +88,14 @@ fn floats(v: &[f32]) -> ArrayRef {
 }
 
 impl ArrowSink {
-    pub fn new(out: AtomicFile, group_size: usize, large: bool, meta: &ModelMeta) -> Result<Self> {
+    pub fn new(out: AtomicFile, parquet: bool, group_size: usize, large: bool, meta: &ModelMeta) -> Result<Self> {
         let schema = model_schema(group_size, large, meta);
-        let writer = FileWriter::try_new(out, &schema).map_err(arrow_err)?;
+        let writer = if parquet {
+            // The Arrow schema, metadata included, is stored in the file and restored by readers.
+            TableWriter::Parquet(ArrowWriter::try_new(out, schema.clone(), None).map_err(parquet_err)?)
+        } else {
+            TableWriter::Ipc(FileWriter::try_new(out, &schema).map_err(arrow_err)?)
+        };
         Ok(Self { writer, schema, large })
     }
 
@@ -105,7 +122,10 @@ impl ArrowSink {
             Arc::new(Float64Array::from(vec![r.stats.snr_db()])),
         ];
         let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_err)?;
-        self.writer.write(&batch).map_err(arrow_err)
+        match &mut self.writer {
+            TableWriter::Ipc(w) => w.write(&batch).map_err(arrow_err),
+            TableWriter::Parquet(w) => w.write(&batch).map_err(parquet_err),
+        }
     }
 
     pub fn write_affine(&mut self, r: &TensorReport, q: &QuantizedTensor) -> Result<()> {
@@ -118,9 +138,14 @@ impl ArrowSink {
     }
 
     /// Writes the footer and hands back the file for renaming.
-    pub fn finish(mut self) -> Result<AtomicFile> {
-        self.writer.finish().map_err(arrow_err)?;
-        self.writer.into_inner().map_err(arrow_err)
+    pub fn finish(self) -> Result<AtomicFile> {
+        match self.writer {
+            TableWriter::Ipc(mut w) => {
+                w.finish().map_err(arrow_err)?;
+                w.into_inner().map_err(arrow_err)
+            }
+            TableWriter::Parquet(w) => w.into_inner().map_err(parquet_err),
+        }
     }
 }
 

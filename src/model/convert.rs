@@ -240,9 +240,6 @@ fn default_name(ck: &Checkpoint) -> String {
 /// Converts the checkpoint at `src` into `dst`. Returns one report per tensor in file order.
 pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
     let format = opts.format.unwrap_or_else(|| OutputFormat::from_path(dst));
-    if format == OutputFormat::Parquet {
-        return Err(QuantError::value("Parquet output is not implemented yet; write Arrow IPC (.arrow) or GGUF (.gguf)"));
-    }
     let qtype = opts.qtype.unwrap_or(match (format, opts.config.bit_width) {
         (OutputFormat::Gguf, BitWidth::B8) => QuantType::Q8_0,
         (OutputFormat::Gguf, BitWidth::B4) => QuantType::Q4_0,
@@ -256,9 +253,9 @@ pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progre
         (OutputFormat::Gguf, None) => {
             return Err(QuantError::value("GGUF stores ggml block types: pass type 'q4_0', 'q4_1' or 'q8_0' (affine is for Arrow output)"))
         }
-        (OutputFormat::Arrow, Some(t)) => {
+        (OutputFormat::Arrow | OutputFormat::Parquet, Some(t)) => {
             return Err(QuantError::value(format!(
-                "type '{}' is a GGUF block type; write a .gguf file, or use type 'affine' for Arrow output",
+                "type '{}' is a GGUF block type; write a .gguf file, or use type 'affine' for Arrow or Parquet output",
                 t.name().to_ascii_lowercase()
             )))
         }
@@ -331,7 +328,7 @@ pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progre
                     .collect(),
             };
             let large = ck.tensors.iter().any(|t| t.len > i32::MAX as u64);
-            Sink::Arrow(Box::new(ArrowSink::new(out, opts.config.group_size, large, &meta)?))
+            Sink::Arrow(Box::new(ArrowSink::new(out, format == OutputFormat::Parquet, opts.config.group_size, large, &meta)?))
         }
     };
 

@@ -8,6 +8,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int64Type, UInt8Type};
 use arrow_array::{Array, RecordBatch};
 use arrow_ipc::reader::FileReader;
+use arrow_schema::SchemaRef;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use arrow_schema::DataType;
 
 use super::arrow_out::FORMAT;
@@ -20,13 +22,32 @@ use crate::gguf::reader::GgufFile;
 use crate::gguf::{blocks, GgmlType};
 use crate::quant::{BitWidth, GroupLayout, QuantConfig};
 
-/// Reads every record batch of an Arrow IPC file.
-pub fn read_arrow(path: &Path) -> Result<Vec<RecordBatch>> {
-    let file = File::open(path).map_err(|e| QuantError::Io { context: format!("cannot open {}", path.display()), source: e })?;
-    let reader = FileReader::try_new(file, None).map_err(|e| QuantError::value(format!("{}: not a readable Arrow IPC file: {e}", path.display())))?;
-    reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| QuantError::value(format!("{}: {e}", path.display())))
+/// Reads the schema and every record batch of an Arrow IPC or Parquet file (told apart by
+/// Parquet's `PAR1` magic).
+pub fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let io = |e| QuantError::Io { context: format!("cannot open {}", path.display()), source: e };
+    let mut magic = [0u8; 4];
+    {
+        use std::io::Read;
+        let _ = File::open(path).map_err(io)?.read(&mut magic);
+    }
+    let file = File::open(path).map_err(io)?;
+    let bad = |what: &str, e: &dyn std::fmt::Display| QuantError::value(format!("{}: not a readable {what} file: {e}", path.display()));
+    if &magic == b"PAR1" {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad("Parquet", &e))?;
+        let schema = builder.schema().clone();
+        let reader = builder.build().map_err(|e| bad("Parquet", &e))?;
+        let batches = reader
+            .map(|b| b.and_then(|b| b.with_schema(schema.clone())))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad("Parquet", &e))?;
+        // Batches carry the file's schema metadata (group size, model metadata), as IPC's do.
+        return Ok((schema, batches));
+    }
+    let reader = FileReader::try_new(file, None).map_err(|e| bad("Arrow IPC", &e))?;
+    let schema = reader.schema();
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad("Arrow IPC", &e))?;
+    Ok((schema, batches))
 }
 
 #[derive(Clone, Debug)]
@@ -95,7 +116,7 @@ impl QuantFile {
                 .collect();
             return Ok(Self::Gguf { file, entries });
         }
-        let batches = read_arrow(path)?;
+        let (_, batches) = read_batches(path)?;
         let mut rows = Vec::new();
         let mut entries = Vec::new();
         for (bi, b) in batches.iter().enumerate() {

@@ -10,7 +10,7 @@ use pyo3_arrow::PyTable;
 use crate::device::Device;
 use crate::error::{QuantError, Result};
 use crate::model::arrow_out::report_batch;
-use crate::model::quantized::read_arrow;
+use crate::model::quantized::read_batches;
 use crate::model::{convert, Options, OutputFormat, Progress, QuantType};
 use crate::quant::{BitWidth, QuantConfig};
 
@@ -116,16 +116,7 @@ fn quantize_safetensors<'py>(
 /// Reads an Arrow IPC file written by `quantize_safetensors` (or any Arrow IPC file).
 #[pyfunction]
 fn read_quantized<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyAny>> {
-    let batches = py.detach(|| read_arrow(&path))?;
-    let schema = match batches.first() {
-        Some(b) => b.schema(),
-        None => {
-            let file = std::fs::File::open(&path).map_err(|e| QuantError::Io { context: format!("cannot open {}", path.display()), source: e })?;
-            arrow_ipc::reader::FileReader::try_new(file, None)
-                .map_err(|e| QuantError::value(format!("{}: {e}", path.display())))?
-                .schema()
-        }
-    };
+    let (schema, batches) = py.detach(|| read_batches(&path))?;
     PyTable::try_new(batches, schema)?.into_pyarrow(py)
 }
 

@@ -89,16 +89,23 @@ def test_gguf_bytes_equal_gguf_py(tmp_path, qtype):
     assert "general.quantization_version" in fields and "general.name" in fields
 
 
-def test_arrow_output_round_trip(tmp_path):
+@pytest.mark.parametrize("suffix", [".arrow", ".parquet"])
+def test_arrow_output_round_trip(tmp_path, suffix):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((64, 256)).astype(np.float32)
-    src, dst = tmp_path / "m.safetensors", tmp_path / "m.arrow"
+    src, dst = tmp_path / "m.safetensors", tmp_path / ("m" + suffix)
     b = rng.standard_normal(64).astype(np.float32)
     write_safetensors(src, {"w": w, "b": b})
     calls = []
     report = aq.quantize_safetensors(src, dst, bit_width=8, progress=lambda d, t: calls.append((d, t)))
     assert calls[-1][0] == calls[-1][1] == w.nbytes + 256
     table = aq.read_quantized(dst)
+    # Other readers get the same table, metadata included.
+    if suffix == ".parquet":
+        direct = importlib.import_module("pyarrow.parquet").read_table(dst)
+    else:
+        direct = pa.ipc.open_file(dst).read_all()
+    assert direct.equals(table) and direct.schema.metadata == table.schema.metadata
     formats = dict(zip(table.column("layer_name").to_pylist(), table.column("format").to_pylist()))
     assert formats == {"w": "affine", "b": "F32"}
     meta = table.schema.metadata
