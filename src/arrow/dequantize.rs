@@ -5,7 +5,6 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Int64Type};
 use arrow_array::{Array, RecordBatch, StringArray};
-use arrow_buffer::MutableBuffer;
 use arrow_schema::DataType;
 
 use super::input::ShapeColumn;
@@ -72,9 +71,9 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
     }
 
     let counts: Vec<usize> = rows.iter().map(|r| r.2).collect();
-    let mut out = MutableBuffer::from_len_zeroed(counts.iter().sum::<usize>() * size_of::<f32>());
+    let mut out = super::alloc::zeroed::<f32>(counts.iter().sum::<usize>());
     {
-        let outs = split_mut(out.typed_data_mut::<f32>(), counts.iter().copied());
+        let outs = split_mut(&mut out, counts.iter().copied());
         let scale_values = scales.values.as_primitive::<Float32Type>().values();
         let zero_values = zero_points.values.as_primitive::<Float32Type>().values();
         let mut jobs: Vec<DequantJob<'_>> = Vec::new();
@@ -95,7 +94,7 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
     }
     let dims: Vec<Vec<usize>> = rows.into_iter().map(|r| r.1).collect();
 
-    let weights = float_lists(out.into(), &counts);
+    let weights = float_lists(out, &counts);
     let shapes = int64_lists(dims.iter().map(|d| d.iter().map(|&x| x as i64)));
     RecordBatch::try_new(
         dequantized_schema(),

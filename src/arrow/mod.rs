@@ -5,7 +5,9 @@
 //! * [`lists`]: uniform access to list, large_list and fixed_size_list columns.
 //! * [`input`]: validating a table of layers and viewing its weights as `f32` slices.
 //! * [`quantize`] / [`dequantize`]: one RecordBatch in, one out.
+//! * [`alloc`]: zeroed output buffers, on huge pages where the system allows.
 
+pub mod alloc;
 pub mod dequantize;
 pub mod input;
 pub mod lists;

@@ -7,11 +7,12 @@
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, BinaryArray, Float32Array, Int64Array, LargeBinaryArray, ListArray, RecordBatch, StringArray, UInt8Array};
-use arrow_buffer::{Buffer, MutableBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::DataType;
 
 use super::input::{read_layers, Layer};
 use super::schema::{list_field, quantized_schema};
+use super::alloc::zeroed;
 use super::split_mut;
 use crate::backend::{Backend, QuantJob};
 use crate::error::{QuantError, Result};
@@ -35,13 +36,13 @@ pub fn quantize_layers(layers: &[Layer<'_>], config: QuantConfig, backend: &dyn 
         )));
     }
 
-    let mut packed = MutableBuffer::from_len_zeroed(packed_lens.iter().sum());
-    let mut scales = MutableBuffer::from_len_zeroed(total_groups * size_of::<f32>());
-    let mut zero_points = MutableBuffer::from_len_zeroed(total_groups * size_of::<f32>());
+    let mut packed = zeroed::<u8>(packed_lens.iter().sum());
+    let mut scales = zeroed::<f32>(total_groups);
+    let mut zero_points = zeroed::<f32>(total_groups);
     {
-        let packed = split_mut(packed.as_slice_mut(), packed_lens.iter().copied());
-        let scales = split_mut(scales.typed_data_mut::<f32>(), group_counts.iter().copied());
-        let zero_points = split_mut(zero_points.typed_data_mut::<f32>(), group_counts.iter().copied());
+        let packed = split_mut(&mut packed, packed_lens.iter().copied());
+        let scales = split_mut(&mut scales, group_counts.iter().copied());
+        let zero_points = split_mut(&mut zero_points, group_counts.iter().copied());
         let mut jobs: Vec<QuantJob<'_>> = layers
             .iter()
             .zip(&layouts)
@@ -59,9 +60,9 @@ pub fn quantize_layers(layers: &[Layer<'_>], config: QuantConfig, backend: &dyn 
     }
 
     let large = packed.len() > i32::MAX as usize;
-    let data: ArrayRef = binary_array(packed.into(), &packed_lens, large);
-    let scales = float_lists(scales.into(), &group_counts);
-    let zero_points = float_lists(zero_points.into(), &group_counts);
+    let data: ArrayRef = binary_array(Buffer::from_vec(packed), &packed_lens, large);
+    let scales = float_lists(scales, &group_counts);
+    let zero_points = float_lists(zero_points, &group_counts);
     let names = StringArray::from_iter_values(layers.iter().map(|l| l.name.as_str()));
     let shapes = int64_lists(layers.iter().map(|l| l.shape.iter().map(|&d| d as i64)));
     let bits = UInt8Array::from_iter_values(layouts.iter().map(|l| l.bit_width.bits() as u8));
@@ -82,7 +83,7 @@ fn binary_array(values: Buffer, lengths: &[usize], large: bool) -> ArrayRef {
 }
 
 /// A list<float32> column over one shared value buffer.
-pub(crate) fn float_lists(values: Buffer, lengths: &[usize]) -> ListArray {
+pub(crate) fn float_lists(values: Vec<f32>, lengths: &[usize]) -> ListArray {
     let values = Float32Array::new(ScalarBuffer::from(values), None);
     ListArray::new(list_field(DataType::Float32), OffsetBuffer::from_lengths(lengths.iter().copied()), Arc::new(values), None)
 }
