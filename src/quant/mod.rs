@@ -9,8 +9,10 @@
 //! * [`reference`]: the plain scalar quantizer built from the pieces above; the backends are
 //!   tested against it.
 //! * [`metrics`]: error measures between original and dequantized weights.
+//! * [`ggml`]: ggml's block formats (GGUF's Q4_0 … Q6_K), a second scheme beside the affine one.
 
 pub mod codes;
+pub mod ggml;
 pub mod layout;
 pub mod metrics;
 pub mod pack;
