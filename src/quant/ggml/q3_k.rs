@@ -28,6 +28,26 @@ fn get_scale(s: &[u8], j: usize) -> i8 {
     (low | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) as i8).wrapping_sub(32)
 }
 
+/// `make_q3_quants(16, 4, …)` for the sixteen sub-blocks of `V::N` super-blocks. Each group's
+/// passes are one long chain of dependent operations: four sub-blocks (j, j+4, j+8, j+12) run
+/// as the lanes of one [`Multi`], so the CPU has independent work while a chain waits on its
+/// division.
+#[inline(always)]
+fn make_q3_groups<V: Lanes>(x: &[V], codes: &mut [V::Int; QK_K], scales: &mut [V; 16]) {
+    for j in 0..4 {
+        let start = |k: usize| 16 * (j + 4 * k);
+        let xs = build!(Multi([V::splat(0.0); 4]); 16, |i| Multi(build!(V::splat(0.0); 4, |k| x[start(k) + i])));
+        let mut ls = [Multi([V::Int::splat(0); 4]); 16];
+        let sc = make_q3_quants(4, &xs, &mut ls);
+        for k in 0..4 {
+            scales[j + 4 * k] = sc.0[k];
+            for i in 0..16 {
+                codes[start(k) + i] = ls[i].0[k];
+            }
+        }
+    }
+}
+
 /// Encodes `V::N` super-blocks (`x[i]` = element `i` of each lane's block; `qw` likewise).
 #[inline(always)]
 pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
@@ -39,20 +59,7 @@ pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
     // scales quantized by make_qx_quants too (weighted by each sub-block's total weight).
     let qx = match qw {
         None => {
-            // make_q3_quants is one long dependent chain per group: run four sub-blocks
-            // (j, j+4, j+8, j+12) interleaved.
-            for j in 0..4 {
-                let start = |k: usize| 16 * (j + 4 * k);
-                let xs = build!(Multi([V::splat(0.0); 4]); 16, |i| Multi(build!(V::splat(0.0); 4, |k| x[start(k) + i])));
-                let mut ls = [Multi([V::Int::splat(0); 4]); 16];
-                let sc = make_q3_quants(4, &xs, &mut ls);
-                for k in 0..4 {
-                    scales[j + 4 * k] = sc.0[k];
-                    for i in 0..16 {
-                        codes[start(k) + i] = ls[i].0[k];
-                    }
-                }
-            }
+            make_q3_groups(x, &mut codes, &mut scales);
             None
         }
         Some(qw) => {
@@ -145,9 +152,11 @@ pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
         }
         h
     });
-    let low = build!(V::Int::splat(0); QK_K, |j| codes[j].and(three));
     V::Int::store_bytes(&hmask, out, BYTES);
-    V::Int::store_bytes(&pack_2bit(&low), &mut out[32..], BYTES);
+    for c in codes.iter_mut() {
+        *c = c.and(three);
+    }
+    V::Int::store_bytes(&pack_2bit(&codes), &mut out[32..], BYTES);
     for b in 0..V::N {
         let o = &mut out[b * BYTES..(b + 1) * BYTES];
         o[96..108].copy_from_slice(&sc_bytes[b]);

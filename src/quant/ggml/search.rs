@@ -85,9 +85,9 @@ pub fn make_qx_quants<V: Lanes>(nmax: i32, x: &[V], l_out: &mut [V::Int], qw: Op
     V::select(zero_group, zero, scale)
 }
 
-/// `make_q3_quants(n, nmax, x, L, do_rmse = true)`: symmetric codes refined by up to five
-/// passes of coordinate descent on the `x²`-weighted fit. Returns the scale; codes are
-/// `l + nmax`, or all 0 for a zero group.
+/// `make_q3_quants(n, nmax, x, L, do_rmse = true)` for groups of at most 16: symmetric codes
+/// refined by up to five passes of coordinate descent on the `x²`-weighted fit. Returns the
+/// scale; codes are `l + nmax`, or all 0 for a zero group.
 #[inline(always)]
 pub fn make_q3_quants<V: Lanes>(nmax: i32, x: &[V], l_out: &mut [V::Int]) -> V {
     let n = x.len();
@@ -96,13 +96,16 @@ pub fn make_q3_quants<V: Lanes>(nmax: i32, x: &[V], l_out: &mut [V::Int]) -> V {
     let zero = V::splat(0.0);
 
     let iscale = V::splat(-(nmax as f32)) / max;
+    // The weights w = x² and the products w*x, once for all passes (the same roundings).
+    let (mut w, mut wx) = ([zero; 16], [zero; 16]);
     let (mut sumlx, mut suml2) = (zero, zero);
     for i in 0..n {
         let l = clamp((iscale * x[i]).nearest_int(), -nmax, nmax - 1);
         l_out[i] = l;
-        let (w, lf) = (x[i] * x[i], l.to_f32());
-        sumlx = sumlx + w * x[i] * lf;
-        suml2 = suml2 + w * lf * lf;
+        (w[i], wx[i]) = (x[i] * x[i], x[i] * x[i] * x[i]);
+        let lf = l.to_f32();
+        sumlx = sumlx + wx[i] * lf;
+        suml2 = suml2 + w[i] * lf * lf;
     }
     // A lane stops at the first pass that changes nothing.
     let mut active = !zero_group;
@@ -112,13 +115,13 @@ pub fn make_q3_quants<V: Lanes>(nmax: i32, x: &[V], l_out: &mut [V::Int]) -> V {
         }
         let mut changed = V::mask_splat(false);
         for i in 0..n {
-            let w = x[i] * x[i];
+            let (w, wx) = (w[i], wx[i]);
             let li = l_out[i].to_f32();
-            let slx = sumlx - w * x[i] * li;
+            let slx = sumlx - wx * li;
             let sl2 = suml2 - w * li * li;
             let new_l = clamp((x[i] * sl2 / slx).nearest_int(), -nmax, nmax - 1);
             let nf = new_l.to_f32();
-            let slx2 = slx + w * x[i] * nf;
+            let slx2 = slx + wx * nf;
             let sl22 = sl2 + w * nf * nf;
             let take = active
                 & slx.gt(zero)
