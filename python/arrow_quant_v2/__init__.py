@@ -21,11 +21,15 @@ from ._native import (
     quantize_safetensors,
     read_quantized,
 )
+from .gguf import GGUF_TYPES, gguf_dequantize, gguf_quantize
 
 __all__ = [
     "ArrowQuantV2",
     "__version__",
     "backend_name",
+    "GGUF_TYPES",
+    "gguf_dequantize",
+    "gguf_quantize",
     "dequantize_arrow",
     "quantize_arrow",
     "quantize_arrow_batch",

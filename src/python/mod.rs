@@ -5,6 +5,7 @@
 //! interface, without copies. The GIL is released while batches are read and quantized.
 
 mod errors;
+mod ggml;
 mod model;
 
 use arrow_array::RecordBatch;
@@ -114,6 +115,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dequantize_arrow, m)?)?;
     m.add_function(wrap_pyfunction!(backend_name, m)?)?;
     model::register(m)?;
+    ggml::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,0 +1,61 @@
+"""ggml's block formats (GGUF tensor types) on numpy arrays, byte-identical to ggml's own
+quantizer (``ggml_quantize_chunk`` of ggml 0.20.x), with or without an importance matrix.
+
+The same Rust code writes the tensors of ``arrow-quant quantize ... --type q4_k_m``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import _native
+
+__all__ = ["gguf_quantize", "gguf_dequantize", "GGUF_TYPES"]
+
+#: The tensor types :func:`gguf_quantize` writes (bits per weight in parentheses):
+#: q4_0 (4.5), q4_1 (5.0), q5_0 (5.5), q5_1 (6.0), q8_0 (8.5), q2_k (2.625), q3_k (3.4375),
+#: q4_k (4.5), q5_k (5.5), q6_k (6.5625), and the plain f32, f16, bf16.
+GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "f32", "f16", "bf16")
+
+
+def _as_f32(array, what: str) -> np.ndarray:
+    """float32 values of `array` (exact for float16 and bfloat16; float64 is rounded once)."""
+    a = np.asarray(array)
+    if a.dtype == np.float32:
+        return a
+    if a.dtype == np.float16 or a.dtype == np.float64:
+        return a.astype(np.float32)
+    if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:  # ml_dtypes / jax / torch-numpy bfloat16
+        bits = np.ascontiguousarray(a).view(np.uint16).astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(a.shape)
+    raise TypeError(f"{what} must be a float32, float16 or bfloat16 array, got dtype {a.dtype}")
+
+
+def gguf_quantize(array, type: str, *, imatrix: Optional[Sequence[float]] = None) -> bytes:
+    """Encodes `array` as GGUF tensor type `type` (e.g. ``"q4_k"``), rows along the last axis.
+
+    Returns the tensor's data exactly as ``ggml_quantize_chunk(type, ...)`` writes it (and as it
+    sits in a GGUF file). `imatrix`: one importance value per column (the row length), used as
+    llama.cpp uses an importance matrix. The row length must be a multiple of the type's block
+    (32, or 256 for the K types); when it is not, the ValueError names the type llama.cpp falls
+    back to. NaN/Inf values raise ValueError."""
+    a = _as_f32(array, "array")
+    if a.ndim == 0 or a.size == 0:
+        raise ValueError(f"gguf_quantize needs a non-empty array of at least one dimension, got shape {a.shape}")
+    n_per_row = a.shape[-1]
+    w = None
+    if imatrix is not None:
+        w = np.ascontiguousarray(_as_f32(imatrix, "imatrix")).reshape(-1)
+    return _native._gguf_quantize(np.ascontiguousarray(a).reshape(-1), n_per_row, str(type), w)
+
+
+def gguf_dequantize(data, type: str, shape) -> np.ndarray:
+    """Decodes GGUF tensor data of `type` to a float32 array of `shape` (rows along the last
+    axis), as ggml's ``dequantize_row_*`` functions do."""
+    shape = tuple(int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    if any(d < 0 for d in shape):
+        raise ValueError(f"shape must not have negative dimensions, got {shape}")
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return _native._gguf_dequantize(bytes(data) if not isinstance(data, bytes) else data, str(type), n).reshape(shape)

@@ -1,0 +1,61 @@
+//! `gguf_quantize` / `gguf_dequantize`: ggml's block formats on numpy arrays (the Python
+//! wrappers in `arrow_quant_v2.gguf` normalize dtypes and shapes first).
+
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::error::{QuantError, Result};
+use crate::quant::ggml::{self, GgmlType};
+
+fn tensor_type(name: &str) -> Result<GgmlType> {
+    name.parse::<GgmlType>().map_err(|_| {
+        QuantError::value(format!(
+            "Unknown GGUF type '{name}'. Must be one of f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k \
+             (mixes such as q4_k_m are chosen per tensor by the model converter)"
+        ))
+    })
+}
+
+/// Encodes contiguous float32 rows of `n_per_row` as `type_name`; the GIL is released.
+#[pyfunction]
+#[pyo3(signature = (x, n_per_row, type_name, imatrix = None))]
+fn _gguf_quantize<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f32>,
+    n_per_row: usize,
+    type_name: &str,
+    imatrix: Option<PyReadonlyArray1<'py, f32>>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let ty = tensor_type(type_name)?;
+    let x = x.as_slice()?;
+    let imatrix = imatrix.as_ref().map(|w| w.as_slice()).transpose()?;
+    let out = py.detach(|| -> Result<Vec<u8>> {
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(QuantError::NonFinite { layer: "array".into(), index: i, value: x[i] });
+        }
+        let n_bytes = ggml::check_rows(ty, x.len(), n_per_row, imatrix)?;
+        let mut out = vec![0u8; n_bytes];
+        ggml::quantize(ty, x, n_per_row, imatrix, &mut out)?;
+        Ok(out)
+    })?;
+    Ok(PyBytes::new(py, &out))
+}
+
+/// Decodes `n` elements of `type_name` blocks to a flat float32 array.
+#[pyfunction]
+fn _gguf_dequantize<'py>(py: Python<'py>, data: &[u8], type_name: &str, n: usize) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let ty = tensor_type(type_name)?;
+    let out = py.detach(|| -> Result<Vec<f32>> {
+        let mut out = vec![0f32; n];
+        ggml::dequantize(ty, data, &mut out)?;
+        Ok(out)
+    })?;
+    Ok(PyArray1::from_vec(py, out))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_gguf_quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(_gguf_dequantize, m)?)?;
+    Ok(())
+}
