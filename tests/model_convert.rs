@@ -4,6 +4,7 @@
 mod model_common;
 
 use arrow_quant_v2::gguf::reader::GgufFile;
+use arrow_quant_v2::gguf::mix::FileType;
 use arrow_quant_v2::gguf::{GgmlType, MetaValue};
 use arrow_quant_v2::model::quantized::QuantFile;
 use arrow_quant_v2::model::{convert, NoProgress, Options, QuantType};
@@ -23,9 +24,9 @@ fn gguf_output_reads_back() {
     let src = dir.path().join("m.safetensors");
     let model = small_model();
     write(&src, &model);
-    for (qt, ty, min_cos) in [(QuantType::Q4_0, GgmlType::Q4_0, 0.98), (QuantType::Q4_1, GgmlType::Q4_1, 0.98), (QuantType::Q8_0, GgmlType::Q8_0, 0.9999)] {
+    for (qt, ty, min_cos) in [(FileType::Q4_0, GgmlType::Q4_0, 0.98), (FileType::Q4_1, GgmlType::Q4_1, 0.98), (FileType::Q8_0, GgmlType::Q8_0, 0.9999)] {
         let dst = dir.path().join("m.gguf");
-        let opts = Options { qtype: Some(qt), keep: vec!["proj.*".into()], ..Options::default() };
+        let opts = Options { qtype: Some(QuantType::Gguf(qt)), keep: vec!["proj.*".into()], ..Options::default() };
         let reports = convert(&src, &dst, &opts, &mut NoProgress).unwrap();
         assert_eq!(reports.len(), model.len());
         let g = GgufFile::open(&dst).unwrap();
@@ -92,7 +93,7 @@ fn failed_conversion_leaves_no_file() {
     let mut model = small_model();
     model[3].values[100] = f32::NAN;
     write(&src, &model);
-    for (name, qt) in [("out.gguf", QuantType::Q4_0), ("out.arrow", QuantType::Affine)] {
+    for (name, qt) in [("out.gguf", QuantType::Gguf(FileType::Q4_0)), ("out.arrow", QuantType::Affine)] {
         let dst = dir.path().join(name);
         let e = convert(&src, &dst, &Options { qtype: Some(qt), ..Options::default() }, &mut NoProgress).unwrap_err();
         assert!(e.to_string().contains("proj.weight"), "{e}");

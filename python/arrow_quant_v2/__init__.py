@@ -18,6 +18,7 @@ from ._native import (
     dequantize_arrow,
     quantize_arrow,
     quantize_arrow_batch,
+    quantize_model,
     quantize_safetensors,
     read_quantized,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "quantize_arrow",
     "quantize_arrow_batch",
     "layers_table",
+    "quantize_model",
     "quantize_safetensors",
     "read_quantized",
 ]

@@ -32,12 +32,17 @@ def dequantize_arrow(table: Any, *, device: Device = "auto", group_size: Optiona
 def backend_name(device: Device = "auto") -> str:
     """The backend `device` resolves to, e.g. ``"cpu (rayon, 2 threads, avx2)"``."""
 
-def quantize_safetensors(
+GgufFileType = Literal[
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k",
+    "q4_k_s", "q4_k_m", "q4_k", "q5_k_s", "q5_k_m", "q5_k", "q6_k", "f16", "bf16", "f32",
+]
+
+def quantize_model(
     src: Union[str, PathLike],
     dst: Union[str, PathLike],
     *,
     format: Optional[Literal["arrow", "parquet", "gguf"]] = None,
-    type: Optional[Literal["affine", "q4_0", "q4_1", "q8_0"]] = None,
+    type: Optional[Union[Literal["affine"], GgufFileType]] = None,
     bit_width: int = 4,
     group_size: int = 128,
     device: Device = "auto",
@@ -45,27 +50,44 @@ def quantize_safetensors(
     quantize: Union[str, Sequence[str], None] = None,
     min_cosine: Optional[float] = None,
     progress: Union[bool, Callable[[int, int], Any], None] = False,
+    imatrix: Union[str, PathLike, None] = None,
+    pure: bool = False,
+    allow_requantize: bool = False,
+    leave_output_tensor: bool = False,
+    output_tensor_type: Optional[str] = None,
+    token_embedding_type: Optional[str] = None,
 ) -> pa.Table:
-    """Quantizes a safetensors checkpoint tensor by tensor into an Arrow IPC or GGUF file.
+    """Quantizes a model tensor by tensor into an Arrow IPC, Parquet or GGUF file.
 
-    `src`: a .safetensors file, a folder of shards with a ``*.safetensors.index.json``, or a
-    diffusers-style folder (tensor names get the sub-folder as prefix, ``"unet/..."``).
-    `format` defaults from `dst`'s extension (``.gguf`` → GGUF, ``.parquet`` → Parquet, else Arrow IPC); GGUF takes
-    `type` q4_0/q4_1/q8_0 (bytes equal to ``gguf.quants.quantize`` of gguf 0.19.0; default q4_0,
-    or q8_0 with ``bit_width=8``), Arrow takes ``"affine"`` (the default there). 1-D tensors, tensors of ≤ 1024 elements and rows that cannot be cut into
-    groups stay F16 (F32 if 1-D); `keep`/`quantize` globs override. `min_cosine` (affine) picks
-    per tensor the lowest of 2/4/8 bits that reaches it. `progress`: True for a progress bar on
-    stderr, or a callable(done_bytes, total_bytes) called after each tensor; an exception it
-    raises (or Ctrl-C) stops the conversion. The output is written under a temporary name and
-    renamed when complete.
+    `src`: a .safetensors file, a folder of shards with a ``*.safetensors.index.json``, a
+    diffusers-style folder (tensor names get the sub-folder as prefix, ``"unet/..."``), or a
+    GGUF file (F32/F16/BF16 tensors; quantized ones need `allow_requantize`).
+    `format` defaults from `dst`'s extension (``.gguf`` → GGUF, ``.parquet`` → Parquet, else
+    Arrow IPC). Arrow/Parquet take ``type="affine"`` (the default there). GGUF takes a
+    llama.cpp file type: a mix such as ``"q4_k_m"`` (per tensor, the type llama-quantize would
+    choose; from a GGUF model exactly as llama-quantize does, from a checkpoint the mix's
+    default type with llama.cpp's fallbacks), or ``"q8_0"`` and the other single types
+    (default q4_0, q8_0 with ``bit_width=8``, q2_k with 2). Every block is byte-identical to
+    ggml's quantizer. For checkpoints, 1-D tensors, tensors of ≤ 1024 elements and rows that
+    cannot be cut into blocks stay F16 (F32 if 1-D); `keep`/`quantize` globs override (for a
+    GGUF model, `keep` copies tensors unchanged). `min_cosine` (affine) picks per tensor the
+    lowest of 2/4/8 bits that reaches it. GGUF options as in llama-quantize: `imatrix` (a
+    llama-imatrix .gguf or legacy .dat file), `pure`, `allow_requantize`,
+    `leave_output_tensor`, `output_tensor_type`, `token_embedding_type`.
+    `progress`: True for a progress bar on stderr, or a callable(done_bytes, total_bytes)
+    called after each tensor; an exception it raises (or Ctrl-C) stops the conversion. The
+    output is written under a temporary name and renamed when complete; on any error no file
+    is left at `dst`.
 
     Returns the quality report, one row per tensor: `name`, `source_dtype`, `shape`, `format`
-    ("affine", "Q4_0", "Q4_1", "Q8_0", "F16", "F32" or "skipped"), `bit_width`, `reason`,
-    `n_elements`, `source_bytes`, `output_bytes`, `cosine`, `relative_mse`, `snr_db`,
-    `max_abs_error`. Raises ValueError for bad options or corrupt checkpoints, OSError for
+    ("affine", a GGUF type such as "Q4_K", "Q8_0", "F16", "F32", or "skipped"), `bit_width`,
+    `reason`, `n_elements`, `source_bytes`, `output_bytes`, `cosine`, `relative_mse`,
+    `snr_db`, `max_abs_error`. Raises ValueError for bad options or corrupt models, OSError for
     missing or unreadable files."""
 
+quantize_safetensors = quantize_model  # the earlier name
+
 def read_quantized(path: Union[str, PathLike]) -> pa.Table:
-    """Reads an Arrow IPC or Parquet model file written by :func:`quantize_safetensors`: the quantized
+    """Reads an Arrow IPC or Parquet model file written by :func:`quantize_model`: the quantized
     schema plus `source_dtype`, `format`, `cosine`, `relative_mse`, `snr_db`. Rows whose
     `format` is "F16"/"F32" hold raw little-endian values in `quantized_data`."""

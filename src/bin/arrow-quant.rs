@@ -1,5 +1,5 @@
-//! `arrow-quant`: quantize whole checkpoints to Arrow IPC or GGUF, expand them back to
-//! safetensors, and inspect converted files.
+//! `arrow-quant`: quantize whole models (safetensors checkpoints or GGUF files) to Arrow IPC,
+//! Parquet or GGUF, expand them back to safetensors, and inspect converted files.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -9,12 +9,13 @@ use arrow_quant_v2::model::arrow_out::{summary_table, write_report};
 use arrow_quant_v2::model::atomic::AtomicFile;
 use arrow_quant_v2::model::quantized::QuantFile;
 use arrow_quant_v2::model::{convert, Options, OutputFormat, Progress, QuantType};
+use arrow_quant_v2::quant::ggml::GgmlType;
 use arrow_quant_v2::{BitWidth, Device, QuantConfig, QuantError, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
-#[command(name = "arrow-quant", version, about = "Quantize model checkpoints to Arrow IPC or GGUF")]
+#[command(name = "arrow-quant", version, about = "Quantize model checkpoints and GGUF files to Arrow IPC, Parquet or GGUF (llama.cpp's types and mixes)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Quantize a checkpoint (.safetensors file, sharded folder, or diffusers folder).
+    /// Quantize a model: a .safetensors file, a sharded or diffusers folder, or a .gguf file.
     Quantize {
         model: PathBuf,
         #[arg(short, long)]
@@ -30,7 +31,10 @@ enum Command {
         /// arrow, parquet or gguf (default: from the output's extension)
         #[arg(long)]
         format: Option<String>,
-        /// affine (Arrow) or q4_0, q4_1, q8_0 (GGUF) [default: affine for Arrow; q4_0 for GGUF, q8_0 with --bit-width 8]
+        /// affine (Arrow/Parquet), or a GGUF file type as llama-quantize names them: q4_0, q4_1,
+        /// q5_0, q5_1, q8_0, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k
+        /// (q3_k/q4_k/q5_k = the _m mixes), f16, bf16, f32 [default: affine for Arrow; for GGUF
+        /// q4_0, or q8_0 with --bit-width 8, q2_k with 2]
         #[arg(long = "type")]
         qtype: Option<String>,
         #[arg(long, default_value_t = 4)]
@@ -39,7 +43,7 @@ enum Command {
         group_size: i64,
         #[arg(long, default_value = "auto")]
         device: String,
-        /// Keep tensors matching this glob in F16/F32 (repeatable)
+        /// Keep tensors matching this glob in F16/F32 (GGUF input: copy them unchanged) (repeatable)
         #[arg(long)]
         keep: Vec<String>,
         /// Quantize tensors matching this glob even when the default rules keep them (repeatable)
@@ -48,10 +52,28 @@ enum Command {
         /// Per tensor, the lowest of 2/4/8 bits whose cosine similarity reaches this (affine)
         #[arg(long)]
         min_cosine: Option<f64>,
+        /// GGUF: an importance matrix (llama-imatrix's .gguf or legacy .dat), used as llama-quantize uses it
+        #[arg(long)]
+        imatrix: Option<PathBuf>,
+        /// GGUF input: the file type's one type for every quantizable tensor (llama-quantize --pure)
+        #[arg(long)]
+        pure: bool,
+        /// GGUF input: requantize tensors that are already quantized
+        #[arg(long)]
+        allow_requantize: bool,
+        /// GGUF input: copy output.weight unchanged
+        #[arg(long)]
+        leave_output_tensor: bool,
+        /// GGUF input: the type of output.weight (e.g. q8_0)
+        #[arg(long)]
+        output_tensor_type: Option<String>,
+        /// GGUF input: the type of token_embd.weight (e.g. q8_0)
+        #[arg(long)]
+        token_embedding_type: Option<String>,
         /// Write the per-tensor quality report as an Arrow IPC file
         #[arg(long)]
         report: Option<PathBuf>,
-        /// GGUF general.architecture
+        /// GGUF general.architecture (checkpoints; a GGUF input keeps its own)
         #[arg(long)]
         arch: Option<String>,
         /// Print the decision for each tensor
@@ -107,7 +129,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Quantize { model, output, format, qtype, bit_width, group_size, device, keep, quantize, min_cosine, report, arch, verbose } => {
+        Command::Quantize {
+            model,
+            output,
+            format,
+            qtype,
+            bit_width,
+            group_size,
+            device,
+            keep,
+            quantize,
+            min_cosine,
+            imatrix,
+            pure,
+            allow_requantize,
+            leave_output_tensor,
+            output_tensor_type,
+            token_embedding_type,
+            report,
+            arch,
+            verbose,
+        } => {
             let opts = Options {
                 format: format.as_deref().map(str::parse::<OutputFormat>).transpose()?,
                 qtype: qtype.map(|t| t.parse::<QuantType>()).transpose()?,
@@ -118,6 +160,12 @@ fn run(cli: Cli) -> Result<()> {
                 min_cosine,
                 arch,
                 name: None,
+                pure,
+                allow_requantize,
+                imatrix,
+                leave_output_tensor,
+                output_tensor_type: output_tensor_type.as_deref().map(str::parse::<GgmlType>).transpose()?,
+                token_embedding_type: token_embedding_type.as_deref().map(str::parse::<GgmlType>).transpose()?,
             };
             // indicatif draws to stderr and hides itself when stderr is not a terminal.
             let bar = ProgressBar::new(0);

@@ -786,8 +786,8 @@ impl State<'_> {
     }
 }
 
-/// `tensor_type_fallback`: a type whose blocks fit the row, and why.
-fn fallback(t: &TensorDesc, ty: GgmlType) -> Result<(GgmlType, Option<String>)> {
+/// `tensor_type_fallback`: a type whose blocks fit the row, and why (`None`: `ty` fits).
+pub fn fallback(t: &TensorDesc, ty: GgmlType) -> Result<(GgmlType, Option<String>)> {
     use GgmlType as G;
     let ncols = t.ncols();
     let block = ty.block().0 as u64;

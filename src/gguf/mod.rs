@@ -1,11 +1,11 @@
-//! GGUF files (versions 2 and 3): ggml's block formats, a streaming writer, a checking reader and
-//! the importance-matrix reader.
+//! GGUF files (versions 2 and 3): a streaming writer, a checking reader, the importance-matrix
+//! reader and llama.cpp's quantization mixes. The block formats themselves are a scheme of
+//! their own, in [`crate::quant::ggml`].
 //!
 //! Layout: magic `GGUF`, version, tensor count, metadata count, the metadata key/values, the
 //! tensor infos (name, dims innermost first, type, offset), padding to `general.alignment`, then
 //! each tensor's data, each padded to the alignment. Everything little-endian.
 
-pub mod blocks;
 pub mod imatrix;
 pub mod mix;
 pub mod reader;
@@ -318,19 +318,6 @@ pub fn tensor_bytes(ty: GgmlType, ne: &[u64]) -> std::result::Result<usize, Stri
 /// `n` rounded up to a multiple of `align` (a power of two), or `None` on overflow.
 pub fn align_to(n: u64, align: u64) -> Option<u64> {
     Some(n.checked_add(align - 1)? & !(align - 1))
-}
-
-/// `general.file_type` (llama.cpp's `LlamaFileType`) for the dominant type of a file.
-pub fn file_type(ty: GgmlType) -> u32 {
-    match ty {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::BF16 => 32,
-        _ => unreachable!("no file type for {ty}"),
-    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,25 @@
-//! The conversion pipeline: checkpoint → decisions → per tensor (read, quantize, measure, write)
-//! → output renamed into place.
+//! The conversion pipeline: model (safetensors checkpoint or GGUF file) → per-tensor
+//! decisions → per tensor (read, quantize, measure, write) → output renamed into place.
 //!
 //! One tensor is in flight at a time: its bytes are mapped, converted to f32 when needed,
-//! quantized, measured against its dequantized form in chunks of rows, written out, and
-//! released before the next is read.
+//! quantized, measured against its decoded form, written out, and released before the next is
+//! read. GGUF outputs take their per-tensor types from [`super::gguf_out`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-
-use rayon::prelude::*;
 
 use super::arrow_out::{ArrowSink, ModelMeta};
 use super::atomic::AtomicFile;
+use super::gguf_out::{self, Choice, Step};
 use super::rules::{Action, Rules};
-use super::safetensors_reader::{source_files, Checkpoint, TensorDtype};
+use super::source::{Source, SourceTensor, Stored};
 use crate::backend::{Backend, DequantJob, QuantizedTensor};
 use crate::device::{backend, Device};
 use crate::error::{QuantError, Result};
+use crate::gguf::imatrix::Imatrix;
+use crate::gguf::mix::{FileType, MixOptions};
 use crate::gguf::writer::{GgufWriter, TensorPlan};
-use crate::gguf::{self, blocks, GgmlType, MetaValue};
+use crate::gguf::{self, GgmlType, MetaValue};
 use crate::quant::metrics::ErrorStats;
 use crate::quant::{BitWidth, GroupLayout, QuantConfig};
 
@@ -52,36 +53,27 @@ impl FromStr for OutputFormat {
     }
 }
 
+/// What the quantized tensors become: the affine format (Arrow/Parquet output) or a
+/// llama.cpp file type (GGUF output): a mix such as `q4_k_m`, or one block type everywhere
+/// such as `q8_0` (which still keeps some tensors as llama.cpp does, unless `pure`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(non_camel_case_types)]
 pub enum QuantType {
     Affine,
-    Q4_0,
-    Q4_1,
-    Q8_0,
-}
-
-impl QuantType {
-    pub fn ggml(self) -> Option<GgmlType> {
-        match self {
-            Self::Affine => None,
-            Self::Q4_0 => Some(GgmlType::Q4_0),
-            Self::Q4_1 => Some(GgmlType::Q4_1),
-            Self::Q8_0 => Some(GgmlType::Q8_0),
-        }
-    }
+    Gguf(FileType),
 }
 
 impl FromStr for QuantType {
     type Err = QuantError;
     fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "affine" => Ok(Self::Affine),
-            "q4_0" => Ok(Self::Q4_0),
-            "q4_1" => Ok(Self::Q4_1),
-            "q8_0" => Ok(Self::Q8_0),
-            _ => Err(QuantError::value(format!("Invalid type: '{s}'. Must be 'affine', 'q4_0', 'q4_1' or 'q8_0'"))),
+        if s.eq_ignore_ascii_case("affine") {
+            return Ok(Self::Affine);
         }
+        s.parse::<FileType>().map(Self::Gguf).map_err(|_| {
+            QuantError::value(format!(
+                "Invalid type: '{s}'. Must be 'affine' (Arrow/Parquet) or a GGUF file type: q4_0, q4_1, q5_0, q5_1, q8_0, \
+                 q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k (q3_k, q4_k, q5_k = the _m mixes), f16, bf16, f32"
+            ))
+        })
     }
 }
 
@@ -103,6 +95,18 @@ pub struct Options {
     pub arch: Option<String>,
     /// `general.name`; default: the checkpoint's file or folder name.
     pub name: Option<String>,
+    /// GGUF: the file type's default type for every quantizable tensor (llama-quantize `--pure`).
+    pub pure: bool,
+    /// GGUF source: requantize tensors that are already quantized (`--allow-requantize`).
+    pub allow_requantize: bool,
+    /// GGUF: an importance matrix (llama-imatrix's GGUF or legacy .dat file).
+    pub imatrix: Option<PathBuf>,
+    /// GGUF: copy `output.weight` as it is (`--leave-output-tensor`).
+    pub leave_output_tensor: bool,
+    /// GGUF: the type of `output.weight` (`--output-tensor-type`).
+    pub output_tensor_type: Option<GgmlType>,
+    /// GGUF: the type of `token_embd.weight` (`--token-embedding-type`).
+    pub token_embedding_type: Option<GgmlType>,
 }
 
 impl Default for Options {
@@ -117,6 +121,12 @@ impl Default for Options {
             min_cosine: None,
             arch: None,
             name: None,
+            pure: false,
+            allow_requantize: false,
+            imatrix: None,
+            leave_output_tensor: false,
+            output_tensor_type: None,
+            token_embedding_type: None,
         }
     }
 }
@@ -127,7 +137,7 @@ pub struct TensorReport {
     pub name: String,
     pub source_dtype: String,
     pub shape: Vec<usize>,
-    /// "affine", "Q4_0", "Q4_1", "Q8_0", "F16", "F32" or "skipped".
+    /// "affine", a GGUF type ("Q4_K", "Q8_0", "F16", "F32", …) or "skipped".
     pub format: String,
     /// Bits per code for quantized tensors, 16/32 for kept ones, 0 for skipped ones.
     pub bit_width: u8,
@@ -184,46 +194,8 @@ fn affine_stats(backend: &dyn Backend, name: &str, q: &QuantizedTensor, w: &[f32
     Ok(stats)
 }
 
-/// Encodes `x` as `ty` (blocks in parallel), returning the bytes and the error statistics.
-pub fn encode_ggml(ty: GgmlType, x: &[f32]) -> (Vec<u8>, ErrorStats) {
-    const CHUNK: usize = 32 * 1024;
-    let mut out = vec![0u8; ty.bytes_for(x.len())];
-    let out_chunk = ty.bytes_for(CHUNK);
-    let stats = out
-        .par_chunks_mut(out_chunk)
-        .zip(x.par_chunks(CHUNK))
-        .map(|(o, xs)| {
-            match ty {
-                GgmlType::F32 => o.copy_from_slice(bytemuck::cast_slice(&xs.iter().map(|v| v.to_le_bytes()).collect::<Vec<_>>())),
-                GgmlType::F16 => {
-                    for (o, v) in o.chunks_exact_mut(2).zip(xs) {
-                        o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-                    }
-                }
-                GgmlType::BF16 => {
-                    for (o, v) in o.chunks_exact_mut(2).zip(xs) {
-                        o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
-                    }
-                }
-                _ => blocks::quantize(ty, xs, o),
-            }
-            let mut back = vec![0f32; xs.len()];
-            blocks::dequantize(ty, o, &mut back);
-            let mut s = ErrorStats::default();
-            s.add(xs, &back);
-            s
-        })
-        .reduce(ErrorStats::default, ErrorStats::merge);
-    (out, stats)
-}
-
-enum Sink {
-    Gguf(GgufWriter<AtomicFile>),
-    Arrow(Box<ArrowSink>),
-}
-
-fn default_arch(ck: &Checkpoint) -> String {
-    let dir = if ck.root.is_dir() { ck.root.clone() } else { ck.root.parent().map(Path::to_path_buf).unwrap_or_default() };
+fn default_arch(root: &Path) -> String {
+    let dir = if root.is_dir() { root.to_path_buf() } else { root.parent().map(Path::to_path_buf).unwrap_or_default() };
     std::fs::read_to_string(dir.join("config.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -231,153 +203,284 @@ fn default_arch(ck: &Checkpoint) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn default_name(ck: &Checkpoint) -> String {
-    let root = &ck.root;
+fn default_name(root: &Path) -> String {
     let base = if root.is_dir() { root.file_name() } else { root.file_stem() };
     base.map(|s| s.to_string_lossy().trim_end_matches(".safetensors.index").to_string()).unwrap_or_else(|| "model".into())
 }
 
-/// Converts the checkpoint at `src` into `dst`. Returns one report per tensor in file order.
-pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
-    let format = opts.format.unwrap_or_else(|| OutputFormat::from_path(dst));
+/// The type of the quantized tensors when none is given: affine for Arrow; for GGUF q8_0 with
+/// an 8-bit width, q2_k with 2 bits, else q4_0.
+fn resolve_type(opts: &Options, format: OutputFormat) -> Result<QuantType> {
     let qtype = opts.qtype.unwrap_or(match (format, opts.config.bit_width) {
-        (OutputFormat::Gguf, BitWidth::B8) => QuantType::Q8_0,
-        (OutputFormat::Gguf, BitWidth::B4) => QuantType::Q4_0,
-        (OutputFormat::Gguf, BitWidth::B2) => {
-            return Err(QuantError::value("GGUF output has 4-bit (q4_0, q4_1) and 8-bit (q8_0) types; 2 bits is for Arrow output"))
-        }
+        (OutputFormat::Gguf, BitWidth::B8) => QuantType::Gguf(FileType::Q8_0),
+        (OutputFormat::Gguf, BitWidth::B4) => QuantType::Gguf(FileType::Q4_0),
+        (OutputFormat::Gguf, BitWidth::B2) => QuantType::Gguf(FileType::Q2_K),
         _ => QuantType::Affine,
     });
-    let ggml = qtype.ggml();
-    match (format, ggml) {
-        (OutputFormat::Gguf, None) => {
-            return Err(QuantError::value("GGUF stores ggml block types: pass type 'q4_0', 'q4_1' or 'q8_0' (affine is for Arrow output)"))
+    match (format, qtype) {
+        (OutputFormat::Gguf, QuantType::Affine) => {
+            Err(QuantError::value("GGUF stores ggml block types: pass a GGUF type such as 'q4_k_m' or 'q8_0' (affine is for Arrow output)"))
         }
-        (OutputFormat::Arrow | OutputFormat::Parquet, Some(t)) => {
-            return Err(QuantError::value(format!(
-                "type '{}' is a GGUF block type; write a .gguf file, or use type 'affine' for Arrow or Parquet output",
-                t.name().to_ascii_lowercase()
-            )))
+        (OutputFormat::Arrow | OutputFormat::Parquet, QuantType::Gguf(t)) => Err(QuantError::value(format!(
+            "type '{}' is a GGUF type; write a .gguf file, or use type 'affine' for Arrow or Parquet output",
+            t.name().to_ascii_lowercase()
+        ))),
+        (OutputFormat::Gguf, _) if opts.min_cosine.is_some() => {
+            Err(QuantError::value("min_cosine picks an affine bit width per tensor; it needs type 'affine'"))
         }
-        _ => {}
+        (OutputFormat::Arrow | OutputFormat::Parquet, _)
+            if opts.pure || opts.imatrix.is_some() || opts.leave_output_tensor || opts.output_tensor_type.is_some() || opts.token_embedding_type.is_some() =>
+        {
+            Err(QuantError::value("pure, imatrix, leave_output_tensor and the output/token-embedding types apply to GGUF output"))
+        }
+        _ => Ok(qtype),
     }
-    if opts.min_cosine.is_some() && ggml.is_some() {
-        return Err(QuantError::value("min_cosine picks an affine bit width per tensor; it needs type 'affine'"));
-    }
-    let backend = if ggml.is_none() { Some(backend(opts.device)?) } else { None };
+}
 
-    let ck = Checkpoint::open(src)?;
-    let rules = Rules::new(&opts.keep, &opts.quantize, if ggml.is_some() { blocks::QK } else { 1 })?;
-    let decisions: Vec<_> = ck.tensors.iter().map(|t| rules.decide(&t.name, &t.shape, t.dtype.is_float())).collect();
-    for (t, d) in ck.tensors.iter().zip(&decisions) {
+/// Converts the model at `src` (a safetensors checkpoint or a GGUF file) into `dst`. Returns
+/// one report per tensor in the model's order.
+pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
+    let format = opts.format.unwrap_or_else(|| OutputFormat::from_path(dst));
+    let qtype = resolve_type(opts, format)?;
+    let source = Source::open(src)?;
+    match qtype {
+        QuantType::Gguf(ftype) => convert_to_gguf(&source, src, dst, ftype, opts, progress),
+        QuantType::Affine => convert_to_arrow(&source, src, dst, format == OutputFormat::Parquet, opts, progress),
+    }
+}
+
+fn new_report(t: &SourceTensor, reason: &str) -> TensorReport {
+    TensorReport {
+        name: t.name.clone(),
+        source_dtype: t.stored.name(),
+        shape: t.shape.clone(),
+        format: "skipped".into(),
+        bit_width: 0,
+        reason: reason.to_string(),
+        source_bytes: t.bytes,
+        output_bytes: 0,
+        stats: ErrorStats::default(),
+    }
+}
+
+fn warn_f16_overflow(t: &SourceTensor, ty: GgmlType, w: &[f32], progress: &mut dyn Progress) {
+    if ty == GgmlType::F16 && t.stored != Stored::Safetensors(super::TensorDtype::F16) && w.iter().any(|v| v.abs() > 65504.0) {
+        progress.message(&format!("warning: {} has values beyond the float16 range; they become inf in F16", t.name));
+    }
+}
+
+fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
+    let imatrix = opts.imatrix.as_deref().map(Imatrix::open).transpose()?;
+    let tensors = source.tensors();
+    let choices: Vec<Choice> = match source.gguf_metadata() {
+        Some(metadata) => {
+            if !opts.quantize.is_empty() {
+                return Err(QuantError::value(
+                    "--quantize globs apply to checkpoints; a GGUF model's types follow llama.cpp's rules (--pure quantizes every quantizable tensor)",
+                ));
+            }
+            let mix = MixOptions {
+                ftype,
+                pure: opts.pure,
+                leave_output_tensor: opts.leave_output_tensor,
+                output_tensor_type: opts.output_tensor_type,
+                token_embedding_type: opts.token_embedding_type,
+                has_imatrix: imatrix.is_some(),
+            };
+            let mut messages = Vec::new();
+            let mut choices = gguf_out::plan_from_gguf(metadata, tensors, &mix, &mut |m| messages.push(m.to_string()))?;
+            for m in messages {
+                progress.message(&m);
+            }
+            // --keep: copied unchanged.
+            let keep = Rules::new(&opts.keep, &[], 1)?;
+            for (t, c) in tensors.iter().zip(choices.iter_mut()) {
+                if keep.keeps(&t.name) {
+                    *c = Choice { step: Step::Copy, reason: "matches --keep".into() };
+                }
+            }
+            choices
+        }
+        None => {
+            if opts.pure || opts.leave_output_tensor || opts.output_tensor_type.is_some() || opts.token_embedding_type.is_some() {
+                return Err(QuantError::value(
+                    "pure, leave_output_tensor and the output/token-embedding types follow llama.cpp's tensor names: they apply to GGUF inputs",
+                ));
+            }
+            let rules = Rules::new(&opts.keep, &opts.quantize, 32)?;
+            let decisions: Vec<_> = tensors.iter().map(|t| rules.decide(&t.name, &t.shape, t.stored.is_float())).collect();
+            gguf_out::plan_from_checkpoint(tensors, &decisions, ftype)?
+        }
+    };
+    for (t, c) in tensors.iter().zip(&choices) {
+        let what = match &c.step {
+            Step::Copy => format!("{} (copied)", t.stored.name()),
+            Step::Encode(ty) => ty.name().to_string(),
+            Step::Skip => "skip".into(),
+        };
+        progress.message(&format!("{:<60} {:>5} {:?} -> {what} ({})", t.name, t.stored.name(), t.shape, c.reason));
+    }
+    // A quantized input needs --allow-requantize (llama-quantize refuses it too); say so before
+    // anything is written.
+    for (t, c) in tensors.iter().zip(&choices) {
+        if let (Step::Encode(_), Stored::Ggml(ty)) = (&c.step, t.stored) {
+            if ty.is_quantized() && !opts.allow_requantize {
+                return Err(QuantError::layer_value(
+                    &t.name,
+                    format!("the tensor is already quantized ({ty}); requantizing loses quality, pass --allow-requantize (allow_requantize=True) to do it anyway"),
+                ));
+            }
+            if !ty.can_decode() {
+                return Err(QuantError::layer_value(&t.name, format!("{ty} tensors cannot be converted; only float and the block types this tool writes can")));
+            }
+        }
+    }
+    let rows = imatrix.as_ref().map(|m| {
+        tensors
+            .iter()
+            .zip(&choices)
+            .map(|(t, c)| match c.step {
+                Step::Encode(ty) if ty.is_quantized() => gguf_out::imatrix_row(m, t).map(|r| r.map(|r| r.to_vec())),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()
+    });
+    let rows = rows.transpose()?;
+    if let (Some(m), Some(rows)) = (&imatrix, &rows) {
+        let wanted: Vec<&SourceTensor> =
+            tensors.iter().zip(&choices).filter(|(_, c)| matches!(c.step, Step::Encode(ty) if ty.is_quantized())).map(|(t, _)| t).collect();
+        if !wanted.is_empty() && rows.iter().all(Option::is_none) {
+            return Err(QuantError::value(format!(
+                "the importance matrix ({} entries, e.g. '{}') has none for the tensors of this model (e.g. '{}'): is it for another model?",
+                m.entries.len(),
+                m.entries.keys().next().map(String::as_str).unwrap_or(""),
+                wanted[0].name
+            )));
+        }
+        for ((t, c), r) in tensors.iter().zip(&choices).zip(rows) {
+            if matches!(c.step, Step::Encode(ty) if ty.is_quantized()) && r.is_none() {
+                progress.message(&format!("warning: the importance matrix has no entry for {}; quantized without one", t.name));
+            }
+        }
+    }
+
+    let metadata = match source.gguf_metadata() {
+        Some(input) => gguf_out::metadata_from_gguf(
+            input,
+            ftype,
+            imatrix.as_ref().zip(opts.imatrix.as_deref()).map(|(m, p)| (p.to_str().unwrap_or(""), m)),
+        ),
+        None => vec![
+            ("general.architecture".to_string(), MetaValue::Str(opts.arch.clone().unwrap_or_else(|| default_arch(src)))),
+            ("general.name".to_string(), MetaValue::Str(opts.name.clone().unwrap_or_else(|| default_name(src)))),
+            ("general.quantization_version".to_string(), MetaValue::U32(gguf::QUANTIZATION_VERSION)),
+            ("general.file_type".to_string(), MetaValue::U32(ftype.id())),
+            ("general.alignment".to_string(), MetaValue::U32(gguf::ALIGNMENT as u32)),
+            ("arrow_quant.version".to_string(), MetaValue::Str(env!("CARGO_PKG_VERSION").to_string())),
+            ("arrow_quant.source_files".to_string(), MetaValue::StrArray(source.files(src))),
+        ],
+    };
+    let plan: Vec<TensorPlan> = tensors
+        .iter()
+        .zip(&choices)
+        .filter_map(|(t, c)| c.output_type(t).map(|ty| TensorPlan { name: t.name.clone(), shape: t.shape.clone(), ty }))
+        .collect();
+    let mut writer = GgufWriter::new(AtomicFile::create(dst)?, &metadata, plan)?;
+
+    let total = source.total_bytes();
+    let mut done = 0u64;
+    let mut reports = Vec::with_capacity(tensors.len());
+    progress.advance(0, total)?;
+    for (i, (t, c)) in tensors.iter().zip(&choices).enumerate() {
+        let mut report = new_report(t, &c.reason);
+        match c.step {
+            Step::Skip => {}
+            Step::Copy => {
+                let data = source.raw(i)?;
+                let ty = c.output_type(t).expect("a copied tensor has a type");
+                report.format = ty.name().into();
+                report.bit_width = ty.code_bits();
+                report.output_bytes = data.len() as u64;
+                writer.write_tensor(&t.name, data)?;
+            }
+            Step::Encode(ty) => {
+                let w = source.read_f32(i, opts.allow_requantize)?;
+                check_finite(&t.name, &w)?;
+                warn_f16_overflow(t, ty, &w, progress);
+                let row = rows.as_ref().and_then(|r| r[i].as_deref());
+                let (data, stats) = gguf_out::encode(&t.name, ty, &w, &t.shape, row)?;
+                report.format = ty.name().into();
+                report.bit_width = ty.code_bits();
+                report.output_bytes = data.len() as u64;
+                report.stats = stats;
+                writer.write_tensor(&t.name, &data)?;
+            }
+        }
+        done += t.bytes;
+        progress.advance(done, total)?;
+        reports.push(report);
+    }
+    writer.finish()?.commit()?;
+    Ok(reports)
+}
+
+fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
+    let backend = backend(opts.device)?;
+    let tensors = source.tensors();
+    let rules = Rules::new(&opts.keep, &opts.quantize, 1)?;
+    // A quantized GGUF tensor counts as float here: reading it says what --allow-requantize does.
+    let readable = |t: &SourceTensor| match t.stored {
+        Stored::Ggml(ty) => ty.can_decode(),
+        Stored::Safetensors(d) => d.is_float(),
+    };
+    let decisions: Vec<_> = tensors.iter().map(|t| rules.decide(&t.name, &t.shape, readable(t))).collect();
+    for (t, d) in tensors.iter().zip(&decisions) {
         let what = match d.action {
-            Action::Quantize => match ggml {
-                Some(g) => g.name().to_string(),
-                None if opts.min_cosine.is_some() => "affine (bits by min_cosine)".into(),
-                None => format!("affine {}-bit", opts.config.bit_width.bits()),
-            },
+            Action::Quantize if opts.min_cosine.is_some() => "affine (bits by min_cosine)".into(),
+            Action::Quantize => format!("affine {}-bit", opts.config.bit_width.bits()),
             Action::Keep(k) => k.name().to_string(),
             Action::Skip => "skip".into(),
         };
-        progress.message(&format!("{:<60} {:>5} {:?} -> {what} ({})", t.name, t.dtype.name(), t.shape, d.reason));
+        progress.message(&format!("{:<60} {:>5} {:?} -> {what} ({})", t.name, t.stored.name(), t.shape, d.reason));
     }
-
-    let files = source_files(&ck);
-    let out = AtomicFile::create(dst)?;
-    let mut sink = match format {
-        OutputFormat::Gguf => {
-            let plan: Vec<TensorPlan> = ck
-                .tensors
-                .iter()
-                .zip(&decisions)
-                .filter_map(|(t, d)| {
-                    let ty = match d.action {
-                        Action::Quantize => ggml.unwrap(),
-                        Action::Keep(k) => k,
-                        Action::Skip => return None,
-                    };
-                    Some(TensorPlan { name: t.name.clone(), shape: t.shape.clone(), ty })
-                })
-                .collect();
-            let meta = vec![
-                ("general.architecture".to_string(), MetaValue::Str(opts.arch.clone().unwrap_or_else(|| default_arch(&ck)))),
-                ("general.name".to_string(), MetaValue::Str(opts.name.clone().unwrap_or_else(|| default_name(&ck)))),
-                ("general.quantization_version".to_string(), MetaValue::U32(gguf::QUANTIZATION_VERSION)),
-                ("general.file_type".to_string(), MetaValue::U32(gguf::file_type(ggml.unwrap()))),
-                ("general.alignment".to_string(), MetaValue::U32(gguf::ALIGNMENT as u32)),
-                ("arrow_quant.version".to_string(), MetaValue::Str(env!("CARGO_PKG_VERSION").to_string())),
-                ("arrow_quant.source_files".to_string(), MetaValue::StrArray(files.clone())),
-            ];
-            Sink::Gguf(GgufWriter::new(out, &meta, plan)?)
-        }
-        _ => {
-            let meta = ModelMeta {
-                source_files: files.clone(),
-                tensors: ck
-                    .tensors
-                    .iter()
-                    .zip(&decisions)
-                    .filter(|(_, d)| d.action != Action::Skip)
-                    .map(|(t, d)| {
-                        let f = match d.action {
-                            Action::Keep(k) => k.name().to_string(),
-                            _ => "affine".to_string(),
-                        };
-                        (t.name.clone(), t.dtype.name(), f)
-                    })
-                    .collect(),
-            };
-            let large = ck.tensors.iter().any(|t| t.len > i32::MAX as u64);
-            Sink::Arrow(Box::new(ArrowSink::new(out, format == OutputFormat::Parquet, opts.config.group_size, large, &meta)?))
-        }
+    let meta = ModelMeta {
+        source_files: source.files(src),
+        tensors: tensors
+            .iter()
+            .zip(&decisions)
+            .filter(|(_, d)| d.action != Action::Skip)
+            .map(|(t, d)| {
+                let f = match d.action {
+                    Action::Keep(k) => k.name().to_string(),
+                    _ => "affine".to_string(),
+                };
+                (t.name.clone(), t.stored.name(), f)
+            })
+            .collect(),
     };
+    let large = tensors.iter().any(|t| t.bytes > i32::MAX as u64);
+    let mut sink = ArrowSink::new(AtomicFile::create(dst)?, parquet, opts.config.group_size, large, &meta)?;
 
-    let total = ck.total_bytes();
+    let total = source.total_bytes();
     let mut done = 0u64;
-    let mut reports = Vec::with_capacity(ck.tensors.len());
+    let mut reports = Vec::with_capacity(tensors.len());
     progress.advance(0, total)?;
-    for (i, (t, d)) in ck.tensors.iter().zip(&decisions).enumerate() {
-        let mut report = TensorReport {
-            name: t.name.clone(),
-            source_dtype: t.dtype.name(),
-            shape: t.shape.clone(),
-            format: "skipped".into(),
-            bit_width: 0,
-            reason: d.reason.clone(),
-            source_bytes: t.len,
-            output_bytes: 0,
-            stats: ErrorStats::default(),
-        };
+    for (i, (t, d)) in tensors.iter().zip(&decisions).enumerate() {
+        let mut report = new_report(t, &d.reason);
         if d.action != Action::Skip {
-            let bytes = ck.read(i)?;
-            let w = bytes.to_f32();
+            let w = source.read_f32(i, opts.allow_requantize)?;
             check_finite(&t.name, &w)?;
-            match (d.action, &mut sink) {
-                (Action::Keep(k), sink) => {
-                    let (data, stats) = encode_ggml(k, &w);
+            match d.action {
+                Action::Keep(k) => {
+                    warn_f16_overflow(t, k, &w, progress);
+                    let (data, stats) = gguf_out::encode(&t.name, k, &w, &t.shape, None)?;
                     report.format = k.name().into();
-                    report.bit_width = if k == GgmlType::F32 { 32 } else { 16 };
+                    report.bit_width = k.code_bits();
                     report.output_bytes = data.len() as u64;
                     report.stats = stats;
-                    if k == GgmlType::F16 && t.dtype != TensorDtype::F16 && w.iter().any(|v| v.abs() > 65504.0) {
-                        progress.message(&format!("warning: {} has values beyond the float16 range; they become inf in F16", t.name));
-                    }
-                    match sink {
-                        Sink::Gguf(g) => g.write_tensor(&t.name, &data)?,
-                        Sink::Arrow(a) => a.write_kept(&report, k, &data)?,
-                    }
+                    sink.write_kept(&report, k, &data)?;
                 }
-                (Action::Quantize, Sink::Gguf(g)) => {
-                    let ty = ggml.unwrap();
-                    let (data, stats) = encode_ggml(ty, &w);
-                    report.format = ty.name().into();
-                    report.bit_width = if ty == GgmlType::Q8_0 { 8 } else { 4 };
-                    report.output_bytes = data.len() as u64;
-                    report.stats = stats;
-                    g.write_tensor(&t.name, &data)?;
-                }
-                (Action::Quantize, Sink::Arrow(a)) => {
-                    let backend = backend.unwrap();
+                Action::Quantize => {
                     let widths: Vec<BitWidth> = match opts.min_cosine {
                         Some(_) => vec![BitWidth::B2, BitWidth::B4, BitWidth::B8],
                         None => vec![opts.config.bit_width],
@@ -403,19 +506,15 @@ pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progre
                     report.bit_width = q.layout.bit_width.bits() as u8;
                     report.output_bytes = (q.packed.len() + 8 * q.scales.len()) as u64;
                     report.stats = stats;
-                    a.write_affine(&report, &q)?;
+                    sink.write_affine(&report, &q)?;
                 }
-                (Action::Skip, _) => unreachable!(),
+                Action::Skip => unreachable!(),
             }
         }
-        done += t.len;
+        done += t.bytes;
         progress.advance(done, total)?;
         reports.push(report);
     }
-
-    match sink {
-        Sink::Gguf(g) => g.finish()?.commit()?,
-        Sink::Arrow(a) => a.finish()?.commit()?,
-    }
+    sink.finish()?.commit()?;
     Ok(reports)
 }

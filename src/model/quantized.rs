@@ -19,7 +19,8 @@ use crate::backend::QuantizedTensor;
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 use crate::gguf::reader::GgufFile;
-use crate::gguf::{blocks, GgmlType};
+use crate::gguf::GgmlType;
+use crate::quant::ggml;
 use crate::quant::{BitWidth, GroupLayout, QuantConfig};
 
 /// Reads the schema and every record batch of an Arrow IPC or Parquet file (told apart by
@@ -105,12 +106,7 @@ impl QuantFile {
                     name: t.name.clone(),
                     shape: t.shape.clone(),
                     format: t.ty.name().to_string(),
-                    bit_width: match t.ty {
-                        GgmlType::F32 => 32,
-                        GgmlType::F16 | GgmlType::BF16 => 16,
-                        GgmlType::Q8_0 => 8,
-                        _ => 4,
-                    },
+                    bit_width: t.ty.code_bits() as u32,
                     stored_bytes: t.len as u64,
                 })
                 .collect();
@@ -155,7 +151,7 @@ impl QuantFile {
                 m.sort();
                 m
             }
-            Self::Gguf { file, .. } => file.metadata.iter().map(|(k, v)| (k.clone(), format!("{v:?}"))).collect(),
+            Self::Gguf { file, .. } => file.metadata.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
         }
     }
 
@@ -166,7 +162,7 @@ impl QuantFile {
         match self {
             Self::Gguf { file, .. } => {
                 let t = &file.tensors[i];
-                blocks::dequantize(t.ty, file.data(t), &mut out);
+                ggml::dequantize(t.ty, file.data(t), &mut out).map_err(|e| QuantError::layer_value(&t.name, e.to_string()))?;
             }
             Self::Arrow { batches, rows, .. } => {
                 let (bi, r) = rows[i];
@@ -181,7 +177,7 @@ impl QuantFile {
                     if data.len() != ty.bytes_for(out.len()) {
                         return Err(QuantError::layer_value(&e.name, "raw data length does not match the shape"));
                     }
-                    blocks::dequantize(ty, data, &mut out);
+                    ggml::dequantize(ty, data, &mut out)?;
                 } else {
                     let group_size = batch_group_size(b, None)?;
                     let config = QuantConfig::new(BitWidth::new(e.bit_width as i64)?, group_size)?;

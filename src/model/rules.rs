@@ -56,6 +56,11 @@ impl Rules {
         }
     }
 
+    /// Whether `name` matches a `--keep` glob.
+    pub fn keeps(&self, name: &str) -> bool {
+        self.keep.is_match(name)
+    }
+
     pub fn decide(&self, name: &str, shape: &[usize], is_float: bool) -> Decision {
         let keep_ty = if shape.len() <= 1 { GgmlType::F32 } else { GgmlType::F16 };
         let n: usize = shape.iter().product();

@@ -12,6 +12,7 @@ use crate::error::{QuantError, Result};
 use crate::model::arrow_out::report_batch;
 use crate::model::quantized::read_batches;
 use crate::model::{convert, Options, OutputFormat, Progress, QuantType};
+use crate::quant::ggml::GgmlType;
 use crate::quant::{BitWidth, QuantConfig};
 
 /// Reports progress to a Python callable and/or an indicatif bar; checks for Ctrl-C between
@@ -55,12 +56,13 @@ fn strings(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Vec<String>> {
     }
 }
 
-/// Quantizes a safetensors checkpoint (file, sharded folder or diffusers folder) into an Arrow
-/// IPC or GGUF file; returns the per-tensor quality report as a pyarrow.Table.
+/// Quantizes a model (a safetensors checkpoint: file, sharded folder or diffusers folder; or a
+/// GGUF file) into an Arrow IPC, Parquet or GGUF file; returns the per-tensor quality report as
+/// a pyarrow.Table.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, progress = None))]
+#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, progress = None, imatrix = None, pure = false, allow_requantize = false, leave_output_tensor = false, output_tensor_type = None, token_embedding_type = None))]
 #[allow(clippy::too_many_arguments)]
-fn quantize_safetensors<'py>(
+fn quantize_model<'py>(
     py: Python<'py>,
     src: PathBuf,
     dst: PathBuf,
@@ -73,6 +75,12 @@ fn quantize_safetensors<'py>(
     quantize: Option<&Bound<'py, PyAny>>,
     min_cosine: Option<f64>,
     progress: Option<&Bound<'py, PyAny>>,
+    imatrix: Option<PathBuf>,
+    pure: bool,
+    allow_requantize: bool,
+    leave_output_tensor: bool,
+    output_tensor_type: Option<&str>,
+    token_embedding_type: Option<&str>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let opts = Options {
         format: format.map(str::parse::<OutputFormat>).transpose()?,
@@ -84,6 +92,12 @@ fn quantize_safetensors<'py>(
         min_cosine,
         arch: None,
         name: None,
+        pure,
+        allow_requantize,
+        imatrix,
+        leave_output_tensor,
+        output_tensor_type: output_tensor_type.map(str::parse::<GgmlType>).transpose()?,
+        token_embedding_type: token_embedding_type.map(str::parse::<GgmlType>).transpose()?,
     };
     let (callback, bar) = match progress {
         None => (None, None),
@@ -121,7 +135,9 @@ fn read_quantized<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, Py
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(quantize_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_model, m)?)?;
+    // The earlier name, for code written before GGUF inputs were accepted.
+    m.add("quantize_safetensors", m.getattr("quantize_model")?)?;
     m.add_function(wrap_pyfunction!(read_quantized, m)?)?;
     Ok(())
 }

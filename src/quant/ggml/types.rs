@@ -128,6 +128,22 @@ impl GgmlType {
         (bytes * 8) as f64 / block as f64
     }
 
+    /// Bits of one code (`Q4_K` → 4; `F16` → 16): the "bit width" of reports.
+    pub fn code_bits(self) -> u8 {
+        match self {
+            Self::Q2_K | Self::Q2_0 | Self::TQ2_0 | Self::IQ2_XXS | Self::IQ2_XS | Self::IQ2_S => 2,
+            Self::Q3_K | Self::IQ3_XXS | Self::IQ3_S => 3,
+            Self::Q5_0 | Self::Q5_1 | Self::Q5_K => 5,
+            Self::Q6_K => 6,
+            Self::Q8_0 | Self::Q8_1 | Self::Q8_K | Self::I8 => 8,
+            Self::F16 | Self::BF16 | Self::I16 => 16,
+            Self::F32 | Self::I32 => 32,
+            Self::F64 | Self::I64 => 64,
+            Self::Q1_0 | Self::IQ1_S | Self::IQ1_M | Self::TQ1_0 => 1,
+            _ => 4,
+        }
+    }
+
     /// Bytes of one row of `n_per_row` elements, or `None` when the row does not fill whole blocks.
     pub fn row_bytes(self, n_per_row: usize) -> Option<usize> {
         let (block, bytes) = self.block();

@@ -1,0 +1,221 @@
+//! GGUF output: which type each tensor gets, the metadata written, and the encoding of one
+//! tensor.
+//!
+//! * From a GGUF model (llama.cpp tensor names), the types are llama.cpp's mix for the file
+//!   type ([`crate::gguf::mix`]), exactly as `llama-quantize` chooses them, and the metadata is
+//!   the input's, with `general.quantization_version` and `general.file_type` set (and the
+//!   importance-matrix keys added) as `llama-quantize` sets them.
+//! * From a checkpoint (its own tensor names, e.g. a diffusion model for ComfyUI-GGUF or
+//!   stable-diffusion.cpp), the keep rules decide what is quantized; quantized tensors get the
+//!   mix's default type, or llama.cpp's fallback where a row does not fit its blocks.
+
+use rayon::prelude::*;
+
+use super::rules::{Action, Decision};
+use super::source::{SourceTensor, Stored};
+use crate::error::{QuantError, Result};
+use crate::gguf::imatrix::Imatrix;
+use crate::gguf::mix::{self, FileType, MixOptions, ModelInfo, TensorDesc};
+use crate::gguf::{MetaValue, QUANTIZATION_VERSION};
+use crate::quant::ggml::{self, GgmlType};
+use crate::quant::metrics::ErrorStats;
+
+/// What happens to one tensor in a GGUF output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Written as stored in the (GGUF) source.
+    Copy,
+    /// Read as f32 and written as this type.
+    Encode(GgmlType),
+    /// Left out (not a float tensor).
+    Skip,
+}
+
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub step: Step,
+    pub reason: String,
+}
+
+impl Choice {
+    /// The tensor's type in the output (`None`: left out).
+    pub fn output_type(&self, t: &SourceTensor) -> Option<GgmlType> {
+        match (&self.step, t.stored) {
+            (Step::Encode(ty), _) => Some(*ty),
+            (Step::Copy, Stored::Ggml(ty)) => Some(ty),
+            _ => None,
+        }
+    }
+}
+
+/// llama.cpp's mix for a GGUF model's tensors.
+pub fn plan_from_gguf(
+    metadata: &[(String, MetaValue)],
+    tensors: &[SourceTensor],
+    opts: &MixOptions,
+    warn: &mut dyn FnMut(&str),
+) -> Result<Vec<Choice>> {
+    let model = ModelInfo::from_metadata(metadata).unwrap_or_else(|e| {
+        warn(&format!(
+            "warning: {e}; choosing types without the model's layer and head counts (llama.cpp would refuse to load this file)"
+        ));
+        ModelInfo::unknown()
+    });
+    let descs: Vec<TensorDesc> = tensors
+        .iter()
+        .map(|t| match t.stored {
+            Stored::Ggml(ty) => TensorDesc::from_shape(&t.name, &t.shape, ty),
+            Stored::Safetensors(_) => unreachable!("a GGUF source holds GGUF tensors"),
+        })
+        .collect();
+    let choices = mix::choose_types(&model, &descs, opts)?;
+    Ok(choices
+        .into_iter()
+        .map(|c| Choice {
+            step: if c.quantize { Step::Encode(c.ty) } else { Step::Copy },
+            reason: c.note.unwrap_or_else(|| format!("{} default", opts.ftype)),
+        })
+        .collect())
+}
+
+/// The keep rules' decisions for a checkpoint, with the mix's default type (and llama.cpp's
+/// fallback) for the tensors they quantize.
+pub fn plan_from_checkpoint(tensors: &[SourceTensor], decisions: &[Decision], ftype: FileType) -> Result<Vec<Choice>> {
+    tensors
+        .iter()
+        .zip(decisions)
+        .map(|(t, d)| {
+            let step = match d.action {
+                Action::Skip => Step::Skip,
+                Action::Keep(k) => Step::Encode(k),
+                Action::Quantize => {
+                    let desc = TensorDesc::from_shape(&t.name, &t.shape, GgmlType::F32);
+                    let (ty, why) = mix::fallback(&desc, ftype.default_type())?;
+                    if let Some(why) = why {
+                        return Ok(Choice { step: Step::Encode(ty), reason: why });
+                    }
+                    Step::Encode(ty)
+                }
+            };
+            Ok(Choice { step, reason: d.reason.clone() })
+        })
+        .collect()
+}
+
+/// Keys llama-quantize removes from the input's metadata (a split model becomes one file).
+const SPLIT_KEYS: [&str; 3] = ["split.no", "split.count", "split.tensors.count"];
+
+/// The output metadata of a GGUF → GGUF conversion, as llama-quantize writes it: the input's
+/// keys in order, then `general.quantization_version` and `general.file_type` (ggml's
+/// `gguf_set_val_*` removes a key and appends it), without the split keys, then the
+/// importance-matrix keys. llama.cpp keeps at most 127 bytes of the file and dataset names.
+pub fn metadata_from_gguf(input: &[(String, MetaValue)], ftype: FileType, imatrix: Option<(&str, &Imatrix)>) -> Vec<(String, MetaValue)> {
+    let mut set: Vec<(String, MetaValue)> = vec![
+        ("general.quantization_version".into(), MetaValue::U32(QUANTIZATION_VERSION)),
+        ("general.file_type".into(), MetaValue::U32(ftype.id())),
+    ];
+    if let Some((path, m)) = imatrix {
+        let truncate = |s: &str| {
+            let mut end = s.len().min(127);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_string()
+        };
+        set.push(("quantize.imatrix.file".into(), MetaValue::Str(truncate(path))));
+        if let Some(d) = m.datasets.first() {
+            set.push(("quantize.imatrix.dataset".into(), MetaValue::Str(truncate(d))));
+        }
+        set.push(("quantize.imatrix.entries_count".into(), MetaValue::U32(m.entries.len() as u32)));
+        if m.chunk_count > 0 {
+            set.push(("quantize.imatrix.chunks_count".into(), MetaValue::U32(m.chunk_count as u32)));
+        }
+    }
+    let mut out: Vec<(String, MetaValue)> = input
+        .iter()
+        .filter(|(k, _)| !SPLIT_KEYS.contains(&k.as_str()) && !set.iter().any(|(s, _)| s == k))
+        .cloned()
+        .collect();
+    out.extend(set);
+    out
+}
+
+/// The importance row of a tensor, checked as llama-quantize checks it: `ne[0] * ne[2]`
+/// values (one row per expert). `Ok(None)`: the matrix has no entry for it, or the entry is the
+/// token embedding's of another size (llama.cpp ignores those).
+pub fn imatrix_row<'a>(m: &'a Imatrix, t: &SourceTensor) -> Result<Option<&'a [f32]>> {
+    let Some(row) = m.get(&t.name) else { return Ok(None) };
+    let ne0 = t.shape.last().copied().unwrap_or(1);
+    let ne2 = if t.shape.len() >= 3 { t.shape[t.shape.len() - 3] } else { 1 };
+    if row.len() == ne0 * ne2 {
+        return Ok(Some(row));
+    }
+    if t.name == "token_embd.weight" || t.name == "per_layer_token_embd.weight" {
+        return Ok(None);
+    }
+    Err(QuantError::layer_value(
+        &t.name,
+        format!("the importance matrix has {} values for this tensor, which needs {ne0} x {ne2} = {} (is it for another model?)", row.len(), ne0 * ne2),
+    ))
+}
+
+/// Encodes one tensor (rows along its last axis) as `ty`, with its importance row (one slice of
+/// `ne[0]` per 2-D matrix, as llama-quantize quantizes each expert of a 3-D tensor), and
+/// measures the result against `w`. Refuses block scales that overflow f16, as llama.cpp's
+/// validation of the quantized data does.
+pub fn encode(name: &str, ty: GgmlType, w: &[f32], shape: &[usize], imatrix: Option<&[f32]>) -> Result<(Vec<u8>, ErrorStats)> {
+    let n_per_row = shape.last().copied().unwrap_or(1).max(1);
+    let layer = |e: QuantError| QuantError::layer_value(name, e.to_string());
+    let mut out = vec![0u8; ggml::check_rows(ty, w.len(), n_per_row, None).map_err(layer)?];
+    match imatrix {
+        Some(row) if ty.is_quantized() => {
+            let n_slices = row.len() / n_per_row;
+            let per_slice = w.len() / n_slices.max(1);
+            let out_per_slice = out.len() / n_slices.max(1);
+            for (k, (ws, os)) in w.chunks(per_slice).zip(out.chunks_mut(out_per_slice)).enumerate() {
+                ggml::quantize(ty, ws, n_per_row, Some(&row[k * n_per_row..(k + 1) * n_per_row]), os).map_err(layer)?;
+            }
+        }
+        _ => ggml::quantize(ty, w, n_per_row, None, &mut out).map_err(layer)?,
+    }
+    if let Some(at) = overflowing_scale(ty, &out) {
+        let amax = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+        return Err(QuantError::layer_value(
+            name,
+            format!("{ty} cannot hold these weights (|w| up to {amax:e}): the scale of block {at} overflows float16; keep the tensor in F32 (--keep)"),
+        ));
+    }
+    let stats = stats(ty, &out, w)?;
+    Ok((out, stats))
+}
+
+/// Original against decoded, a chunk of blocks at a time.
+pub fn stats(ty: GgmlType, data: &[u8], w: &[f32]) -> Result<ErrorStats> {
+    let (block, bytes) = ty.block();
+    let chunk = (64 * 1024 / block).max(1) * block;
+    w.par_chunks(chunk)
+        .zip(data.par_chunks(chunk / block * bytes))
+        .map(|(ws, ds)| {
+            let mut back = vec![0f32; ws.len()];
+            ggml::dequantize(ty, ds, &mut back)?;
+            let mut s = ErrorStats::default();
+            s.add(ws, &back);
+            Ok(s)
+        })
+        .try_reduce(ErrorStats::default, |a, b| Ok(a.merge(b)))
+}
+
+/// The first block whose f16 scale (or min) is infinite or NaN.
+fn overflowing_scale(ty: GgmlType, data: &[u8]) -> Option<usize> {
+    use GgmlType as G;
+    let fields: &[usize] = match ty {
+        G::Q4_0 | G::Q5_0 | G::Q8_0 => &[0],
+        G::Q4_1 | G::Q5_1 | G::Q4_K | G::Q5_K => &[0, 2],
+        G::Q2_K => &[80, 82],
+        G::Q3_K => &[108],
+        G::Q6_K => &[208],
+        _ => return None,
+    };
+    let (_, bytes) = ty.block();
+    data.chunks_exact(bytes).position(|b| fields.iter().any(|&at| u16::from_le_bytes([b[at], b[at + 1]]) & 0x7c00 == 0x7c00))
+}

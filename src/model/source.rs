@@ -1,0 +1,185 @@
+//! The model being converted: a safetensors checkpoint (single file, sharded, diffusers) or a
+//! GGUF file, seen the same way by the converter — a list of tensors, each readable as f32
+//! (or, for GGUF, as its stored bytes, to copy it unchanged).
+
+use std::ops::Deref;
+use std::path::Path;
+
+use super::safetensors_reader::{source_files, Checkpoint, TensorBytes, TensorDtype};
+use crate::error::{QuantError, Result};
+use crate::gguf::reader::GgufFile;
+use crate::gguf::MetaValue;
+use crate::quant::ggml::{self, GgmlType};
+
+/// How a source tensor is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A safetensors dtype.
+    Safetensors(TensorDtype),
+    /// A GGUF tensor type.
+    Ggml(GgmlType),
+}
+
+impl Stored {
+    pub fn name(self) -> String {
+        match self {
+            Stored::Safetensors(d) => d.name(),
+            Stored::Ggml(t) => t.name().to_string(),
+        }
+    }
+
+    /// Plain floats: readable as f32 without a requantization.
+    pub fn is_float(self) -> bool {
+        match self {
+            Stored::Safetensors(d) => d.is_float(),
+            Stored::Ggml(t) => t.is_float(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SourceTensor {
+    pub name: String,
+    /// Row-major, outermost first.
+    pub shape: Vec<usize>,
+    pub stored: Stored,
+    /// Bytes of its data in the source.
+    pub bytes: u64,
+}
+
+impl SourceTensor {
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A tensor's values as f32: in place in the mapped file when it already holds aligned
+/// little-endian f32, else converted once.
+pub enum Weights<'a> {
+    /// Safetensors F32, mapped.
+    Mapped(TensorBytes),
+    /// GGUF F32, inside the mapped file.
+    Borrowed(&'a [f32]),
+    Owned(Vec<f32>),
+}
+
+impl Deref for Weights<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Weights::Mapped(b) => bytemuck::cast_slice(b.bytes()),
+            Weights::Borrowed(s) => s,
+            Weights::Owned(v) => v,
+        }
+    }
+}
+
+pub enum Source {
+    Safetensors { ck: Checkpoint, tensors: Vec<SourceTensor> },
+    Gguf { file: GgufFile, tensors: Vec<SourceTensor> },
+}
+
+/// Whether `path` holds a GGUF file (by its magic; a missing file is not).
+pub fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    path.is_file()
+        && std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok()
+        && &magic == crate::gguf::MAGIC
+}
+
+impl Source {
+    /// A GGUF file, or a safetensors checkpoint (file, sharded folder or diffusers folder).
+    pub fn open(path: &Path) -> Result<Self> {
+        if is_gguf(path) {
+            let file = GgufFile::open(path)?;
+            let tensors = file
+                .tensors
+                .iter()
+                .map(|t| SourceTensor { name: t.name.clone(), shape: t.shape.clone(), stored: Stored::Ggml(t.ty), bytes: t.len as u64 })
+                .collect();
+            return Ok(Source::Gguf { file, tensors });
+        }
+        let ck = Checkpoint::open(path)?;
+        let tensors = ck
+            .tensors
+            .iter()
+            .map(|t| SourceTensor { name: t.name.clone(), shape: t.shape.clone(), stored: Stored::Safetensors(t.dtype), bytes: t.len })
+            .collect();
+        Ok(Source::Safetensors { ck, tensors })
+    }
+
+    pub fn tensors(&self) -> &[SourceTensor] {
+        match self {
+            Source::Safetensors { tensors, .. } | Source::Gguf { tensors, .. } => tensors,
+        }
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors().iter().map(|t| t.bytes).sum()
+    }
+
+    /// The GGUF metadata, for a GGUF source.
+    pub fn gguf_metadata(&self) -> Option<&[(String, MetaValue)]> {
+        match self {
+            Source::Gguf { file, .. } => Some(&file.metadata),
+            Source::Safetensors { .. } => None,
+        }
+    }
+
+    /// The files the model came from, relative to its root.
+    pub fn files(&self, path: &Path) -> Vec<String> {
+        match self {
+            Source::Safetensors { ck, .. } => source_files(ck),
+            Source::Gguf { .. } => vec![path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()],
+        }
+    }
+
+    /// Tensor `i`'s stored bytes (GGUF only: safetensors tensors are always re-encoded).
+    pub fn raw(&self, i: usize) -> Result<&[u8]> {
+        match self {
+            Source::Gguf { file, .. } => Ok(file.data(&file.tensors[i])),
+            Source::Safetensors { .. } => Err(QuantError::value("raw copies are only made from GGUF sources")),
+        }
+    }
+
+    /// Tensor `i` as f32. A quantized GGUF tensor is expanded as ggml's `dequantize_row_*`
+    /// would (`dequantize` must be set: it is llama-quantize's `--allow-requantize`).
+    pub fn read_f32(&self, i: usize, dequantize: bool) -> Result<Weights<'_>> {
+        let t = &self.tensors()[i];
+        match self {
+            Source::Safetensors { ck, .. } => {
+                if !t.stored.is_float() {
+                    return Err(QuantError::layer_value(&t.name, format!("{} tensors cannot be converted to float", t.stored.name())));
+                }
+                let bytes = ck.read(i)?;
+                let in_place = t.stored == Stored::Safetensors(TensorDtype::F32)
+                    && cfg!(target_endian = "little")
+                    && bytemuck::try_cast_slice::<u8, f32>(bytes.bytes()).is_ok();
+                Ok(if in_place { Weights::Mapped(bytes) } else { Weights::Owned(bytes.to_f32().into_owned()) })
+            }
+            Source::Gguf { file, .. } => {
+                let Stored::Ggml(ty) = t.stored else { unreachable!() };
+                if ty == GgmlType::F32 {
+                    if let Ok(s) = bytemuck::try_cast_slice::<u8, f32>(self.raw(i)?) {
+                        if cfg!(target_endian = "little") {
+                            return Ok(Weights::Borrowed(s));
+                        }
+                    }
+                }
+                if !ty.can_decode() {
+                    return Err(QuantError::layer_value(&t.name, format!("{ty} tensors cannot be converted to float")));
+                }
+                if ty.is_quantized() && !dequantize {
+                    return Err(QuantError::layer_value(
+                        &t.name,
+                        format!("the tensor is already quantized ({ty}); requantizing loses quality, pass --allow-requantize (allow_requantize=True) to do it anyway"),
+                    ));
+                }
+                let mut out = vec![0f32; t.n_elements()];
+                ggml::dequantize(ty, file.data(&file.tensors[i]), &mut out).map_err(|e| QuantError::layer_value(&t.name, e.to_string()))?;
+                Ok(Weights::Owned(out))
+            }
+        }
+    }
+}
