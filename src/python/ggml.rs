@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::error::{QuantError, Result};
+use crate::gguf::mix::{fallback, TensorDesc};
 use crate::quant::ggml::{self, GgmlType};
 
 fn tensor_type(name: &str) -> Result<GgmlType> {
@@ -31,15 +32,25 @@ fn _gguf_quantize<'py>(
     let x = x.as_slice()?;
     let imatrix = imatrix.as_ref().map(|w| w.as_slice()).transpose()?;
     let out = py.detach(|| -> Result<Vec<u8>> {
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
-            return Err(QuantError::NonFinite { layer: "array".into(), index: i, value: x[i] });
-        }
-        let n_bytes = ggml::check_rows(ty, x.len(), n_per_row, imatrix)?;
+        ggml::check_finite("array", x)?;
+        let n_bytes = ggml::check_rows(ty, x.len(), n_per_row, imatrix).map_err(|e| with_fallback(e, ty, n_per_row))?;
         let mut out = vec![0u8; n_bytes];
         ggml::quantize(ty, x, n_per_row, imatrix, &mut out)?;
         Ok(out)
     })?;
     Ok(PyBytes::new(py, &out))
+}
+
+/// A row that does not fit `ty`'s blocks: name the type llama.cpp falls back to for such a
+/// tensor (the model converter uses it on its own).
+fn with_fallback(e: QuantError, ty: GgmlType, n_per_row: usize) -> QuantError {
+    if ty.row_bytes(n_per_row).is_some() {
+        return e;
+    }
+    match fallback(&TensorDesc::new("array", &[n_per_row as u64], ty), ty) {
+        Ok((fb, _)) => QuantError::value(format!("{e}; llama.cpp quantizes such rows as {}", fb.name().to_ascii_lowercase())),
+        Err(_) => QuantError::value(format!("{e}; llama.cpp has no fallback type for it")),
+    }
 }
 
 /// Decodes `n` elements of `type_name` blocks to a flat float32 array.

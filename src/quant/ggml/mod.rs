@@ -89,6 +89,18 @@ impl Simd {
 /// Elements per parallel task (whole rows; a longer row is one task).
 const CHUNK_ELEMS: usize = 64 * 1024;
 
+/// ggml quantizes NaN and Inf into garbage without a word; every entry point refuses them first
+/// with this (in parallel: it is a full pass over the input). Names the first bad index.
+pub fn check_finite(name: &str, x: &[f32]) -> Result<()> {
+    const CHUNK: usize = 1 << 16;
+    let bad = x.par_chunks(CHUNK).enumerate().find_first(|(_, c)| c.iter().any(|v| !v.is_finite()));
+    if let Some((k, c)) = bad {
+        let i = c.iter().position(|v| !v.is_finite()).expect("the chunk has one");
+        return Err(QuantError::NonFinite { layer: name.to_string(), index: k * CHUNK + i, value: c[i] });
+    }
+    Ok(())
+}
+
 /// Checks that `x` can be encoded as `ty` in rows of `n_per_row`, and returns the byte count.
 pub fn check_rows(ty: GgmlType, n_elements: usize, n_per_row: usize, imatrix: Option<&[f32]>) -> Result<usize> {
     if !ty.can_encode() {
