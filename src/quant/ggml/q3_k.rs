@@ -3,24 +3,12 @@
 //! scales (`quantize_row_q3_K_ref` / `_impl`).
 
 use super::fp16::{f16_bits_to_f32, f32_to_f16_bits};
-use super::lanes::{build, code_rows, lanes_of, nearest_int, rows_of, IntLanes, Lanes, Multi, MAX_LANES};
+use super::lanes::{as_i8, build, lanes_of, IntLanes, Lanes, Multi, MAX_LANES};
 use super::q2_k::pack_2bit;
 use super::search::{make_q3_quants, make_qx_quants};
 use super::QK_K;
 
 pub const BYTES: usize = 110;
-
-/// Stores the 6-bit value `l` (0..63) of sub-block `j` in ggml's 12 scale bytes.
-fn put_scale(s: &mut [u8; 12], j: usize, l: i32) {
-    let l = l as i8;
-    if j < 8 {
-        s[j] = (l & 0xf) as u8;
-    } else {
-        s[j - 8] |= ((l & 0xf) << 4) as u8;
-    }
-    let high = l >> 4;
-    s[j % 4 + 8] |= (high << (2 * (j / 4))) as u8;
-}
 
 /// The signed scale of sub-block `j` as ggml reads it back.
 fn get_scale(s: &[u8], j: usize) -> i8 {
@@ -86,54 +74,49 @@ pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
         }
     };
 
-    let mut sc_bytes = [[0u8; 12]; MAX_LANES];
-    let mut dbits = [0u16; MAX_LANES];
-    let mut sub_d = [[0f32; 16]; MAX_LANES];
-    let scales = rows_of(&scales);
-    // make_qx_quants' codes (0..63) are the stored 6-bit scales
-    let qx = match qx {
-        Some((d, ls)) => Some((lanes_of(d), code_rows(&ls, V::N))),
-        None => None,
+    // The sixteen 6-bit scales l (0..63, read back as l - 32) and the super-block scale.
+    let (ls, d) = match qx {
+        None => {
+            let (mut amax, mut max_scale) = (zero, zero);
+            for sc in &scales {
+                let a = sc.abs();
+                let bigger = a.gt(amax);
+                amax = V::select(bigger, a, amax);
+                max_scale = V::select(bigger, *sc, max_scale);
+            }
+            // ggml leaves the scales (and d) zero when max_scale is 0
+            let nonzero = max_scale.ne(zero);
+            let iscale = V::splat(-32.0) / max_scale;
+            let ls = build!(V::Int::splat(0); 16, |j| {
+                let l = as_i8((iscale * scales[j]).nearest_int()).imin(V::Int::splat(31)).imax(V::Int::splat(-32));
+                V::Int::select(nonzero, l + V::Int::splat(32), V::Int::splat(0))
+            });
+            (ls, V::select(nonzero, V::splat(1.0) / iscale, zero))
+        }
+        // make_qx_quants' codes (0..63) are the stored scales
+        Some((d_block, ls)) => (ls, d_block),
     };
+    // 12 bytes: the low nibbles of scales j and j+8, then the top two bits of j, j+4, j+8, j+12
+    let (low4, top2) = (V::Int::splat(15), V::Int::splat(3));
+    let packed = build!(V::Int::splat(0); 12, |k| if k < 8 {
+        ls[k].and(low4).or(ls[k + 8].and(low4).shl(4))
+    } else {
+        let m = k - 8;
+        let top = |g: usize| ls[4 * g + m].shr(4).and(top2).shl(2 * g as u32);
+        top(0).or(top(1)).or(top(2)).or(top(3))
+    });
+    V::Int::store_bytes(&packed, &mut out[96..], BYTES);
+    let d = lanes_of(d);
+    let mut d16 = [0f32; MAX_LANES];
     for b in 0..V::N {
-        let scales = &scales[b];
-        let s = &mut sc_bytes[b];
-        match &qx {
-            None => {
-                let (mut max_scale, mut amax) = (0f32, 0f32);
-                for j in 0..16 {
-                    let scale = scales[j].abs();
-                    if scale > amax {
-                        amax = scale;
-                        max_scale = scales[j];
-                    }
-                }
-                if max_scale != 0.0 {
-                    let iscale = -32.0 / max_scale;
-                    for j in 0..16 {
-                        let l = nearest_int(iscale * scales[j]) as i8 as i32;
-                        put_scale(s, j, l.clamp(-32, 31) + 32);
-                    }
-                    dbits[b] = f32_to_f16_bits(1.0 / iscale);
-                } else {
-                    dbits[b] = f32_to_f16_bits(0.0);
-                }
-            }
-            Some((d_block, ls)) => {
-                for j in 0..16 {
-                    put_scale(s, j, ls[b][j] as i32);
-                }
-                dbits[b] = f32_to_f16_bits(d_block[b]);
-            }
-        }
-        let d = f16_bits_to_f32(dbits[b]);
-        for j in 0..16 {
-            sub_d[b][j] = d * get_scale(s, j) as f32;
-        }
+        let bits = f32_to_f16_bits(d[b]);
+        out[b * BYTES + 108..b * BYTES + 110].copy_from_slice(&bits.to_le_bytes());
+        d16[b] = f16_bits_to_f32(bits);
     }
+    let d16 = V::from_fn(|b| d16[b]);
 
     for j in 0..16 {
-        let d = V::from_fn(|b| sub_d[b][j]);
+        let d = d16 * (ls[j] - V::Int::splat(32)).to_f32();
         let keep = d.eq(zero);
         for ii in 0..16 {
             let i = 16 * j + ii;
@@ -157,11 +140,6 @@ pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
         *c = c.and(three);
     }
     V::Int::store_bytes(&pack_2bit(&codes), &mut out[32..], BYTES);
-    for b in 0..V::N {
-        let o = &mut out[b * BYTES..(b + 1) * BYTES];
-        o[96..108].copy_from_slice(&sc_bytes[b]);
-        o[108..110].copy_from_slice(&dbits[b].to_le_bytes());
-    }
 }
 
 /// ggml's `dequantize_row_q3_K`.
