@@ -32,7 +32,7 @@ def _as_f32(array, what: str) -> np.ndarray:
     if a.dtype.name == "bfloat16" and a.dtype.itemsize == 2:  # ml_dtypes / jax / torch-numpy bfloat16
         bits = np.ascontiguousarray(a).view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32).reshape(a.shape)
-    raise TypeError(f"{what} must be a float32, float16 or bfloat16 array, got dtype {a.dtype}")
+    raise TypeError(f"{what} must be a float32, float16, bfloat16 or float64 array, got dtype {a.dtype}")
 
 
 def gguf_quantize(array, type: str, *, imatrix: Optional[Sequence[float]] = None) -> bytes:
@@ -43,6 +43,8 @@ def gguf_quantize(array, type: str, *, imatrix: Optional[Sequence[float]] = None
     llama.cpp uses an importance matrix. The row length must be a multiple of the type's block
     (32, or 256 for the K types); when it is not, the ValueError names the type llama.cpp falls
     back to. NaN/Inf values raise ValueError."""
+    if not isinstance(type, str):
+        raise TypeError(f"type must be a GGUF type name such as 'q4_k', got {type!r}")
     a = _as_f32(array, "array")
     if a.ndim == 0 or a.size == 0:
         raise ValueError(f"gguf_quantize needs a non-empty array of at least one dimension, got shape {a.shape}")
@@ -56,9 +58,15 @@ def gguf_quantize(array, type: str, *, imatrix: Optional[Sequence[float]] = None
 def gguf_dequantize(data, type: str, shape) -> np.ndarray:
     """Decodes GGUF tensor data of `type` to a float32 array of `shape` (rows along the last
     axis), as ggml's ``dequantize_row_*`` functions do."""
+    if not isinstance(type, str):
+        raise TypeError(f"type must be a GGUF type name such as 'q4_k', got {type!r}")
     shape = tuple(int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,)))
     if any(d < 0 for d in shape):
         raise ValueError(f"shape must not have negative dimensions, got {shape}")
+    if type.lower() in GGUF_TYPES and shape:
+        block = 256 if type.lower().endswith("_k") else 32 if type.lower().startswith("q") else 1
+        if shape[-1] % block:
+            raise ValueError(f"{type} rows are whole blocks of {block} elements; a row of {shape[-1]} elements cannot be one")
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
     return _native._gguf_dequantize(bytes(data) if not isinstance(data, bytes) else data, str(type), n).reshape(shape)
 

@@ -214,10 +214,10 @@ fn resolve_type(opts: &Options, format: OutputFormat) -> Result<QuantType> {
     });
     match (format, qtype) {
         (OutputFormat::Gguf, QuantType::Affine) => {
-            Err(QuantError::value("GGUF stores ggml block types: pass a GGUF type such as 'q4_k_m' or 'q8_0' (affine is for Arrow output)"))
+            Err(QuantError::value("GGUF stores ggml block types: pass a GGUF type such as 'q4_k_m', 'q4_0' or 'q8_0' (affine is for Arrow output)"))
         }
         (OutputFormat::Arrow | OutputFormat::Parquet, QuantType::Gguf(t)) => Err(QuantError::value(format!(
-            "type '{}' is a GGUF type; write a .gguf file, or use type 'affine' for Arrow or Parquet output",
+            "type '{}' is a GGUF block type; write a .gguf file, or use type 'affine' for Arrow or Parquet output",
             t.name().to_ascii_lowercase()
         ))),
         (OutputFormat::Gguf, _) if opts.min_cosine.is_some() => {

@@ -48,7 +48,7 @@ fn with_fallback(e: QuantError, ty: GgmlType, n_per_row: usize) -> QuantError {
         return e;
     }
     match fallback(&TensorDesc::new("array", &[n_per_row as u64], ty), ty) {
-        Ok((fb, _)) => QuantError::value(format!("{e}; llama.cpp quantizes such rows as {}", fb.name().to_ascii_lowercase())),
+        Ok((fb, _)) => QuantError::value(format!("{e}; llama.cpp quantizes such rows as {}", fb.name())),
         Err(_) => QuantError::value(format!("{e}; llama.cpp has no fallback type for it")),
     }
 }

@@ -5,7 +5,7 @@
 //! `half` does — except that ggml turns every NaN into the one quiet NaN `0x7E00` (with its
 //! sign), where `half` would keep payload bits.
 
-use half::{bf16, f16};
+use half::f16;
 
 #[inline]
 pub fn f32_to_f16_bits(v: f32) -> u16 {
@@ -38,9 +38,11 @@ pub fn f32_to_bf16_bits(v: f32) -> u16 {
     (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16
 }
 
+/// bf16 → f32 is exact: the bits shifted up (NaN payloads kept, signalling ones included, as
+/// ggml keeps them; `half` would quiet them).
 #[inline]
 pub fn bf16_bits_to_f32(h: u16) -> f32 {
-    bf16::from_bits(h).to_f32()
+    f32::from_bits((h as u32) << 16)
 }
 
 #[cfg(test)]
@@ -58,6 +60,12 @@ mod tests {
         // 2^-25 is exactly half the smallest subnormal: ties to even (0)
         assert_eq!(f32_to_f16_bits(2f32.powi(-25)), 0);
         assert_eq!(f32_to_f16_bits(3.0 * 2f32.powi(-25)), 2);
+    }
+
+    #[test]
+    fn bf16_decodes_every_pattern_exactly() {
+        assert_eq!(bf16_bits_to_f32(0x7fb1).to_bits(), 0x7fb1_0000); // a signalling NaN stays one
+        assert_eq!(bf16_bits_to_f32(0x3F80), 1.0);
     }
 
     #[test]
