@@ -52,6 +52,10 @@ class Ggml:
             f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         lib.ggml_fp16_to_fp32_row.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
         lib.ggml_bf16_to_fp32_row.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        lib.ggml_blck_size.restype = ctypes.c_int64
+        lib.ggml_blck_size.argtypes = [ctypes.c_int]
+        lib.ggml_type_size.restype = ctypes.c_size_t
+        lib.ggml_type_size.argtypes = [ctypes.c_int]
 
     @property
     def version(self) -> str:
@@ -75,8 +79,34 @@ class Ggml:
         assert n == size
         return dst.raw[:size]
 
+    def block(self, type: str) -> tuple:
+        """``(elements, bytes)`` of one block of `type`: ``ggml_blck_size`` and ``ggml_type_size``."""
+        tid = TYPE_IDS[type]
+        return int(self.lib.ggml_blck_size(tid)), int(self.lib.ggml_type_size(tid))
+
+    def fp16_to_fp32(self, a) -> np.ndarray:
+        """float32 values of float16 data (an array of float16 or of their uint16 bits), converted
+        by ggml's ``ggml_fp16_to_fp32_row``; same shape."""
+        a = np.ascontiguousarray(a)
+        assert a.dtype.itemsize == 2, a.dtype
+        out = np.empty(a.shape, dtype=np.float32)
+        self.lib.ggml_fp16_to_fp32_row(a.ctypes.data, out.ctypes.data, a.size)
+        return out
+
+    def bf16_to_fp32(self, a) -> np.ndarray:
+        """float32 values of bfloat16 data (ml_dtypes.bfloat16 or the uint16 bits), converted by
+        ggml's ``ggml_bf16_to_fp32_row``; same shape."""
+        a = np.ascontiguousarray(a)
+        assert a.dtype.itemsize == 2, a.dtype
+        out = np.empty(a.shape, dtype=np.float32)
+        self.lib.ggml_bf16_to_fp32_row(a.ctypes.data, out.ctypes.data, a.size)
+        return out
+
     def dequantize(self, data: bytes, type: str, n: int) -> np.ndarray:
         out = np.empty(n, dtype=np.float32)
+        if type == "f32":
+            out[:] = np.frombuffer(bytes(data), dtype="<f4", count=n)
+            return out
         src = ctypes.create_string_buffer(bytes(data), len(data))
         if type == "f16":
             self.lib.ggml_fp16_to_fp32_row(src, out.ctypes.data, n)
@@ -85,3 +115,23 @@ class Ggml:
         else:
             getattr(self.lib, f"dequantize_row_{_SYMBOL[type]}")(src, out.ctypes.data, n)
         return out
+
+
+def first_block_difference(got: bytes, want: bytes, block: tuple, n_per_row: int) -> str | None:
+    """None when `got == want`; else where they first differ, block by block: the block's index,
+    its row and elements, and both blocks in hex (ours first). `block` is ``Ggml.block(type)``."""
+    if got == want:
+        return None
+    elems, size = block
+    if len(got) != len(want):
+        return f"{len(got)} bytes, ggml wrote {len(want)} ({len(want) // size} blocks of {size} bytes)"
+    per_row = n_per_row // elems
+    for b in range(len(want) // size):
+        g, w = got[b * size:(b + 1) * size], want[b * size:(b + 1) * size]
+        if g != w:
+            row, col = divmod(b, per_row)
+            byte = next(i for i in range(size) if g[i] != w[i])
+            n_diff = sum(got[i * size:(i + 1) * size] != want[i * size:(i + 1) * size] for i in range(len(want) // size))
+            return (f"block {b} (row {row}, elements {col * elems}..{(col + 1) * elems - 1}) differs first at byte "
+                    f"{byte} ({n_diff} of {len(want) // size} blocks differ)\n  ours: {g.hex()}\n  ggml: {w.hex()}")
+    return "same blocks, different bytes?"
