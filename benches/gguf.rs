@@ -30,8 +30,7 @@ impl Ggml {
         if let Ok(p) = std::env::var("GGML_BASE_LIB") {
             return Some(PathBuf::from(p));
         }
-        let lib = std::fs::read_dir(".venv/lib").ok()?.flatten().map(|d| d.path().join("site-packages/libggml/lib64/libggml-base.so.0")).find(|p| p.exists());
-        lib
+        std::fs::read_dir(".venv/lib").ok()?.flatten().map(|d| d.path().join("site-packages/libggml/lib64/libggml-base.so.0")).find(|p| p.exists())
     }
 
     fn load() -> Option<Self> {

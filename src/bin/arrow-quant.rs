@@ -22,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Quantize a model: a .safetensors file, a sharded or diffusers folder, or a .gguf file.
     Quantize {

@@ -14,6 +14,11 @@
 //! Entry points: [`quantize`] (rows in parallel, the widest lanes the CPU has) and
 //! [`dequantize`].
 
+// The block code follows ggml's C loops index by index (`for j in 0..16 { … x[16*j + i] … }`),
+// which is how it is checked against them; and it builds Options with `match` rather than
+// `Option::map`, whose closures LLVM may leave out of line (see `lanes::build`).
+#![allow(clippy::needless_range_loop, clippy::manual_map)]
+
 pub mod fp16;
 pub mod lanes;
 pub mod legacy;
@@ -106,7 +111,7 @@ pub fn check_rows(ty: GgmlType, n_elements: usize, n_per_row: usize, imatrix: Op
     if !ty.can_encode() {
         return Err(QuantError::value(format!("cannot quantize to {ty}: supported types are f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k")));
     }
-    if n_per_row == 0 || n_elements % n_per_row != 0 {
+    if n_per_row == 0 || !n_elements.is_multiple_of(n_per_row) {
         return Err(QuantError::value(format!("{n_elements} elements are not whole rows of {n_per_row}")));
     }
     let (block, _) = ty.block();
@@ -215,6 +220,7 @@ fn encode_rows_in<V: Lanes>(ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: 
     let mut xt = [V::splat(0.0); QK_K];
     let mut wt = [V::splat(0.0); QK_K];
     let mut spare = [0u8; lanes::MAX_LANES * 210];
+    let mut q3 = q3_k::Scratch::new();
     let mut k0 = 0;
     while k0 < n_blocks {
         let lanes = V::N.min(n_blocks - k0);
@@ -237,7 +243,10 @@ fn encode_rows_in<V: Lanes>(ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: 
         };
         let sigma2 = if row_sigma2.is_empty() { V::splat(0.0) } else { V::from_fn(|b| row_sigma2[block(b) / blocks_per_row]) };
         let dst = if lanes == V::N { &mut out[k0 * bytes..(k0 + V::N) * bytes] } else { &mut spare[..V::N * bytes] };
-        encode_blocks(ty, &xt[..qk], qw, sigma2, dst);
+        if k0 + 2 * V::N <= n_blocks {
+            prefetch(&x[(k0 + V::N) * qk..(k0 + 2 * V::N) * qk]);
+        }
+        encode_blocks(ty, &xt[..qk], qw, sigma2, dst, &mut q3);
         if lanes < V::N {
             out[k0 * bytes..(k0 + lanes) * bytes].copy_from_slice(&spare[..lanes * bytes]);
         }
@@ -245,8 +254,20 @@ fn encode_rows_in<V: Lanes>(ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: 
     }
 }
 
+/// Asks for `data` to be brought into the cache: the next step's blocks, read while this step
+/// computes (the hardware prefetchers do not follow `V::N` interleaved block streams well).
 #[inline(always)]
-fn encode_blocks<V: Lanes>(ty: GgmlType, x: &[V], qw: Option<&[V]>, sigma2: V, out: &mut [u8]) {
+fn prefetch(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: a prefetch of a valid address (the start of a live slice) has no effect on
+        // program state.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast()) };
+    }
+}
+
+#[inline(always)]
+fn encode_blocks<V: Lanes>(ty: GgmlType, x: &[V], qw: Option<&[V]>, sigma2: V, out: &mut [u8], q3: &mut q3_k::Scratch) {
     match ty {
         GgmlType::Q4_0 => legacy::encode_q4_0(x, qw, sigma2, out),
         GgmlType::Q4_1 => legacy::encode_q4_1(x, qw, sigma2, out),
@@ -254,7 +275,7 @@ fn encode_blocks<V: Lanes>(ty: GgmlType, x: &[V], qw: Option<&[V]>, sigma2: V, o
         GgmlType::Q5_1 => legacy::encode_q5_1(x, qw, sigma2, out),
         GgmlType::Q8_0 => legacy::encode_q8_0(x, out),
         GgmlType::Q2_K => q2_k::encode(x, qw, out),
-        GgmlType::Q3_K => q3_k::encode(x, qw, out),
+        GgmlType::Q3_K => q3_k::encode(x, qw, out, q3),
         GgmlType::Q4_K => q4_k::encode(q4_k::Bits::Four, x, qw, out),
         GgmlType::Q5_K => q4_k::encode(q4_k::Bits::Five, x, qw, out),
         GgmlType::Q6_K => q6_k::encode(x, qw, out),
@@ -291,7 +312,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
         return Err(QuantError::value(format!("cannot decode {ty} tensors")));
     }
     let (block, bytes) = ty.block();
-    if out.len() % block != 0 || data.len() != out.len() / block * bytes {
+    if !out.len().is_multiple_of(block) || data.len() != out.len() / block * bytes {
         return Err(QuantError::value(format!(
             "{} bytes of {ty} data do not hold {} elements (blocks of {block} elements in {bytes} bytes)",
             data.len(),

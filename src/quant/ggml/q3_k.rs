@@ -3,9 +3,9 @@
 //! scales (`quantize_row_q3_K_ref` / `_impl`).
 
 use super::fp16::{f16_bits_to_f32, f32_to_f16_bits};
-use super::lanes::{as_i8, build, lanes_of, IntLanes, Lanes, Multi, MAX_LANES};
+use super::lanes::{as_i8, build, lanes_of, mask_lanes, IntLanes, Lanes, Multi, MAX_LANES};
 use super::q2_k::pack_2bit;
-use super::search::{make_q3_quants, make_qx_quants};
+use super::search::{make_qx_quants, Q3State};
 use super::QK_K;
 
 pub const BYTES: usize = 110;
@@ -16,29 +16,124 @@ fn get_scale(s: &[u8], j: usize) -> i8 {
     (low | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4) as i8).wrapping_sub(32)
 }
 
-/// `make_q3_quants(16, 4, …)` for the sixteen sub-blocks of `V::N` super-blocks. Each group's
-/// passes are one long chain of dependent operations: four sub-blocks (j, j+4, j+8, j+12) run
-/// as the lanes of one [`Multi`], so the CPU has independent work while a chain waits on its
-/// division.
+/// `make_q3_quants(16, 4, …)` for the sixteen sub-blocks of `V::N` super-blocks, giving each
+/// group exactly what ggml gives it. Its passes are one long chain of dependent operations,
+/// and most groups (about four in five on real weights) settle in the first pass, while a
+/// vector of lanes runs as many passes as its slowest lane. So: the first pass runs for every
+/// group, four sub-blocks (j, j+4, j+8, j+12) interleaved as one [`Multi`]; the groups still
+/// changing then run their remaining passes packed densely into fresh lanes, and go back.
 #[inline(always)]
-fn make_q3_groups<V: Lanes>(x: &[V], codes: &mut [V::Int; QK_K], scales: &mut [V; 16]) {
-    for j in 0..4 {
-        let start = |k: usize| 16 * (j + 4 * k);
-        let xs = build!(Multi([V::splat(0.0); 4]); 16, |i| Multi(build!(V::splat(0.0); 4, |k| x[start(k) + i])));
-        let mut ls = [Multi([V::Int::splat(0); 4]); 16];
-        let sc = make_q3_quants(4, &xs, &mut ls);
-        for k in 0..4 {
-            scales[j + 4 * k] = sc.0[k];
+fn make_q3_groups<V: Lanes>(x: &[V], codes: &mut [V::Int; QK_K], scales: &mut [V; 16], scratch: &mut Scratch) {
+    const NMAX: i32 = 4;
+    let mut states = [None; 16];
+    const CHAINS: usize = 4;
+    const STEP: usize = 16 / CHAINS;
+    for j in 0..STEP {
+        let start = |k: usize| 16 * (j + STEP * k);
+        let xs = build!(Multi([V::splat(0.0); CHAINS]); 16, |i| Multi(build!(V::splat(0.0); CHAINS, |k| x[start(k) + i])));
+        let mut ls = [Multi([V::Int::splat(0); CHAINS]); 16];
+        let mut st = Q3State::start(NMAX, &xs, &mut ls);
+        st.pass(NMAX, &xs, &mut ls);
+        for k in 0..CHAINS {
+            states[j + STEP * k] = Some(st.part(k));
             for i in 0..16 {
                 codes[start(k) + i] = ls[i].0[k];
             }
         }
     }
+    let mut st = states.map(|s| s.expect("every sub-block started"));
+
+    // (sub-block, lane) of every group still changing, in sub-block order.
+    let mut pending = [(0u8, 0u8); 16 * 16];
+    let mut n_pending = 0;
+    for (j, s) in st.iter().enumerate() {
+        let lanes = mask_lanes::<V>(s.active);
+        for (b, &on) in lanes.iter().enumerate().take(V::N) {
+            if on {
+                pending[n_pending] = (j as u8, b as u8);
+                n_pending += 1;
+            }
+        }
+    }
+    if n_pending > 0 {
+        // Every group as a row of 16 (row 16*j + b: sub-block j of lane b), and its sums.
+        let Scratch { xr, lr, sums } = scratch;
+        for j in 0..16 {
+            let xs = build!(V::splat(0.0); 16, |i| x[16 * j + i]);
+            let ls = build!(V::Int::splat(0); 16, |i| codes[16 * j + i]);
+            V::store_rows(&xs, &mut xr[16 * j..]);
+            V::Int::store_rows(&ls, &mut lr[16 * j..]);
+            st[j].sumlx.write(&mut sums[0][16 * j..]);
+            st[j].suml2.write(&mut sums[1][16 * j..]);
+        }
+        // four vectors of pending groups at a time, interleaved like the first pass
+        for group in pending[..n_pending].chunks(4 * V::N) {
+            // lane e is group[e]; spare lanes repeat group[0] and stay inactive
+            let row = |e: usize| {
+                let (j, b) = group[if e < group.len() { e } else { 0 }];
+                16 * j as usize + b as usize
+            };
+            type M<V> = Multi<V, 4>;
+            let xs = <M<V> as Lanes>::gather_rows(&xr[..], row);
+            let mut ls = <M<V> as Lanes>::Int::gather_rows(&lr[..], row);
+            let active = <M<V> as Lanes>::from_fn(|e| if e < group.len() { 1.0 } else { 0.0 }).gt(<M<V> as Lanes>::splat(0.5));
+            let sum = |k: usize| <M<V> as Lanes>::from_fn(|e| sums[k][row(e)]);
+            let mut dense = Q3State::resume(sum(0), sum(1), active);
+            for _ in 1..Q3State::<V>::PASSES {
+                if !<M<V> as Lanes>::any(dense.active) {
+                    break;
+                }
+                dense.pass(NMAX, &xs, &mut ls);
+            }
+            let mut rows = [[0i32; 16]; 4 * 16];
+            <Multi<V, 4> as Lanes>::Int::store_rows(&ls, &mut rows);
+            let (mut sumlx, mut suml2) = ([0f32; 4 * MAX_LANES], [0f32; 4 * MAX_LANES]);
+            dense.sumlx.write(&mut sumlx);
+            dense.suml2.write(&mut suml2);
+            for e in 0..group.len() {
+                lr[row(e)] = rows[e];
+                (sums[0][row(e)], sums[1][row(e)]) = (sumlx[e], suml2[e]);
+            }
+        }
+        let mut touched = [false; 16];
+        for &(j, _) in &pending[..n_pending] {
+            touched[j as usize] = true;
+        }
+        for j in (0..16).filter(|&j| touched[j]) {
+            let ls = V::Int::gather_rows(&lr[..], |b| 16 * j + b);
+            codes[16 * j..16 * (j + 1)].copy_from_slice(&ls);
+            st[j].sumlx = V::load(&sums[0][16 * j..]);
+            st[j].suml2 = V::load(&sums[1][16 * j..]);
+        }
+    }
+    for j in 0..16 {
+        scales[j] = st[j].finish(NMAX, &mut codes[16 * j..16 * (j + 1)]);
+    }
+}
+
+/// Room for [`make_q3_groups`] to hand groups from lane to lane, reused from call to call:
+/// one row of 16 per group (sub-block j of lane b at row 16*j + b) and the group's two sums.
+pub struct Scratch {
+    xr: Box<[[f32; 16]; 256]>,
+    lr: Box<[[i32; 16]; 256]>,
+    sums: Box<[[f32; 256]; 2]>,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Scratch { xr: Box::new([[0.0; 16]; 256]), lr: Box::new([[0; 16]; 256]), sums: Box::new([[0.0; 256]; 2]) }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Encodes `V::N` super-blocks (`x[i]` = element `i` of each lane's block; `qw` likewise).
 #[inline(always)]
-pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
+pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8], scratch: &mut Scratch) {
     let zero = V::splat(0.0);
     let mut codes = [V::Int::splat(0); QK_K];
     let mut scales = [zero; 16];
@@ -47,7 +142,7 @@ pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
     // scales quantized by make_qx_quants too (weighted by each sub-block's total weight).
     let qx = match qw {
         None => {
-            make_q3_groups(x, &mut codes, &mut scales);
+            make_q3_groups(x, &mut codes, &mut scales, scratch);
             None
         }
         Some(qw) => {

@@ -6,7 +6,7 @@
 //! and the same comparisons, so ties are broken the same way. Each runs one group per lane
 //! (see [`super::lanes`]); a branch ggml takes for one group becomes a masked update.
 
-use super::lanes::{IntLanes, Lanes};
+use super::lanes::{IntLanes, Lanes, Multi};
 
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is all zeros.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
@@ -87,35 +87,69 @@ pub fn make_qx_quants<V: Lanes>(nmax: i32, x: &[V], l_out: &mut [V::Int], qw: Op
 
 /// `make_q3_quants(n, nmax, x, L, do_rmse = true)` for groups of at most 16: symmetric codes
 /// refined by up to five passes of coordinate descent on the `x²`-weighted fit. Returns the
-/// scale; codes are `l + nmax`, or all 0 for a zero group.
+/// scale; codes are `l + nmax`, or all 0 for a zero group. [`Q3State`] holds its parts, so that
+/// a caller can run a group's later passes in other lanes (most groups settle in one pass).
 #[inline(always)]
 pub fn make_q3_quants<V: Lanes>(nmax: i32, x: &[V], l_out: &mut [V::Int]) -> V {
-    let n = x.len();
-    let (amax, max) = signed_absmax(x);
-    let zero_group = amax.lt(V::splat(GROUP_MAX_EPS));
-    let zero = V::splat(0.0);
-
-    let iscale = V::splat(-(nmax as f32)) / max;
-    // The weights w = x² and the products w*x, once for all passes (the same roundings).
-    let (mut w, mut wx) = ([zero; 16], [zero; 16]);
-    let (mut sumlx, mut suml2) = (zero, zero);
-    for i in 0..n {
-        let l = clamp((iscale * x[i]).nearest_int(), -nmax, nmax - 1);
-        l_out[i] = l;
-        (w[i], wx[i]) = (x[i] * x[i], x[i] * x[i] * x[i]);
-        let lf = l.to_f32();
-        sumlx = sumlx + wx[i] * lf;
-        suml2 = suml2 + w[i] * lf * lf;
-    }
-    // A lane stops at the first pass that changes nothing.
-    let mut active = !zero_group;
-    for _ in 0..5 {
-        if !V::any(active) {
+    let mut st = Q3State::start(nmax, x, l_out);
+    for _ in 0..Q3State::<V>::PASSES {
+        if !V::any(st.active) {
             break;
         }
+        st.pass(nmax, x, l_out);
+    }
+    st.finish(nmax, l_out)
+}
+
+/// The state of [`make_q3_quants`] between passes.
+#[derive(Clone, Copy)]
+pub struct Q3State<V: Lanes> {
+    pub sumlx: V,
+    pub suml2: V,
+    zero_group: V::Mask,
+    /// Lanes still iterating: not a zero group, and their last pass changed a code.
+    pub active: V::Mask,
+}
+
+impl<V: Lanes> Q3State<V> {
+    /// ggml's `itry` limit.
+    pub const PASSES: usize = 5;
+
+    /// The first codes (`l ∈ [-nmax, nmax-1]`, without the `+ nmax` offset until
+    /// [`Q3State::finish`]) and their sums.
+    #[inline(always)]
+    pub fn start(nmax: i32, x: &[V], l_out: &mut [V::Int]) -> Self {
+        let (amax, max) = signed_absmax(x);
+        let zero = V::splat(0.0);
+        let iscale = V::splat(-(nmax as f32)) / max;
+        let (mut sumlx, mut suml2) = (zero, zero);
+        for i in 0..x.len() {
+            let l = clamp((iscale * x[i]).nearest_int(), -nmax, nmax - 1);
+            l_out[i] = l;
+            let (w, lf) = (x[i] * x[i], l.to_f32());
+            sumlx = sumlx + w * x[i] * lf;
+            suml2 = suml2 + w * lf * lf;
+        }
+        let zero_group = amax.lt(V::splat(GROUP_MAX_EPS));
+        Q3State { sumlx, suml2, zero_group, active: !zero_group }
+    }
+
+    /// A group taken up between passes: its sums and which lanes still iterate.
+    #[inline(always)]
+    pub fn resume(sumlx: V, suml2: V, active: V::Mask) -> Self {
+        Q3State { sumlx, suml2, zero_group: V::mask_splat(false), active }
+    }
+
+    /// One pass over the weights in order, each taking the code that best fits the rest of the
+    /// group if that improves the fit (active lanes only). Lanes that changed nothing stop.
+    #[inline(always)]
+    pub fn pass(&mut self, nmax: i32, x: &[V], l_out: &mut [V::Int]) {
+        let zero = V::splat(0.0);
+        let (mut sumlx, mut suml2) = (self.sumlx, self.suml2);
         let mut changed = V::mask_splat(false);
-        for i in 0..n {
-            let (w, wx) = (w[i], wx[i]);
+        for i in 0..x.len() {
+            let w = x[i] * x[i];
+            let wx = w * x[i];
             let li = l_out[i].to_f32();
             let slx = sumlx - wx * li;
             let sl2 = suml2 - w * li * li;
@@ -123,7 +157,7 @@ pub fn make_q3_quants<V: Lanes>(nmax: i32, x: &[V], l_out: &mut [V::Int]) -> V {
             let nf = new_l.to_f32();
             let slx2 = slx + wx * nf;
             let sl22 = sl2 + w * nf * nf;
-            let take = active
+            let take = self.active
                 & slx.gt(zero)
                 & new_l.ne(l_out[i])
                 & sl22.gt(zero)
@@ -133,12 +167,27 @@ pub fn make_q3_quants<V: Lanes>(nmax: i32, x: &[V], l_out: &mut [V::Int]) -> V {
             suml2 = V::select(take, sl22, suml2);
             changed = changed | take;
         }
-        active = active & changed;
+        (self.sumlx, self.suml2) = (sumlx, suml2);
+        self.active = self.active & changed;
     }
-    for l in l_out.iter_mut().take(n) {
-        *l = V::Int::select(zero_group, V::Int::splat(0), *l + V::Int::splat(nmax));
+
+    /// The codes with their `+ nmax` offset (0 for a zero group) and the scale.
+    #[inline(always)]
+    pub fn finish(&self, nmax: i32, l_out: &mut [V::Int]) -> V {
+        let zero = V::splat(0.0);
+        for l in l_out.iter_mut() {
+            *l = V::Int::select(self.zero_group, V::Int::splat(0), *l + V::Int::splat(nmax));
+        }
+        V::select(self.zero_group | !self.suml2.gt(zero), zero, self.sumlx / self.suml2)
     }
-    V::select(zero_group | !suml2.gt(zero), zero, sumlx / suml2)
+}
+
+impl<V: Lanes, const K: usize> Q3State<Multi<V, K>> {
+    /// The state of part `k` of interleaved groups.
+    #[inline(always)]
+    pub fn part(&self, k: usize) -> Q3State<V> {
+        Q3State { sumlx: self.sumlx.0[k], suml2: self.suml2.0[k], zero_group: self.zero_group.0[k], active: self.active.0[k] }
+    }
 }
 
 /// How a group's error is measured in [`make_qkx_quants`].
@@ -201,8 +250,8 @@ pub fn make_qkx_quants<V: Lanes>(
     }
     let mut laux = [V::Int::splat(0); 32];
     // ggml skips the grid when nstep < 1 (no quantizer here does that).
-    let steps = if grid.nstep < 1 { 0..=-1 } else { 0..=grid.nstep };
-    for is in steps {
+    let steps = if grid.nstep < 1 { 0 } else { grid.nstep + 1 };
+    for is in 0..steps {
         let iscale = V::splat(grid.rmin + grid.rdelta * is as f32 + nmaxf) / (max - min);
         let (mut sum_l, mut sum_l2, mut sum_xl) = (zero, zero, zero);
         for i in 0..n {

@@ -147,14 +147,14 @@ impl GgmlType {
     /// Bytes of one row of `n_per_row` elements, or `None` when the row does not fill whole blocks.
     pub fn row_bytes(self, n_per_row: usize) -> Option<usize> {
         let (block, bytes) = self.block();
-        (n_per_row % block == 0).then(|| n_per_row / block * bytes)
+        n_per_row.is_multiple_of(block).then(|| n_per_row / block * bytes)
     }
 
     /// Bytes of `n` elements (`n` a multiple of the block size; panics otherwise — callers check
     /// shapes with [`GgmlType::row_bytes`] first).
     pub fn bytes_for(self, n: usize) -> usize {
         let (block, bytes) = self.block();
-        assert!(n % block == 0, "{n} elements do not fill whole {} blocks of {block}", self.name());
+        assert!(n.is_multiple_of(block), "{n} elements do not fill whole {} blocks of {block}", self.name());
         n / block * bytes
     }
 }

@@ -29,7 +29,7 @@ pub fn nearest_int(v: f32) -> i32 {
 /// leaves the result undefined). Narrower C casts then keep the low bits (`as i8`/`as u8`).
 #[inline(always)]
 pub fn c_trunc(v: f32) -> i32 {
-    if v >= -2147483648.0 && v < 2147483648.0 {
+    if (-2147483648.0..2147483648.0).contains(&v) {
         v as i32
     } else {
         i32::MIN
@@ -64,6 +64,11 @@ pub trait Lanes:
     fn mask_splat(b: bool) -> Self::Mask;
     /// Stores the lanes in `out[..N]`.
     fn write(self, out: &mut [f32]);
+    /// The lanes from `src[..N]` (the inverse of [`Lanes::write`]).
+    #[inline(always)]
+    fn load(src: &[f32]) -> Self {
+        Self::from_fn(|b| src[b])
+    }
     /// `N` consecutive blocks of `qk` elements (`src[b*qk..(b+1)*qk]`) into lanes:
     /// `out[i].lane(b) = src[b*qk + i]` for `i < qk`.
     #[inline(always)]
@@ -71,6 +76,22 @@ pub trait Lanes:
         for (i, o) in out[..qk].iter_mut().enumerate() {
             *o = Self::from_fn(|b| src[b * qk + i]);
         }
+    }
+    /// One group of 16 per lane into rows: `rows[b][i] = v[i].lane(b)`.
+    #[inline(always)]
+    fn store_rows(v: &[Self; 16], rows: &mut [[f32; 16]]) {
+        let mut t = [0f32; MAX_LANES];
+        for (i, x) in v.iter().enumerate() {
+            x.write(&mut t);
+            for b in 0..Self::N {
+                rows[b][i] = t[b];
+            }
+        }
+    }
+    /// Rows back into lanes: `out[i].lane(e) = rows[pick(e)][i]`.
+    #[inline(always)]
+    fn gather_rows(rows: &[[f32; 16]], pick: impl Fn(usize) -> usize) -> [Self; 16] {
+        build!(Self::splat(0.0); 16, |i| Self::from_fn(|e| rows[pick(e)][i]))
     }
 }
 
@@ -80,6 +101,7 @@ pub trait IntLanes: Copy + Add<Output = Self> + Sub<Output = Self> {
     type Mask: Copy;
     type Float: Copy;
     fn splat(v: i32) -> Self;
+    fn from_fn(f: impl FnMut(usize) -> i32) -> Self;
     fn lane(self, i: usize) -> i32;
     fn imin(self, o: Self) -> Self;
     fn imax(self, o: Self) -> Self;
@@ -91,6 +113,11 @@ pub trait IntLanes: Copy + Add<Output = Self> + Sub<Output = Self> {
     fn map(self, f: impl Fn(i32) -> i32) -> Self;
     /// Stores the lanes in `out[..N]`.
     fn write(self, out: &mut [i32]);
+    /// The lanes from `src[..N]`.
+    #[inline(always)]
+    fn load(src: &[i32]) -> Self {
+        Self::from_fn(|b| src[b])
+    }
     fn shl(self, n: u32) -> Self;
     /// Logical shift right.
     fn shr(self, n: u32) -> Self;
@@ -98,6 +125,22 @@ pub trait IntLanes: Copy + Add<Output = Self> + Sub<Output = Self> {
     fn sar(self, n: u32) -> Self;
     fn and(self, o: Self) -> Self;
     fn or(self, o: Self) -> Self;
+    /// As [`Lanes::store_rows`].
+    #[inline(always)]
+    fn store_rows(v: &[Self; 16], rows: &mut [[i32; 16]]) {
+        let mut t = [0i32; MAX_LANES];
+        for (i, x) in v.iter().enumerate() {
+            x.write(&mut t);
+            for b in 0..Self::N {
+                rows[b][i] = t[b];
+            }
+        }
+    }
+    /// As [`Lanes::gather_rows`].
+    #[inline(always)]
+    fn gather_rows(rows: &[[i32; 16]], pick: impl Fn(usize) -> usize) -> [Self; 16] {
+        build!(Self::splat(0); 16, |i| Self::from_fn(|e| rows[pick(e)][i]))
+    }
     /// The low byte of each lane of `v[k]` to `out[b*stride + k]`: lanes of bytes back to the
     /// `N` blocks they belong to.
     #[inline(always)]
@@ -133,6 +176,17 @@ pub(crate) use build;
 #[inline(always)]
 pub fn as_i8<I: IntLanes>(v: I) -> I {
     v.shl(24).sar(24)
+}
+
+/// Which lanes of `m` are set.
+#[inline(always)]
+pub fn mask_lanes<V: Lanes>(m: V::Mask) -> [bool; MAX_LANES] {
+    let v = lanes_of(V::select(m, V::splat(1.0), V::splat(0.0)));
+    let mut out = [false; MAX_LANES];
+    for b in 0..V::N {
+        out[b] = v[b] != 0.0;
+    }
+    out
 }
 
 /// The lanes of `v` as an array (`[b]` = lane `b`, for `b < V::N`).
@@ -256,6 +310,10 @@ impl IntLanes for i32 {
     #[inline(always)]
     fn splat(v: i32) -> Self {
         v
+    }
+    #[inline(always)]
+    fn from_fn(mut f: impl FnMut(usize) -> i32) -> Self {
+        f(0)
     }
     #[inline(always)]
     fn lane(self, _: usize) -> i32 {
@@ -464,6 +522,10 @@ impl<const N: usize> IntLanes for I32s<N> {
     #[inline(always)]
     fn splat(v: i32) -> Self {
         I32s([v; N])
+    }
+    #[inline(always)]
+    fn from_fn(mut f: impl FnMut(usize) -> i32) -> Self {
+        I32s(lanewise!(N, |i| f(i)))
     }
     #[inline(always)]
     fn lane(self, i: usize) -> i32 {
@@ -684,6 +746,23 @@ impl<V: Lanes, const K: usize> Lanes for Multi<V, K> {
         }
     }
     #[inline(always)]
+    fn store_rows(v: &[Self; 16], rows: &mut [[f32; 16]]) {
+        for k in 0..K {
+            V::store_rows(&build!(V::splat(0.0); 16, |i| v[i].0[k]), &mut rows[k * V::N..]);
+        }
+    }
+    #[inline(always)]
+    fn gather_rows(rows: &[[f32; 16]], pick: impl Fn(usize) -> usize) -> [Self; 16] {
+        let mut out = [Multi([V::splat(0.0); K]); 16];
+        for k in 0..K {
+            let part = V::gather_rows(rows, |e| pick(k * V::N + e));
+            for i in 0..16 {
+                out[i].0[k] = part[i];
+            }
+        }
+        out
+    }
+    #[inline(always)]
     fn load_blocks(src: &[f32], qk: usize, out: &mut [Self]) {
         let mut part = [V::splat(0.0); super::QK_K];
         for k in 0..K {
@@ -702,6 +781,10 @@ impl<I: IntLanes, const K: usize> IntLanes for Multi<I, K> {
     #[inline(always)]
     fn splat(v: i32) -> Self {
         Multi([I::splat(v); K])
+    }
+    #[inline(always)]
+    fn from_fn(mut f: impl FnMut(usize) -> i32) -> Self {
+        Multi(each!([I::splat(0); K], |k| I::from_fn(|i| f(k * I::N + i))))
     }
     #[inline(always)]
     fn lane(self, i: usize) -> i32 {
@@ -736,6 +819,23 @@ impl<I: IntLanes, const K: usize> IntLanes for Multi<I, K> {
         for (k, v) in self.0.iter().enumerate() {
             v.write(&mut out[k * I::N..]);
         }
+    }
+    #[inline(always)]
+    fn store_rows(v: &[Self; 16], rows: &mut [[i32; 16]]) {
+        for k in 0..K {
+            I::store_rows(&build!(I::splat(0); 16, |i| v[i].0[k]), &mut rows[k * I::N..]);
+        }
+    }
+    #[inline(always)]
+    fn gather_rows(rows: &[[i32; 16]], pick: impl Fn(usize) -> usize) -> [Self; 16] {
+        let mut out = [Multi([I::splat(0); K]); 16];
+        for k in 0..K {
+            let part = I::gather_rows(rows, |e| pick(k * I::N + e));
+            for i in 0..16 {
+                out[i].0[k] = part[i];
+            }
+        }
+        out
     }
     #[inline(always)]
     fn shl(self, n: u32) -> Self {

@@ -193,8 +193,13 @@ impl Lanes for Avx2 {
         unsafe { _mm256_storeu_ps(out.as_mut_ptr(), self.0) };
     }
     #[inline(always)]
+    fn load(src: &[f32]) -> Self {
+        assert!(src.len() >= 8);
+        Avx2(unsafe { _mm256_loadu_ps(src.as_ptr()) })
+    }
+    #[inline(always)]
     fn load_blocks(src: &[f32], qk: usize, out: &mut [Self]) {
-        assert!(qk % 8 == 0 && src.len() >= 8 * qk && out.len() >= qk);
+        assert!(qk.is_multiple_of(8) && src.len() >= 8 * qk && out.len() >= qk);
         for c in (0..qk).step_by(8) {
             // SAFETY: block b's elements c..c+8 lie inside src (asserted above).
             let r = build!(unsafe { _mm256_setzero_ps() }; 8, |b| unsafe { _mm256_loadu_ps(src.as_ptr().add(b * qk + c)) });
@@ -203,6 +208,29 @@ impl Lanes for Avx2 {
                 out[c + i] = Avx2(t[i]);
             }
         }
+    }
+    #[inline(always)]
+    fn store_rows(v: &[Self; 16], rows: &mut [[f32; 16]]) {
+        assert!(rows.len() >= 8);
+        for half in 0..2 {
+            let t = transpose8(build!(unsafe { _mm256_setzero_ps() }; 8, |i| v[8 * half + i].0));
+            for (b, row) in t.iter().enumerate() {
+                // SAFETY: rows[b] holds 16 floats; this half is 8 of them.
+                unsafe { _mm256_storeu_ps(rows[b].as_mut_ptr().add(8 * half), *row) };
+            }
+        }
+    }
+    #[inline(always)]
+    fn gather_rows(rows: &[[f32; 16]], pick: impl Fn(usize) -> usize) -> [Self; 16] {
+        let mut out = [Avx2::splat(0.0); 16];
+        for half in 0..2 {
+            // SAFETY: each picked row holds 16 floats; this half reads 8 of them.
+            let r = build!(unsafe { _mm256_setzero_ps() }; 8, |e| unsafe { _mm256_loadu_ps(rows[pick(e)].as_ptr().add(8 * half)) });
+            for (i, col) in transpose8(r).iter().enumerate() {
+                out[8 * half + i] = Avx2(*col);
+            }
+        }
+        out
     }
 }
 
@@ -213,6 +241,14 @@ impl IntLanes for Avx2I {
     #[inline(always)]
     fn splat(v: i32) -> Self {
         Avx2I(unsafe { _mm256_set1_epi32(v) })
+    }
+    #[inline(always)]
+    fn from_fn(mut f: impl FnMut(usize) -> i32) -> Self {
+        let mut a = [0i32; 8];
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = f(i);
+        }
+        Avx2I(unsafe { _mm256_loadu_si256(a.as_ptr().cast()) })
     }
     #[inline(always)]
     fn lane(self, i: usize) -> i32 {
@@ -255,6 +291,11 @@ impl IntLanes for Avx2I {
         unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), self.0) };
     }
     #[inline(always)]
+    fn load(src: &[i32]) -> Self {
+        assert!(src.len() >= 8);
+        Avx2I(unsafe { _mm256_loadu_si256(src.as_ptr().cast()) })
+    }
+    #[inline(always)]
     fn shl(self, n: u32) -> Self {
         Avx2I(unsafe { _mm256_sll_epi32(self.0, _mm_cvtsi32_si128(n as i32)) })
     }
@@ -273,6 +314,16 @@ impl IntLanes for Avx2I {
     #[inline(always)]
     fn or(self, o: Self) -> Self {
         Avx2I(unsafe { _mm256_or_si256(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn store_rows(v: &[Self; 16], rows: &mut [[i32; 16]]) {
+        let f = build!(Avx2::splat(0.0); 16, |i| Avx2(unsafe { _mm256_castsi256_ps(v[i].0) }));
+        Avx2::store_rows(&f, bytemuck::cast_slice_mut(rows));
+    }
+    #[inline(always)]
+    fn gather_rows(rows: &[[i32; 16]], pick: impl Fn(usize) -> usize) -> [Self; 16] {
+        let f = Avx2::gather_rows(bytemuck::cast_slice(rows), pick);
+        build!(Avx2I::splat(0); 16, |i| Avx2I(unsafe { _mm256_castps_si256(f[i].0) }))
     }
     #[inline(always)]
     fn store_bytes(v: &[Self], out: &mut [u8], stride: usize) {
@@ -432,8 +483,13 @@ impl Lanes for Avx512 {
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), self.0) };
     }
     #[inline(always)]
+    fn load(src: &[f32]) -> Self {
+        assert!(src.len() >= 16);
+        Avx512(unsafe { _mm512_loadu_ps(src.as_ptr()) })
+    }
+    #[inline(always)]
     fn load_blocks(src: &[f32], qk: usize, out: &mut [Self]) {
-        assert!(qk % 16 == 0 && src.len() >= 16 * qk && out.len() >= qk);
+        assert!(qk.is_multiple_of(16) && src.len() >= 16 * qk && out.len() >= qk);
         for c in (0..qk).step_by(16) {
             // SAFETY: block b's elements c..c+16 lie inside src (asserted above).
             let r = build!(unsafe { _mm512_setzero_ps() }; 16, |b| unsafe { _mm512_loadu_ps(src.as_ptr().add(b * qk + c)) });
@@ -442,6 +498,22 @@ impl Lanes for Avx512 {
                 out[c + i] = Avx512(t[i]);
             }
         }
+    }
+    #[inline(always)]
+    fn store_rows(v: &[Self; 16], rows: &mut [[f32; 16]]) {
+        assert!(rows.len() >= 16);
+        let t = transpose16(build!(unsafe { _mm512_setzero_ps() }; 16, |i| v[i].0));
+        for (b, row) in t.iter().enumerate() {
+            // SAFETY: rows[b] holds 16 floats.
+            unsafe { _mm512_storeu_ps(rows[b].as_mut_ptr(), *row) };
+        }
+    }
+    #[inline(always)]
+    fn gather_rows(rows: &[[f32; 16]], pick: impl Fn(usize) -> usize) -> [Self; 16] {
+        // SAFETY: each picked row holds 16 floats.
+        let r = build!(unsafe { _mm512_setzero_ps() }; 16, |e| unsafe { _mm512_loadu_ps(rows[pick(e)].as_ptr()) });
+        let t = transpose16(r);
+        build!(Avx512::splat(0.0); 16, |i| Avx512(t[i]))
     }
 }
 
@@ -452,6 +524,14 @@ impl IntLanes for Avx512I {
     #[inline(always)]
     fn splat(v: i32) -> Self {
         Avx512I(unsafe { _mm512_set1_epi32(v) })
+    }
+    #[inline(always)]
+    fn from_fn(mut f: impl FnMut(usize) -> i32) -> Self {
+        let mut a = [0i32; 16];
+        for (i, v) in a.iter_mut().enumerate() {
+            *v = f(i);
+        }
+        Avx512I(unsafe { _mm512_loadu_si512(a.as_ptr().cast()) })
     }
     #[inline(always)]
     fn lane(self, i: usize) -> i32 {
@@ -494,6 +574,11 @@ impl IntLanes for Avx512I {
         unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), self.0) };
     }
     #[inline(always)]
+    fn load(src: &[i32]) -> Self {
+        assert!(src.len() >= 16);
+        Avx512I(unsafe { _mm512_loadu_si512(src.as_ptr().cast()) })
+    }
+    #[inline(always)]
     fn shl(self, n: u32) -> Self {
         Avx512I(unsafe { _mm512_sll_epi32(self.0, _mm_cvtsi32_si128(n as i32)) })
     }
@@ -512,6 +597,16 @@ impl IntLanes for Avx512I {
     #[inline(always)]
     fn or(self, o: Self) -> Self {
         Avx512I(unsafe { _mm512_or_si512(self.0, o.0) })
+    }
+    #[inline(always)]
+    fn store_rows(v: &[Self; 16], rows: &mut [[i32; 16]]) {
+        let f = build!(Avx512::splat(0.0); 16, |i| Avx512(unsafe { _mm512_castsi512_ps(v[i].0) }));
+        Avx512::store_rows(&f, bytemuck::cast_slice_mut(rows));
+    }
+    #[inline(always)]
+    fn gather_rows(rows: &[[i32; 16]], pick: impl Fn(usize) -> usize) -> [Self; 16] {
+        let f = Avx512::gather_rows(bytemuck::cast_slice(rows), pick);
+        build!(Avx512I::splat(0); 16, |i| Avx512I(unsafe { _mm512_castps_si512(f[i].0) }))
     }
     #[inline(always)]
     fn store_bytes(v: &[Self], out: &mut [u8], stride: usize) {
