@@ -234,5 +234,22 @@ pub fn summary_table(reports: &[TensorReport]) -> String {
     if let Some(w) = worst {
         let _ = writeln!(s, "lowest cosine: {:.6} ({})", w.stats.cosine(), w.name);
     }
+    // Per output format (a mix such as Q4_K_M spreads tensors over several GGUF types).
+    let mut formats: Vec<&str> = reports.iter().map(|r| r.format.as_str()).filter(|f| *f != "skipped").collect();
+    formats.sort_unstable();
+    formats.dedup();
+    if formats.len() > 1 {
+        for f in formats {
+            let (mut n, mut elems, mut bytes, mut stats) = (0, 0u64, 0u64, crate::quant::metrics::ErrorStats::default());
+            for r in reports.iter().filter(|r| r.format == f) {
+                n += 1;
+                elems += r.shape.iter().product::<usize>() as u64;
+                bytes += r.output_bytes;
+                stats = stats.merge(r.stats);
+            }
+            let bpw = if elems == 0 { 0.0 } else { bytes as f64 * 8.0 / elems as f64 };
+            let _ = writeln!(s, "  {f:>7}: {n:>4} tensors, {bytes:>12} bytes, {bpw:6.3} bits/weight, SNR {:7.2} dB", stats.snr_db());
+        }
+    }
     s
 }

@@ -98,7 +98,8 @@ const CHUNK_ELEMS: usize = 64 * 1024;
 /// with this (in parallel: it is a full pass over the input). Names the first bad index.
 pub fn check_finite(name: &str, x: &[f32]) -> Result<()> {
     const CHUNK: usize = 1 << 16;
-    let bad = x.par_chunks(CHUNK).enumerate().find_first(|(_, c)| c.iter().any(|v| !v.is_finite()));
+    // `fold`, not `any`: a loop without an early exit vectorizes.
+    let bad = x.par_chunks(CHUNK).enumerate().find_first(|(_, c)| c.iter().fold(false, |bad, v| bad | !v.is_finite()));
     if let Some((k, c)) = bad {
         let i = c.iter().position(|v| !v.is_finite()).expect("the chunk has one");
         return Err(QuantError::NonFinite { layer: name.to_string(), index: k * CHUNK + i, value: c[i] });
@@ -333,8 +334,14 @@ fn decode_blocks(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::F16 => {
-            for (o, c) in out.iter_mut().zip(data.chunks_exact(2)) {
-                *o = fp16::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
+            // exact in any case; half converts whole slices with F16C where the CPU has it
+            use half::slice::HalfFloatSliceExt;
+            match bytemuck::try_cast_slice::<u8, half::f16>(data) {
+                Ok(halves) if cfg!(target_endian = "little") => halves.convert_to_f32_slice(out),
+                _ => {
+                    let halves: Vec<half::f16> = data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
+                    halves.convert_to_f32_slice(out)
+                }
             }
         }
         GgmlType::BF16 => {
