@@ -1,4 +1,5 @@
-"""Quantize a 4096x4096 float32 layer to 4 bits and back, and say how close it came.
+"""Quantize a 4096x4096 float32 layer to 2/4/8 bits and to GGUF block types, and say how close
+it came.
 
 Run with `make example` (it builds the extension first).
 """
@@ -31,4 +32,16 @@ for bits in (2, 4, 8):
         f"({w.nbytes / (packed + side):.1f}x), quantize {w.nbytes / (t1 - t0) / 1e9:.2f} GB/s, "
         f"dequantize {w.nbytes / (t2 - t1) / 1e9:.2f} GB/s, cosine {cos:.5f}, SNR {snr:.1f} dB, "
         f"max |error| {np.abs(w - restored).max():.2e}"
+    )
+
+# The same layer in llama.cpp's GGUF block types (the bytes ggml's own quantizer writes).
+for gguf_type in ("q4_0", "q4_k", "q6_k"):
+    t0 = time.perf_counter()
+    data = aq.gguf_quantize(w, gguf_type)
+    t1 = time.perf_counter()
+    restored = aq.gguf_dequantize(data, gguf_type, w.shape)
+    snr = 10 * np.log10(np.sum(w.astype(np.float64) ** 2) / np.sum((w - restored).astype(np.float64) ** 2))
+    print(
+        f"GGUF {gguf_type}: {w.nbytes / 2**20:.0f} MiB -> {len(data) / 2**20:.1f} MiB "
+        f"({8 * len(data) / w.size:.3f} bits/weight), quantize {w.nbytes / (t1 - t0) / 1e9:.2f} GB/s, SNR {snr:.1f} dB"
     )

@@ -656,3 +656,29 @@ def test_diffusion_checkpoint_to_gguf_q4_k_m(work, ggml):
         assert diff is None, f"{name} as {want[name]}: {diff}"
     reasons = dict(zip(report.column("name").to_pylist(), report.column("reason").to_pylist()))
     assert "Q5_0" in reasons["unet.down_blocks.0.resnets.0.conv1.weight"], reasons
+
+
+def test_cli_refuses_bad_input_with_exit_1_and_leaves_nothing(work, sources, converted):
+    """The CLI on a truncated GGUF, a quantized input without --allow-requantize, and an
+    importance matrix for another model: exit status 1, one ``error:`` line naming the problem,
+    no output and no temporary file, the input unchanged."""
+    assert CLI.exists(), f"{CLI} is missing: cargo build --release --bin arrow-quant"
+    cut = work / "cli-cut.gguf"
+    cut.write_bytes(sources["f32"].path.read_bytes()[:700_000])
+    q8, _ = converted("f32", "q8_0")
+    other = llama_models.write_imatrix_dat(str(work / "cli-other.dat"), {"model.layers.0.mlp.down_proj.weight": np.ones(384, f32)})
+    cases = [
+        ([str(cut), "--type", "q4_k_m"], ["cli-cut.gguf"]),
+        ([str(q8), "--type", "q4_k_m"], ["already quantized", "--allow-requantize"]),
+        ([str(sources["f32"].path), "--type", "q4_k_m", "--imatrix", other], ["importance matrix", "another model"]),
+    ]
+    for args, words in cases:
+        out_dir = work / "cli-bad" / str(len(list((work).glob("cli-bad/*"))))
+        out_dir.mkdir(parents=True)
+        before = hashlib.sha256(Path(args[0]).read_bytes()).hexdigest()
+        p = subprocess.run([str(CLI), "quantize", args[0], "-o", str(out_dir / "out.gguf"), *args[1:]],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1, (args, p.returncode, p.stderr)
+        assert p.stderr.startswith("error: ") and all(w in p.stderr for w in words), (args, p.stderr)
+        assert list(out_dir.iterdir()) == [], (args, list(out_dir.iterdir()))
+        assert hashlib.sha256(Path(args[0]).read_bytes()).hexdigest() == before
