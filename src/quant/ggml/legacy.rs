@@ -53,22 +53,31 @@ fn inverse<V: Lanes>(d: V) -> V {
 #[inline(always)]
 pub fn encode_q4_0<V: Lanes>(x: &[V], qw: Option<&[V]>, sigma2: V, out: &mut [u8]) {
     const BYTES: usize = 18;
+    let codes = encode_symmetric(8, x, qw, sigma2, out, BYTES);
+    V::Int::store_bytes(&nibbles(&codes), &mut out[2..], BYTES);
+}
+
+/// Q4_0 and Q5_0: `d = max / -half` from the signed extreme (`_ref`) or the weighted
+/// `make_qx_quants` search (`_impl`). Writes `d` of each block and returns the codes.
+#[inline(always)]
+fn encode_symmetric<V: Lanes>(half: i32, x: &[V], qw: Option<&[V]>, sigma2: V, out: &mut [u8], bytes: usize) -> [V::Int; QK] {
     let mut codes = [V::Int::splat(0); QK];
     let d = match qw {
         None => {
             let (_, max) = signed_absmax(x);
-            let d = max / V::splat(-8.0);
+            let d = max / V::splat(-(half as f32));
             let id = inverse(d);
             for j in 0..QK {
-                // MIN(15, (int8_t)(x*id + 8.5f)), stored in a uint8_t
-                codes[j] = as_i8((x[j] * id + V::splat(8.5)).trunc()).imin(V::Int::splat(15));
+                // MIN(2*half-1, (int8_t)(x*id + half + 0.5f)), stored in a uint8_t
+                let q = (x[j] * id + V::splat(half as f32 + 0.5)).trunc();
+                codes[j] = as_i8(q).imin(V::Int::splat(2 * half - 1));
             }
             d
         }
-        Some(qw) => make_qx_quants(8, x, &mut codes, Some(&imatrix_weights(x, qw, sigma2))),
+        Some(qw) => make_qx_quants(half, x, &mut codes, Some(&imatrix_weights(x, qw, sigma2))),
     };
-    put_f16s(out, BYTES, 0, d);
-    V::Int::store_bytes(&nibbles(&codes), &mut out[2..], BYTES);
+    put_f16s(out, bytes, 0, d);
+    codes
 }
 
 /// Byte `j` holds code `j` in its low nibble and code `j+16` in its high one (the C stores
@@ -141,21 +150,7 @@ fn pack_q5<I: IntLanes>(codes: &[I; QK]) -> [I; 4 + QK / 2] {
 #[inline(always)]
 pub fn encode_q5_0<V: Lanes>(x: &[V], qw: Option<&[V]>, sigma2: V, out: &mut [u8]) {
     const BYTES: usize = 22;
-    let mut codes = [V::Int::splat(0); QK];
-    let d = match qw {
-        None => {
-            let (_, max) = signed_absmax(x);
-            let d = max / V::splat(-16.0);
-            let id = inverse(d);
-            for j in 0..QK {
-                // MIN(31, (int8_t)(x*id + 16.5f)), stored in a uint8_t
-                codes[j] = as_i8((x[j] * id + V::splat(16.5)).trunc()).imin(V::Int::splat(31));
-            }
-            d
-        }
-        Some(qw) => make_qx_quants(16, x, &mut codes, Some(&imatrix_weights(x, qw, sigma2))),
-    };
-    put_f16s(out, BYTES, 0, d);
+    let codes = encode_symmetric(16, x, qw, sigma2, out, BYTES);
     V::Int::store_bytes(&pack_q5(&codes), &mut out[2..], BYTES);
 }
 

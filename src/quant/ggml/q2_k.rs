@@ -2,8 +2,8 @@
 //! 2-bit codes and 4-bit sub-block scales and mins (`quantize_row_q2_K_ref` / `_impl`).
 
 use super::fp16::{f16_bits_to_f32, f32_to_f16_bits};
-use super::lanes::{build, code_rows, lanes_of, nearest_int, rows_of, IntLanes, Lanes};
-use super::search::{make_qkx_quants, make_qp_quants, Error, Grid};
+use super::lanes::{build, nearest_int, rows_of, IntLanes, Lanes};
+use super::search::{make_qkx_quants, qp_scales_and_mins, Error, Grid};
 use super::lanes::MAX_LANES;
 use super::QK_K;
 
@@ -61,15 +61,7 @@ pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
         };
         (scales[j], mins[j]) = make_qkx_quants(3, xs, &weights, &mut codes[16 * j..16 * (j + 1)], grid, error);
     }
-    let qp = match qw {
-        Some(_) => {
-            let (mut ls, mut lm) = ([V::Int::splat(0); 16], [V::Int::splat(0); 16]);
-            let d = make_qp_quants(15, &scales, &mut ls, &sw);
-            let m = make_qp_quants(15, &mins, &mut lm, &sw);
-            Some((d, m, ls, lm))
-        }
-        None => None,
-    };
+    let qp = qw.map(|_| qp_scales_and_mins(15, &scales, &mins, &sw));
 
     // Per lane: scale bytes, f16 d and dmin, and each sub-block's (d, dm).
     let mut sc_bytes = [[0u8; 16]; MAX_LANES];
@@ -77,10 +69,6 @@ pub fn encode<V: Lanes>(x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
     let mut sub_d = [[0f32; 16]; MAX_LANES];
     let mut sub_m = [[0f32; 16]; MAX_LANES];
     let (scales, mins) = (rows_of(&scales), rows_of(&mins));
-    let qp = match qp {
-        Some((d, m, ls, lm)) => Some((lanes_of(d), lanes_of(m), code_rows(&ls, V::N), code_rows(&lm, V::N))),
-        None => None,
-    };
     for b in 0..V::N {
         let (scales, mins) = (&scales[b], &mins[b]);
         let s = &mut sc_bytes[b];

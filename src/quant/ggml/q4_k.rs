@@ -9,9 +9,9 @@
 //! re-encoded against the rounded scales.
 
 use super::fp16::{f16_bits_to_f32, f32_to_f16_bits};
-use super::lanes::{build, code_rows, lanes_of, rows_of, IntLanes, Lanes, MAX_LANES};
+use super::lanes::{build, rows_of, IntLanes, Lanes, MAX_LANES};
 use super::lanes::nearest_int;
-use super::search::{make_qkx_quants, make_qp_quants, Error, Grid};
+use super::search::{make_qkx_quants, qp_scales_and_mins, Error, Grid};
 use super::QK_K;
 
 /// Q4_K or Q5_K.
@@ -122,25 +122,13 @@ pub fn encode<V: Lanes>(bits: Bits, x: &[V], qw: Option<&[V]>, out: &mut [u8]) {
     }
 
     // Quantized sub-block scales and mins (with an importance matrix: make_qp_quants' codes).
-    let qp = match qw {
-        Some(_) => {
-            let (mut ls, mut lm) = ([V::Int::splat(0); 8], [V::Int::splat(0); 8]);
-            let d = make_qp_quants(63, &scales, &mut ls, &sw);
-            let m = make_qp_quants(63, &mins, &mut lm, &sw);
-            Some((d, m, ls, lm))
-        }
-        None => None,
-    };
+    let qp = qw.map(|_| qp_scales_and_mins(63, &scales, &mins, &sw));
 
     // Per lane: the 12 scale bytes and the f16 super-scales, then each sub-block's (d, dm).
     let mut headers = [[0u8; 16]; MAX_LANES];
     let mut sub_d = [[0f32; 8]; MAX_LANES];
     let mut sub_m = [[0f32; 8]; MAX_LANES];
     let (scales, mins) = (rows_of(&scales), rows_of(&mins));
-    let qp = match qp {
-        Some((d, m, ls, lm)) => Some((lanes_of(d), lanes_of(m), code_rows(&ls, V::N), code_rows(&lm, V::N))),
-        None => None,
-    };
     for b in 0..V::N {
         let (scales, mins) = (&scales[b], &mins[b]);
         let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);

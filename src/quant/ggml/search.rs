@@ -6,7 +6,7 @@
 //! and the same comparisons, so ties are broken the same way. Each runs one group per lane
 //! (see [`super::lanes`]); a branch ggml takes for one group becomes a masked update.
 
-use super::lanes::{IntLanes, Lanes, Multi};
+use super::lanes::{code_rows, lanes_of, IntLanes, Lanes, Multi, MAX_LANES};
 
 /// ggml's `GROUP_MAX_EPS`: a group whose largest magnitude is below this is all zeros.
 pub const GROUP_MAX_EPS: f32 = 1e-15;
@@ -286,6 +286,19 @@ pub fn make_qkx_quants<V: Lanes>(
         *l = V::Int::select(flat, V::Int::splat(0), *l);
     }
     (V::select(flat, zero, scale), -V::select(flat, flat_min, min))
+}
+
+/// Per lane, a super-block's sub-block scales and mins quantized by [`make_qp_quants`]: `(d,
+/// dmin, scale codes, min codes)`. Q2_K and Q4_K/Q5_K do this when given an importance matrix
+/// (`sw` is each sub-block's summed weight); without one they quantize by the maximum instead.
+pub type QpScales<const S: usize> = ([f32; MAX_LANES], [f32; MAX_LANES], [[u8; S]; MAX_LANES], [[u8; S]; MAX_LANES]);
+
+#[inline(always)]
+pub fn qp_scales_and_mins<V: Lanes, const S: usize>(nmax: i32, scales: &[V; S], mins: &[V; S], sw: &[V; S]) -> QpScales<S> {
+    let (mut ls, mut lm) = ([V::Int::splat(0); S], [V::Int::splat(0); S]);
+    let d = make_qp_quants(nmax, scales, &mut ls, sw);
+    let m = make_qp_quants(nmax, mins, &mut lm, sw);
+    (lanes_of(d), lanes_of(m), code_rows(&ls, V::N), code_rows(&lm, V::N))
 }
 
 /// `make_qp_quants(n, nmax, x, L, quant_weights)`: codes `L ∈ [0, nmax]` for non-negative values
