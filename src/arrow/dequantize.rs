@@ -46,11 +46,15 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
     let mut rows = Vec::with_capacity(names.len());
     for (row, name) in names.iter().enumerate() {
         let shape = shapes.dims(row, name)?;
+        // `dims` refuses shapes whose product overflows.
         let n: usize = shape.iter().product();
         let width = bits.value(row);
         let kind = match width {
             16 | 32 => {
-                check_len(name, "quantized_data bytes", data.lens[row], n * (width as usize / 8))?;
+                let need = n.checked_mul(width as usize / 8).ok_or_else(|| {
+                    QuantError::layer_value(name, format!("shape {shape:?} at {width} bits has more bytes than can be addressed"))
+                })?;
+                check_len(name, "quantized_data bytes", data.lens[row], need)?;
                 RowKind::Raw(width)
             }
             _ => {
@@ -62,6 +66,11 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
                 for (col, c) in [(SCALES, &scales), (ZERO_POINTS, &zero_points)] {
                     if c.null_rows[row] || c.first_null_item(row).is_some() {
                         return Err(QuantError::layer_value(name, format!("{col} contains a null")));
+                    }
+                    // The quantizer never writes a non-finite parameter: such a table was damaged.
+                    let values = &c.values.as_primitive::<Float32Type>().values()[c.ranges[row].clone()];
+                    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                        return Err(QuantError::layer_value(name, format!("{col} has a non-finite value {} at group {i}", values[i])));
                     }
                 }
                 RowKind::Quantized(layout)

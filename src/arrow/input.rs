@@ -75,6 +75,11 @@ fn layer_weights<'a>(col: &ListColumn<'a>, row: usize, name: &str) -> Result<Cow
     })
 }
 
+/// The number of elements of a tensor of shape `dims`; `None` when the product overflows.
+pub(crate) fn element_count(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
 /// The optional `shape` column, with integer items of any width read as i64.
 pub(crate) struct ShapeColumn<'a> {
     lists: ListColumn<'a>,
@@ -97,8 +102,7 @@ impl<'a> ShapeColumn<'a> {
 
     fn shape(&self, row: usize, name: &str, n_weights: usize) -> Result<Vec<usize>> {
         let dims = self.dims(row, name)?;
-        let product = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        if product != Some(n_weights) {
+        if element_count(&dims) != Some(n_weights) {
             return Err(QuantError::layer_value(
                 name,
                 format!("shape {dims:?} does not match the number of weights ({n_weights})"),
@@ -119,6 +123,10 @@ impl<'a> ShapeColumn<'a> {
         if let Some(&d) = dims.iter().find(|&&d| d < 0) {
             return Err(QuantError::layer_value(name, format!("shape {dims:?} has a negative dimension {d}")));
         }
-        Ok(dims.iter().map(|&d| d as usize).collect())
+        let dims: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+        if element_count(&dims).is_none() {
+            return Err(QuantError::layer_value(name, format!("shape {dims:?} has more elements than can be addressed")));
+        }
+        Ok(dims)
     }
 }

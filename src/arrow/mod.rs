@@ -6,6 +6,7 @@
 //! * [`input`]: validating a table of layers and viewing its weights as `f32` slices.
 //! * [`quantize`] / [`dequantize`]: one RecordBatch in, one out.
 //! * [`alloc`]: zeroed output buffers, on huge pages where the system allows.
+//! * [`validate`]: full validation of data from outside producers, before it is read.
 
 pub mod alloc;
 pub mod dequantize;
@@ -13,6 +14,7 @@ pub mod input;
 pub mod lists;
 pub mod quantize;
 pub mod schema;
+pub mod validate;
 
 pub use dequantize::dequantize_batch;
 pub use quantize::quantize_batch;

@@ -5,6 +5,7 @@ use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use super::errors::guarded;
 use crate::error::{QuantError, Result};
 use crate::gguf::mix::{fallback, TensorDesc};
 use crate::quant::ggml::{self, GgmlType};
@@ -28,17 +29,19 @@ fn _gguf_quantize<'py>(
     type_name: &str,
     imatrix: Option<PyReadonlyArray1<'py, f32>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let ty = tensor_type(type_name)?;
-    let x = x.as_slice()?;
-    let imatrix = imatrix.as_ref().map(|w| w.as_slice()).transpose()?;
-    let out = py.detach(|| -> Result<Vec<u8>> {
-        ggml::check_finite("array", x)?;
-        let n_bytes = ggml::check_rows(ty, x.len(), n_per_row, imatrix).map_err(|e| with_fallback(e, ty, n_per_row))?;
-        let mut out = vec![0u8; n_bytes];
-        ggml::quantize(ty, x, n_per_row, imatrix, &mut out)?;
-        Ok(out)
-    })?;
-    Ok(PyBytes::new(py, &out))
+    guarded("gguf_quantize", || {
+        let ty = tensor_type(type_name)?;
+        let x = x.as_slice()?;
+        let imatrix = imatrix.as_ref().map(|w| w.as_slice()).transpose()?;
+        let out = py.detach(|| -> Result<Vec<u8>> {
+            ggml::check_finite("array", x)?;
+            let n_bytes = ggml::check_rows(ty, x.len(), n_per_row, imatrix).map_err(|e| with_fallback(e, ty, n_per_row))?;
+            let mut out = vec![0u8; n_bytes];
+            ggml::quantize(ty, x, n_per_row, imatrix, &mut out)?;
+            Ok(out)
+        })?;
+        Ok(PyBytes::new(py, &out))
+    })
 }
 
 /// A row that does not fit `ty`'s blocks: name the type llama.cpp falls back to for such a
@@ -56,13 +59,16 @@ fn with_fallback(e: QuantError, ty: GgmlType, n_per_row: usize) -> QuantError {
 /// Decodes `n` elements of `type_name` blocks to a flat float32 array.
 #[pyfunction]
 fn _gguf_dequantize<'py>(py: Python<'py>, data: &[u8], type_name: &str, n: usize) -> PyResult<Bound<'py, PyArray1<f32>>> {
-    let ty = tensor_type(type_name)?;
-    let out = py.detach(|| -> Result<Vec<f32>> {
-        let mut out = vec![0f32; n];
-        ggml::dequantize(ty, data, &mut out)?;
-        Ok(out)
-    })?;
-    Ok(PyArray1::from_vec(py, out))
+    guarded("gguf_dequantize", || {
+        let ty = tensor_type(type_name)?;
+        let out = py.detach(|| -> Result<Vec<f32>> {
+            ggml::check_decode(ty, data.len(), n)?;
+            let mut out = vec![0f32; n];
+            ggml::dequantize(ty, data, &mut out)?;
+            Ok(out)
+        })?;
+        Ok(PyArray1::from_vec(py, out))
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

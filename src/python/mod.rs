@@ -17,7 +17,9 @@ use pyo3_arrow::{PyRecordBatch, PyTable};
 
 use crate::arrow::schema::{quantized_schema, dequantized_schema, LAYER_NAME, WEIGHTS};
 use crate::arrow::quantize::unify_code_types;
+use crate::arrow::validate::validate_batch;
 use crate::arrow::{dequantize_batch, quantize_batch};
+use errors::{guarded, importing};
 use crate::device::{backend, Device};
 use crate::error::{QuantError, Result};
 use crate::quant::{BitWidth, QuantConfig};
@@ -27,7 +29,7 @@ fn config(bit_width: i64, group_size: i64) -> Result<QuantConfig> {
 }
 
 fn arrow_input(data: &Bound<'_, PyAny>, what: &str) -> PyResult<AnyRecordBatch> {
-    data.extract::<AnyRecordBatch>().map_err(|_| {
+    importing(|| data.extract::<AnyRecordBatch>())?.map_err(|_| {
         PyTypeError::new_err(format!(
             "{what} expects an Arrow table, record batch or stream (any object with __arrow_c_stream__ or __arrow_c_array__, e.g. pyarrow, polars, duckdb), got {}",
             data.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "an unknown type".into())
@@ -48,64 +50,82 @@ fn require_columns(schema: &SchemaRef, columns: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` on every batch of the input, without the GIL.
+/// Runs `f` on every batch of the input, without the GIL. Each batch is imported (a panic of
+/// the import is the producer's fault: `ValueError`) and fully validated against the stream's
+/// schema before `f` reads it.
 fn map_batches(
     py: Python<'_>,
     input: AnyRecordBatch,
     required: &[&str],
     f: impl Fn(&RecordBatch) -> Result<RecordBatch> + Send + Sync,
 ) -> PyResult<Vec<RecordBatch>> {
-    let reader = input.into_reader()?;
-    require_columns(&reader.schema(), required)?;
-    let out = py.detach(|| reader.map(|batch| f(&batch.map_err(read_error)?)).collect::<Result<Vec<_>>>())?;
-    Ok(out)
+    let mut reader = importing(|| input.into_reader())??;
+    let schema = reader.schema();
+    require_columns(&schema, required)?;
+    py.detach(|| {
+        let mut out = Vec::new();
+        while let Some(batch) = importing(|| reader.next().transpose())?.map_err(read_error)? {
+            validate_batch(&batch, Some(&schema))?;
+            out.push(f(&batch)?);
+        }
+        Ok(out)
+    })
 }
 
 #[pyfunction]
 #[pyo3(signature = (table, *, bit_width = 4, group_size = 128, device = "auto"))]
 fn quantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str) -> PyResult<Bound<'py, PyAny>> {
-    let config = config(bit_width, group_size)?;
-    let device: Device = device.parse()?;
-    let input = arrow_input(table, "quantize_arrow")?;
-    let backend = backend(device)?;
-    let batches = unify_code_types(map_batches(py, input, &[LAYER_NAME, WEIGHTS], |b| quantize_batch(b, config, backend))?)?;
-    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| quantized_schema(config.group_size, false));
-    PyTable::try_new(batches, schema)?.into_pyarrow(py)
+    guarded("quantize_arrow", || {
+        let config = config(bit_width, group_size)?;
+        let device: Device = device.parse()?;
+        let input = arrow_input(table, "quantize_arrow")?;
+        let backend = backend(device)?;
+        let batches = unify_code_types(map_batches(py, input, &[LAYER_NAME, WEIGHTS], |b| quantize_batch(b, config, backend))?)?;
+        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| quantized_schema(config.group_size, false));
+        PyTable::try_new(batches, schema)?.into_pyarrow(py)
+    })
 }
 
 #[pyfunction]
 #[pyo3(signature = (batch, *, bit_width = 4, group_size = 128, device = "auto"))]
 fn quantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str) -> PyResult<Bound<'py, PyAny>> {
-    let config = config(bit_width, group_size)?;
-    let device: Device = device.parse()?;
-    let batch = batch.extract::<PyRecordBatch>().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "quantize_arrow_batch expects an Arrow record batch (an object with __arrow_c_array__), got {}",
-            batch.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-        ))
-    })?;
-    let batch = batch.into_inner();
-    require_columns(&batch.schema(), &[LAYER_NAME, WEIGHTS])?;
-    let backend = backend(device)?;
-    let out = py.detach(|| quantize_batch(&batch, config, backend))?;
-    PyRecordBatch::new(out).into_pyarrow(py)
+    guarded("quantize_arrow_batch", || {
+        let config = config(bit_width, group_size)?;
+        let device: Device = device.parse()?;
+        let batch = importing(|| batch.extract::<PyRecordBatch>())?.map_err(|_| {
+            PyTypeError::new_err(format!(
+                "quantize_arrow_batch expects an Arrow record batch (an object with __arrow_c_array__), got {}",
+                batch.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            ))
+        })?;
+        let batch = batch.into_inner();
+        validate_batch(&batch, None)?;
+        require_columns(&batch.schema(), &[LAYER_NAME, WEIGHTS])?;
+        let backend = backend(device)?;
+        let out = py.detach(|| quantize_batch(&batch, config, backend))?;
+        PyRecordBatch::new(out).into_pyarrow(py)
+    })
 }
 
 #[pyfunction]
 #[pyo3(signature = (table, *, device = "auto", group_size = None))]
 fn dequantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, device: &str, group_size: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
-    let device: Device = device.parse()?;
-    let input = arrow_input(table, "dequantize_arrow")?;
-    let backend = backend(device)?;
-    let batches = map_batches(py, input, &[LAYER_NAME], |b| dequantize_batch(b, group_size, backend))?;
-    PyTable::try_new(batches, dequantized_schema())?.into_pyarrow(py)
+    guarded("dequantize_arrow", || {
+        let device: Device = device.parse()?;
+        let input = arrow_input(table, "dequantize_arrow")?;
+        let backend = backend(device)?;
+        let batches = map_batches(py, input, &[LAYER_NAME], |b| dequantize_batch(b, group_size, backend))?;
+        PyTable::try_new(batches, dequantized_schema())?.into_pyarrow(py)
+    })
 }
 
 /// Which backend `device` resolves to, e.g. "cpu (rayon, 2 threads, avx2)".
 #[pyfunction]
 #[pyo3(signature = (device = "auto"))]
 fn backend_name(device: &str) -> PyResult<String> {
-    Ok(backend(device.parse()?)?.name())
+    guarded("backend_name", || {
+        Ok(backend(device.parse()?)?.name())
+    })
 }
 
 #[pymodule]

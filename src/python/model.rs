@@ -7,6 +7,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3_arrow::PyTable;
 
+use super::errors::guarded;
 use crate::device::Device;
 use crate::error::{QuantError, Result};
 use crate::model::arrow_out::report_batch;
@@ -82,56 +83,60 @@ fn quantize_model<'py>(
     output_tensor_type: Option<&str>,
     token_embedding_type: Option<&str>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let opts = Options {
-        format: format.map(str::parse::<OutputFormat>).transpose()?,
-        qtype: r#type.map(str::parse::<QuantType>).transpose()?,
-        config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?,
-        device: device.parse::<Device>()?,
-        keep: strings(keep, "keep")?,
-        quantize: strings(quantize, "quantize")?,
-        min_cosine,
-        arch: None,
-        name: None,
-        pure,
-        allow_requantize,
-        imatrix,
-        leave_output_tensor,
-        output_tensor_type: output_tensor_type.map(str::parse::<GgmlType>).transpose()?,
-        token_embedding_type: token_embedding_type.map(str::parse::<GgmlType>).transpose()?,
-    };
-    let (callback, bar) = match progress {
-        None => (None, None),
-        Some(p) if p.is_none() => (None, None),
-        Some(p) if p.is_callable() => (Some(p.clone().unbind()), None),
-        Some(p) => {
-            let on: bool = p.extract().map_err(|_| PyTypeError::new_err("progress must be a bool or a callable(done_bytes, total_bytes)"))?;
-            let bar = on.then(|| {
-                let b = ProgressBar::new(0);
-                b.set_style(ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}").expect("valid template"));
-                b
-            });
-            (None, bar)
+    guarded("quantize_model", || {
+        let opts = Options {
+            format: format.map(str::parse::<OutputFormat>).transpose()?,
+            qtype: r#type.map(str::parse::<QuantType>).transpose()?,
+            config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?,
+            device: device.parse::<Device>()?,
+            keep: strings(keep, "keep")?,
+            quantize: strings(quantize, "quantize")?,
+            min_cosine,
+            arch: None,
+            name: None,
+            pure,
+            allow_requantize,
+            imatrix,
+            leave_output_tensor,
+            output_tensor_type: output_tensor_type.map(str::parse::<GgmlType>).transpose()?,
+            token_embedding_type: token_embedding_type.map(str::parse::<GgmlType>).transpose()?,
+        };
+        let (callback, bar) = match progress {
+            None => (None, None),
+            Some(p) if p.is_none() => (None, None),
+            Some(p) if p.is_callable() => (Some(p.clone().unbind()), None),
+            Some(p) => {
+                let on: bool = p.extract().map_err(|_| PyTypeError::new_err("progress must be a bool or a callable(done_bytes, total_bytes)"))?;
+                let bar = on.then(|| {
+                    let b = ProgressBar::new(0);
+                    b.set_style(ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}").expect("valid template"));
+                    b
+                });
+                (None, bar)
+            }
+        };
+        let mut prog = PyProgress { callback, bar, error: None };
+        let result = py.detach(|| convert(&src, &dst, &opts, &mut prog));
+        if let Some(bar) = &prog.bar {
+            bar.finish_and_clear();
         }
-    };
-    let mut prog = PyProgress { callback, bar, error: None };
-    let result = py.detach(|| convert(&src, &dst, &opts, &mut prog));
-    if let Some(bar) = &prog.bar {
-        bar.finish_and_clear();
-    }
-    if let Some(e) = prog.error.take() {
-        return Err(e);
-    }
-    let reports = result?;
-    let batch = report_batch(&reports);
-    let schema = batch.schema();
-    PyTable::try_new(vec![batch], schema)?.into_pyarrow(py)
+        if let Some(e) = prog.error.take() {
+            return Err(e);
+        }
+        let reports = result?;
+        let batch = report_batch(&reports);
+        let schema = batch.schema();
+        PyTable::try_new(vec![batch], schema)?.into_pyarrow(py)
+    })
 }
 
 /// Reads an Arrow IPC file written by `quantize_safetensors` (or any Arrow IPC file).
 #[pyfunction]
 fn read_quantized<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyAny>> {
-    let (schema, batches) = py.detach(|| read_batches(&path))?;
-    PyTable::try_new(batches, schema)?.into_pyarrow(py)
+    guarded("read_quantized", || {
+        let (schema, batches) = py.detach(|| read_batches(&path))?;
+        PyTable::try_new(batches, schema)?.into_pyarrow(py)
+    })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -308,18 +308,24 @@ fn encode_floats(ty: GgmlType, x: &[f32], out: &mut [u8]) {
 
 /// Expands `data` (whole blocks of `ty`) into `out`, as ggml's `dequantize_row_*` (or its
 /// f16/bf16 → f32 conversions) do.
-pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
+/// Checks that `n_bytes` of `ty` data hold exactly `n` elements (before anything is allocated
+/// for them).
+pub fn check_decode(ty: GgmlType, n_bytes: usize, n: usize) -> Result<()> {
     if !ty.can_decode() {
         return Err(QuantError::value(format!("cannot decode {ty} tensors")));
     }
     let (block, bytes) = ty.block();
-    if !out.len().is_multiple_of(block) || data.len() != out.len() / block * bytes {
+    if !n.is_multiple_of(block) || Some(n_bytes) != (n / block).checked_mul(bytes) {
         return Err(QuantError::value(format!(
-            "{} bytes of {ty} data do not hold {} elements (blocks of {block} elements in {bytes} bytes)",
-            data.len(),
-            out.len()
+            "{n_bytes} bytes of {ty} data do not hold {n} elements (blocks of {block} elements in {bytes} bytes)"
         )));
     }
+    Ok(())
+}
+
+pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
+    check_decode(ty, data.len(), out.len())?;
+    let (block, bytes) = ty.block();
     const CHUNK: usize = 64 * QK_K;
     let in_chunk = CHUNK / block * bytes;
     out.par_chunks_mut(CHUNK).zip(data.par_chunks(in_chunk)).for_each(|(y, d)| decode_blocks(ty, d, y));
