@@ -4,10 +4,19 @@
 //! `cargo bench --bench quantize` prints criterion's figures and then the ratios, from
 //! interleaved runs in the same process (this machine is shared and noisy; absolute GB/s move,
 //! ratios much less). Set `AQ_BENCH_LOG2` to change the size.
+//!
+//! It also times the full validation every batch from an outside Arrow producer gets before it
+//! is read (`arrow::validate`), on the same weights as a table of layers of 4096 values, as a
+//! fraction of a quantize.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, Float32Array, ListArray, RecordBatch, StringArray};
+use arrow_buffer::OffsetBuffer;
+use arrow_quant_v2::arrow::validate::validate_batch;
 use arrow_quant_v2::cpu::CpuBackend;
 use arrow_quant_v2::{Backend, BitWidth, DequantJob, GroupLayout, QuantConfig, QuantJob};
 use criterion::{Criterion, Throughput};
@@ -96,6 +105,18 @@ impl Case {
     }
 }
 
+/// The weights as a table of layers of 4096 values (many rows: the worst case for validation,
+/// which walks offsets and names, not the values).
+fn layer_table(weights: &[f32]) -> RecordBatch {
+    const ROW: usize = 4096;
+    let rows = weights.len() / ROW;
+    let names: ArrayRef = Arc::new(StringArray::from_iter_values((0..rows).map(|i| format!("layer.{i}.weight"))));
+    let values = Arc::new(Float32Array::from(weights[..rows * ROW].to_vec()));
+    let field = Arc::new(arrow_schema::Field::new("item", arrow_schema::DataType::Float32, false));
+    let lists: ArrayRef = Arc::new(ListArray::new(field, OffsetBuffer::from_lengths(std::iter::repeat_n(ROW, rows)), values, None));
+    RecordBatch::try_from_iter([("layer_name", names), ("weights", lists)]).unwrap()
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -114,8 +135,12 @@ fn main() {
     c.final_summary();
 
     // Interleaved runs, so both sides see the same machine state.
-    let (mut read, mut quant, mut portable, mut dequant) = (vec![], vec![], vec![], vec![]);
+    let table = layer_table(&case.weights);
+    let (mut read, mut quant, mut portable, mut dequant, mut validate) = (vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..15 {
+        let t = Instant::now();
+        validate_batch(black_box(&table), None).unwrap();
+        validate.push(t.elapsed());
         let t = Instant::now();
         black_box(case.read());
         read.push(t.elapsed());
@@ -130,10 +155,16 @@ fn main() {
         dequant.push(t.elapsed());
     }
     let gbs = |d: Duration| case.bytes() as f64 / d.as_secs_f64() / 1e9;
-    let (r, q, p, d) = (median(read), median(quant), median(portable), median(dequant));
+    let (r, q, p, d, v) = (median(read), median(quant), median(portable), median(dequant), median(validate));
     println!("\n{} ({} threads), median of 15 interleaved runs, f32 input GB/s:", CpuBackend::new().name(), rayon::current_num_threads());
     println!("  read baseline     {:6.2} GB/s", gbs(r));
     println!("  quantize          {:6.2} GB/s   ratio to read {:.2}x", gbs(q), r.as_secs_f64() / q.as_secs_f64());
     println!("  quantize portable {:6.2} GB/s   ratio to read {:.2}x", gbs(p), r.as_secs_f64() / p.as_secs_f64());
     println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
+    println!(
+        "  validate ({} layers of 4096) {:.3} ms = {:.4}x of a quantize",
+        table.num_rows(),
+        v.as_secs_f64() * 1e3,
+        v.as_secs_f64() / q.as_secs_f64()
+    );
 }

@@ -9,7 +9,7 @@ pub enum QuantError {
     #[error("Invalid bit_width: {0}. Must be 2, 4, or 8")]
     InvalidBitWidth(i64),
 
-    #[error("Invalid group_size: {0}. Must be a positive multiple of 8")]
+    #[error("Invalid group_size: {0}. Must be a positive multiple of 8, at most 4294967288")]
     InvalidGroupSize(i64),
 
     #[error("Missing required column '{0}'")]

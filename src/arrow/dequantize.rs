@@ -30,56 +30,84 @@ pub fn batch_group_size(batch: &RecordBatch, group_size: Option<i64>) -> Result<
     meta.parse().map_err(|_| QuantError::value(format!("schema metadata '{META_GROUP_SIZE}' is not an integer: {meta:?}")))
 }
 
+/// One row of a quantized batch, checked against its shape, bit width and group size.
+pub(crate) struct Row {
+    pub kind: RowKind,
+    pub shape: Vec<usize>,
+    /// Elements of the tensor (the product of `shape`, known not to overflow).
+    pub n: usize,
+    /// Bytes of `quantized_data`.
+    pub data_len: usize,
+}
+
+/// The columns of a quantized batch, whatever integer, string, binary and list types the
+/// producer chose, and each row checked: sizes against the shape, bit width and group size
+/// (with overflow checks), no nulls, finite parameters. Nothing is decoded or allocated for the
+/// output yet, so a damaged table costs nothing before it is refused.
+pub(crate) struct QuantizedRows<'a> {
+    pub names: Vec<String>,
+    pub rows: Vec<Row>,
+    data: BinaryColumn,
+    scales: ListColumn<'a>,
+    zero_points: ListColumn<'a>,
+}
+
+impl<'a> QuantizedRows<'a> {
+    pub(crate) fn check(batch: &'a RecordBatch, group_size: Option<i64>) -> Result<Self> {
+        let group_size = batch_group_size(batch, group_size)?;
+        let names = layer_names(batch, LAYER_NAME)?;
+        let data = binary_column(batch)?;
+        let scales = float_list_column(batch, SCALES)?;
+        let zero_points = float_list_column(batch, ZERO_POINTS)?;
+        let shapes = ShapeColumn::new(required(batch, SHAPE)?.as_ref())?;
+        let bits = integer_column(batch, BIT_WIDTH)?;
+
+        // Rows are either quantized (bit_width 2/4/8) or kept in high precision by the model
+        // converter (bit_width 16/32: raw little-endian f16/f32 in quantized_data, no scales).
+        let mut rows = Vec::with_capacity(names.len());
+        for (row, name) in names.iter().enumerate() {
+            let shape = shapes.dims(row, name)?;
+            // `dims` refuses shapes whose product overflows.
+            let n: usize = shape.iter().product();
+            let width = bits.value(row);
+            let kind = match width {
+                16 | 32 => {
+                    let need = n.checked_mul(width as usize / 8).ok_or_else(|| {
+                        QuantError::layer_value(name, format!("shape {shape:?} at {width} bits has more bytes than can be addressed"))
+                    })?;
+                    check_len(name, "quantized_data bytes", data.lens[row], need)?;
+                    RowKind::Raw(width)
+                }
+                _ => {
+                    let bit_width = BitWidth::new(width).map_err(|e| QuantError::layer_value(name, e.to_string()))?;
+                    let layout = GroupLayout::from_shape(&shape, QuantConfig::new(bit_width, group_size)?);
+                    check_len(name, "quantized_data bytes", data.lens[row], layout.packed_len())?;
+                    check_len(name, "scales", scales.ranges[row].len(), layout.n_groups())?;
+                    check_len(name, "zero_points", zero_points.ranges[row].len(), layout.n_groups())?;
+                    for (col, c) in [(SCALES, &scales), (ZERO_POINTS, &zero_points)] {
+                        if c.null_rows[row] || c.first_null_item(row).is_some() {
+                            return Err(QuantError::layer_value(name, format!("{col} contains a null")));
+                        }
+                        // The quantizer never writes a non-finite parameter: such a table was damaged.
+                        let values = &c.values.as_primitive::<Float32Type>().values()[c.ranges[row].clone()];
+                        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                            return Err(QuantError::layer_value(name, format!("{col} has a non-finite value {} at group {i}", values[i])));
+                        }
+                    }
+                    RowKind::Quantized(layout)
+                }
+            };
+            rows.push(Row { kind, shape, n, data_len: data.lens[row] });
+        }
+        Ok(Self { names, rows, data, scales, zero_points })
+    }
+}
+
 /// Expands every layer of a quantized batch back to float32. Rows with `bit_width` 16 or 32
 /// (tensors a model conversion kept in high precision) are decoded from their raw bytes.
 pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &dyn Backend) -> Result<RecordBatch> {
-    let group_size = batch_group_size(batch, group_size)?;
-    let names = layer_names(batch, LAYER_NAME)?;
-    let data = binary_column(batch)?;
-    let scales = float_list_column(batch, SCALES)?;
-    let zero_points = float_list_column(batch, ZERO_POINTS)?;
-    let shapes = ShapeColumn::new(required(batch, SHAPE)?.as_ref())?;
-    let bits = integer_column(batch, BIT_WIDTH)?;
-
-    // Rows are either quantized (bit_width 2/4/8) or kept in high precision by the model
-    // converter (bit_width 16/32: raw little-endian f16/f32 in quantized_data, no scales).
-    let mut rows = Vec::with_capacity(names.len());
-    for (row, name) in names.iter().enumerate() {
-        let shape = shapes.dims(row, name)?;
-        // `dims` refuses shapes whose product overflows.
-        let n: usize = shape.iter().product();
-        let width = bits.value(row);
-        let kind = match width {
-            16 | 32 => {
-                let need = n.checked_mul(width as usize / 8).ok_or_else(|| {
-                    QuantError::layer_value(name, format!("shape {shape:?} at {width} bits has more bytes than can be addressed"))
-                })?;
-                check_len(name, "quantized_data bytes", data.lens[row], need)?;
-                RowKind::Raw(width)
-            }
-            _ => {
-                let bit_width = BitWidth::new(width).map_err(|e| QuantError::layer_value(name, e.to_string()))?;
-                let layout = GroupLayout::from_shape(&shape, QuantConfig::new(bit_width, group_size)?);
-                check_len(name, "quantized_data bytes", data.lens[row], layout.packed_len())?;
-                check_len(name, "scales", scales.ranges[row].len(), layout.n_groups())?;
-                check_len(name, "zero_points", zero_points.ranges[row].len(), layout.n_groups())?;
-                for (col, c) in [(SCALES, &scales), (ZERO_POINTS, &zero_points)] {
-                    if c.null_rows[row] || c.first_null_item(row).is_some() {
-                        return Err(QuantError::layer_value(name, format!("{col} contains a null")));
-                    }
-                    // The quantizer never writes a non-finite parameter: such a table was damaged.
-                    let values = &c.values.as_primitive::<Float32Type>().values()[c.ranges[row].clone()];
-                    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-                        return Err(QuantError::layer_value(name, format!("{col} has a non-finite value {} at group {i}", values[i])));
-                    }
-                }
-                RowKind::Quantized(layout)
-            }
-        };
-        rows.push((kind, shape, n));
-    }
-
-    let counts: Vec<usize> = rows.iter().map(|r| r.2).collect();
+    let QuantizedRows { names, rows, data, scales, zero_points } = QuantizedRows::check(batch, group_size)?;
+    let counts: Vec<usize> = rows.iter().map(|r| r.n).collect();
     let mut out = super::alloc::zeroed::<f32>(counts.iter().sum::<usize>());
     {
         let outs = split_mut(&mut out, counts.iter().copied());
@@ -87,7 +115,7 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
         let zero_values = zero_points.values.as_primitive::<Float32Type>().values();
         let mut jobs: Vec<DequantJob<'_>> = Vec::new();
         for (row, out) in outs.into_iter().enumerate() {
-            match rows[row].0 {
+            match rows[row].kind {
                 RowKind::Raw(width) => decode_raw(width, data.value(row), out),
                 RowKind::Quantized(layout) => jobs.push(DequantJob {
                     name: &names[row],
@@ -101,7 +129,7 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
         }
         backend.dequantize(&mut jobs)?;
     }
-    let dims: Vec<Vec<usize>> = rows.into_iter().map(|r| r.1).collect();
+    let dims: Vec<Vec<usize>> = rows.into_iter().map(|r| r.shape).collect();
 
     let weights = float_lists(out, &counts);
     let shapes = int64_lists(dims.iter().map(|d| d.iter().map(|&x| x as i64)));
@@ -112,7 +140,7 @@ pub fn dequantize_batch(batch: &RecordBatch, group_size: Option<i64>, backend: &
     .map_err(|e| QuantError::value(format!("could not assemble the output batch: {e}")))
 }
 
-enum RowKind {
+pub(crate) enum RowKind {
     Quantized(GroupLayout),
     /// Stored as little-endian f16 (16) or f32 (32) values.
     Raw(i64),

@@ -63,6 +63,11 @@ pub fn required<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> 
 /// The `layer_name` column as utf8, whatever string type the producer chose (utf8,
 /// large_utf8, utf8_view), with a null or non-string column rejected.
 pub fn layer_names(batch: &RecordBatch, column: &str) -> Result<Vec<String>> {
+    string_column(batch, column)
+}
+
+/// A string column of any string type, without nulls.
+pub fn string_column(batch: &RecordBatch, column: &str) -> Result<Vec<String>> {
     let array = required(batch, column)?;
     let strings: StringArray = match array.data_type() {
         DataType::Utf8 => array.as_string::<i32>().clone(),
@@ -77,7 +82,7 @@ pub fn layer_names(batch: &RecordBatch, column: &str) -> Result<Vec<String>> {
     (0..strings.len())
         .map(|i| {
             if strings.is_null(i) {
-                Err(QuantError::value(format!("Column '{column}' has a null at row {i}; every layer needs a name")))
+                Err(QuantError::value(format!("Column '{column}' has a null at row {i}")))
             } else {
                 Ok(strings.value(i).to_string())
             }

@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use arrow_quant_v2::model::arrow_out::{summary_table, write_report};
-use arrow_quant_v2::model::atomic::AtomicFile;
+use arrow_quant_v2::model::arrow_out::summary_table;
+use arrow_quant_v2::model::atomic::{refuse_same_file, AtomicFile};
 use arrow_quant_v2::model::quantized::QuantFile;
 use arrow_quant_v2::model::{convert, Options, OutputFormat, Progress, QuantType};
 use arrow_quant_v2::quant::ggml::GgmlType;
@@ -167,6 +167,7 @@ fn run(cli: Cli) -> Result<()> {
                 leave_output_tensor,
                 output_tensor_type: output_tensor_type.as_deref().map(str::parse::<GgmlType>).transpose()?,
                 token_embedding_type: token_embedding_type.as_deref().map(str::parse::<GgmlType>).transpose()?,
+                report,
             };
             // indicatif draws to stderr and hides itself when stderr is not a terminal.
             let bar = ProgressBar::new(0);
@@ -178,9 +179,6 @@ fn run(cli: Cli) -> Result<()> {
             let reports = convert(&model, &output, &opts, &mut progress)?;
             progress.bar.finish_and_clear();
             print!("{}", summary_table(&reports));
-            if let Some(path) = report {
-                write_report(&path, &reports)?;
-            }
             Ok(())
         }
         Command::Dequantize { qfile, output, dtype } => dequantize(&qfile, &output, dtype),
@@ -273,6 +271,7 @@ impl safetensors::View for Lazy<'_> {
 }
 
 fn dequantize(qfile: &Path, output: &Path, dtype: OutDtype) -> Result<()> {
+    refuse_same_file(output, [qfile])?;
     let q = QuantFile::open(qfile)?;
     let failed = std::cell::RefCell::new(None);
     let tensors: Vec<(String, Lazy)> = q

@@ -187,14 +187,14 @@ pub fn report_batch(reports: &[TensorReport]) -> RecordBatch {
     RecordBatch::try_new(Arc::new(schema), columns).expect("report columns match the schema")
 }
 
-/// Writes the report as an Arrow IPC file (atomically).
-pub fn write_report(path: &std::path::Path, reports: &[TensorReport]) -> Result<()> {
+/// Writes the report as an Arrow IPC file under a temporary name, renamed by the caller.
+pub fn stage_report(path: &std::path::Path, reports: &[TensorReport]) -> Result<super::atomic::Staged> {
     let batch = report_batch(reports);
     let out = AtomicFile::create(path)?;
     let mut w = FileWriter::try_new(out, &batch.schema()).map_err(arrow_err)?;
     w.write(&batch).map_err(arrow_err)?;
     w.finish().map_err(arrow_err)?;
-    w.into_inner().map_err(arrow_err)?.commit()
+    w.into_inner().map_err(arrow_err)?.finish()
 }
 
 /// A plain-text summary table of the report.

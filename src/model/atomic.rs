@@ -1,10 +1,16 @@
-//! An output file that only appears under its final name once complete.
+//! Output files that only appear under their final names once every output of the command is
+//! complete, and never replace what they must not.
 //!
 //! Data goes to `.{name}.partial-{pid}` in the destination folder (same file system, so the
-//! final `rename` is atomic). If the writer is dropped without [`AtomicFile::commit`] (an
-//! error, a panic, a Python KeyboardInterrupt raised from a progress callback) the temporary
-//! file is removed. A hard kill can leave the `.partial` file behind, never a partial file under
-//! the final name.
+//! final `rename` is atomic). [`AtomicFile::finish`] flushes and syncs it into a [`Staged`]
+//! file; [`Staged::commit`] renames it. A command with several outputs (the model and its
+//! report) stages them all before it renames any. Whatever is dropped before its rename (an
+//! error, a panic, a Python KeyboardInterrupt raised from a progress callback, a failed rename)
+//! removes its temporary file. A hard kill can leave a `.partial` file behind, never a partial
+//! file under a final name.
+//!
+//! An existing destination that is not a regular file (a directory, a device, a FIFO) is never
+//! replaced, and [`refuse_same_file`] stops a command from writing over its own input.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -23,6 +29,14 @@ impl AtomicFile {
         let name = dest
             .file_name()
             .ok_or_else(|| QuantError::value(format!("output path {} has no file name", dest.display())))?;
+        if let Ok(meta) = std::fs::metadata(dest) {
+            if !meta.is_file() {
+                return Err(QuantError::value(format!(
+                    "output path {} exists and is not a regular file (a directory, device or FIFO); refusing to replace it",
+                    dest.display()
+                )));
+            }
+        }
         let tmp = dest.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
         let file = File::create(&tmp).map_err(|e| QuantError::Io { context: format!("cannot create {}", tmp.display()), source: e })?;
         Ok(Self { tmp, dest: dest.to_path_buf(), writer: Some(BufWriter::with_capacity(1 << 20, file)) })
@@ -33,19 +47,22 @@ impl AtomicFile {
     }
 
     pub fn writer(&mut self) -> &mut BufWriter<File> {
-        self.writer.as_mut().expect("not committed")
+        self.writer.as_mut().expect("not finished")
     }
 
-    /// Flushes, syncs and renames to the final name.
-    pub fn commit(mut self) -> Result<()> {
+    /// Flushes and syncs the data; the file keeps its temporary name until [`Staged::commit`].
+    pub fn finish(mut self) -> Result<Staged> {
         let io = |what: &str, e| QuantError::Io { context: format!("cannot {what} {}", self.tmp.display()), source: e };
-        let w = self.writer.take().expect("committed once");
+        let w = self.writer.take().expect("finished once");
         let file = w.into_inner().map_err(|e| io("write", e.into_error()))?;
         file.sync_all().map_err(|e| io("sync", e))?;
         drop(file);
-        std::fs::rename(&self.tmp, &self.dest)
-            .map_err(|e| QuantError::Io { context: format!("cannot rename {} to {}", self.tmp.display(), self.dest.display()), source: e })?;
-        Ok(())
+        Ok(Staged { tmp: std::mem::take(&mut self.tmp), dest: std::mem::take(&mut self.dest), renamed: false })
+    }
+
+    /// [`finish`](Self::finish) and [`Staged::commit`], for a command with one output.
+    pub fn commit(self) -> Result<()> {
+        self.finish()?.commit()
     }
 }
 
@@ -64,4 +81,61 @@ impl Drop for AtomicFile {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// A complete output under its temporary name.
+pub struct Staged {
+    tmp: PathBuf,
+    dest: PathBuf,
+    renamed: bool,
+}
+
+impl Staged {
+    /// Renames the file to its final name. If the rename fails, the temporary file is removed
+    /// and whatever was at the final name is untouched.
+    pub fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.dest).map_err(|e| QuantError::Io {
+            context: format!("cannot rename {} to {}", self.tmp.display(), self.dest.display()),
+            source: e,
+        })?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Refuses an output that is one of the inputs: the same file under any path (links, `..`,
+/// another mount of it). Only an existing output can be an input.
+pub fn refuse_same_file<'a>(output: &Path, inputs: impl IntoIterator<Item = &'a Path>) -> Result<()> {
+    let Ok(out) = std::fs::metadata(output) else { return Ok(()) };
+    for input in inputs {
+        if let Ok(inp) = std::fs::metadata(input) {
+            if same_file(&out, &inp) {
+                return Err(QuantError::value(format!(
+                    "output {} is the input file {}; choose another output path",
+                    output.display(),
+                    input.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    false
 }

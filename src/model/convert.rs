@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use super::arrow_out::{ArrowSink, ModelMeta};
-use super::atomic::AtomicFile;
+use super::atomic::{refuse_same_file, AtomicFile, Staged};
+use super::arrow_out::stage_report;
 use super::gguf_out::{self, Choice, Step};
 use super::rules::{Action, Rules};
 use super::source::{Source, SourceTensor, Stored};
@@ -108,6 +109,8 @@ pub struct Options {
     pub output_tensor_type: Option<GgmlType>,
     /// GGUF: the type of `token_embd.weight` (`--token-embedding-type`).
     pub token_embedding_type: Option<GgmlType>,
+    /// The per-tensor report as an Arrow IPC file too; renamed into place with the output.
+    pub report: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -128,6 +131,7 @@ impl Default for Options {
             leave_output_tensor: false,
             output_tensor_type: None,
             token_embedding_type: None,
+            report: None,
         }
     }
 }
@@ -237,11 +241,31 @@ fn resolve_type(opts: &Options, format: OutputFormat) -> Result<QuantType> {
 pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
     let format = opts.format.unwrap_or_else(|| OutputFormat::from_path(dst));
     let qtype = resolve_type(opts, format)?;
-    let source = Source::open(src)?;
-    match qtype {
-        QuantType::Gguf(ftype) => convert_to_gguf(&source, src, dst, ftype, opts, progress),
-        QuantType::Affine => convert_to_arrow(&source, src, dst, format == OutputFormat::Parquet, opts, progress),
+    if let Some(m) = opts.min_cosine {
+        if !(m > 0.0 && m <= 1.0) {
+            return Err(QuantError::value(format!("min_cosine must be in (0, 1], got {m}")));
+        }
     }
+    let source = Source::open(src)?;
+    let inputs = source.paths(src);
+    let outputs: Vec<&Path> = std::iter::once(dst).chain(opts.report.as_deref()).collect();
+    for out in &outputs {
+        refuse_same_file(out, inputs.iter().map(PathBuf::as_path))?;
+    }
+    if let Some(report) = &opts.report {
+        refuse_same_file(report, [dst])?;
+    }
+    let (staged, reports) = match qtype {
+        QuantType::Gguf(ftype) => convert_to_gguf(&source, src, dst, ftype, opts, progress)?,
+        QuantType::Affine => convert_to_arrow(&source, src, dst, format == OutputFormat::Parquet, opts, progress)?,
+    };
+    // Every output is complete before any is renamed into place.
+    let report = opts.report.as_deref().map(|p| stage_report(p, &reports)).transpose()?;
+    staged.commit()?;
+    if let Some(report) = report {
+        report.commit()?;
+    }
+    Ok(reports)
 }
 
 fn new_report(t: &SourceTensor, reason: &str) -> TensorReport {
@@ -264,7 +288,7 @@ fn warn_f16_overflow(t: &SourceTensor, ty: GgmlType, w: &[f32], progress: &mut d
     }
 }
 
-fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
+fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opts: &Options, progress: &mut dyn Progress) -> Result<(Staged, Vec<TensorReport>)> {
     let imatrix = opts.imatrix.as_deref().map(Imatrix::open).transpose()?;
     let tensors = source.tensors();
     let choices: Vec<Choice> = match source.gguf_metadata() {
@@ -415,11 +439,10 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
         progress.advance(done, total)?;
         reports.push(report);
     }
-    writer.finish()?.commit()?;
-    Ok(reports)
+    Ok((writer.finish()?.finish()?, reports))
 }
 
-fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
+fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts: &Options, progress: &mut dyn Progress) -> Result<(Staged, Vec<TensorReport>)> {
     let backend = backend(opts.device)?;
     let tensors = source.tensors();
     let rules = Rules::new(&opts.keep, &opts.quantize, 1)?;
@@ -510,6 +533,5 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
         progress.advance(done, total)?;
         reports.push(report);
     }
-    sink.finish()?.commit()?;
-    Ok(reports)
+    Ok((sink.finish()?.finish()?, reports))
 }

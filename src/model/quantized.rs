@@ -4,24 +4,23 @@
 use std::fs::File;
 use std::path::Path;
 
+use std::collections::HashSet;
+
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Int64Type, UInt8Type};
-use arrow_array::{Array, RecordBatch};
+use arrow_array::types::Float32Type;
+use arrow_array::RecordBatch;
 use arrow_ipc::reader::FileReader;
 use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use arrow_schema::DataType;
 
 use super::arrow_out::FORMAT;
-use crate::arrow::dequantize::batch_group_size;
-use crate::arrow::schema::{BIT_WIDTH, LAYER_NAME, QUANTIZED_DATA, SCALES, SHAPE, ZERO_POINTS};
-use crate::backend::QuantizedTensor;
+use crate::arrow::dequantize::{dequantize_batch, QuantizedRows, RowKind};
+use crate::arrow::lists::string_column;
+use crate::arrow::schema::WEIGHTS;
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 use crate::gguf::reader::GgufFile;
-use crate::gguf::GgmlType;
 use crate::quant::ggml;
-use crate::quant::{BitWidth, GroupLayout, QuantConfig};
 
 /// Reads the schema and every record batch of an Arrow IPC or Parquet file (told apart by
 /// Parquet's `PAR1` magic).
@@ -73,20 +72,9 @@ pub enum QuantFile {
     Gguf { file: GgufFile, entries: Vec<Entry> },
 }
 
-fn column<'a>(b: &'a RecordBatch, name: &str) -> Result<&'a dyn Array> {
-    b.column_by_name(name).map(|c| c.as_ref()).ok_or_else(|| QuantError::MissingColumn(name.to_string()))
-}
-
-fn binary_value(col: &dyn Array, row: usize) -> &[u8] {
-    match col.data_type() {
-        DataType::LargeBinary => col.as_binary::<i64>().value(row),
-        _ => col.as_binary::<i32>().value(row),
-    }
-}
-
-fn float_list(col: &dyn Array, row: usize) -> Vec<f32> {
-    let l = col.as_list::<i32>().value(row);
-    l.as_primitive::<Float32Type>().values().to_vec()
+/// An error about a quantized file's content, naming the file.
+fn in_file(path: &Path, e: QuantError) -> QuantError {
+    QuantError::value(format!("{}: {e}", path.display()))
 }
 
 impl QuantFile {
@@ -115,22 +103,34 @@ impl QuantFile {
         let (_, batches) = read_batches(path)?;
         let mut rows = Vec::new();
         let mut entries = Vec::new();
+        let mut seen = HashSet::new();
         for (bi, b) in batches.iter().enumerate() {
-            let names = column(b, LAYER_NAME)?.as_string::<i32>();
-            let data = column(b, QUANTIZED_DATA)?;
-            let shapes = column(b, SHAPE)?.as_list::<i32>();
-            let bits = column(b, BIT_WIDTH)?.as_primitive::<UInt8Type>();
-            let scales = column(b, SCALES)?.as_list::<i32>();
-            let formats = b.column_by_name(FORMAT).map(|c| c.as_string::<i32>().clone());
-            for r in 0..b.num_rows() {
-                let shape: Vec<usize> = shapes.value(r).as_primitive::<Int64Type>().values().iter().map(|&d| d as usize).collect();
-                let n_scales = scales.value(r).len() as u64;
+            // The same checks as `dequantize_arrow`: every size against the shape, bit width
+            // and group size, before anything is decoded.
+            let checked = QuantizedRows::check(b, None).map_err(|e| in_file(path, e))?;
+            let formats = match b.column_by_name(FORMAT) {
+                Some(_) => Some(string_column(b, FORMAT).map_err(|e| in_file(path, e))?),
+                None => None,
+            };
+            for (r, (name, row)) in checked.names.iter().zip(&checked.rows).enumerate() {
+                if !seen.insert(name.clone()) {
+                    return Err(in_file(path, QuantError::layer_value(name, "appears more than once in the file")));
+                }
+                let (format, bit_width, n_groups) = match row.kind {
+                    RowKind::Raw(16) => ("F16".to_string(), 16, 0),
+                    RowKind::Raw(_) => ("F32".to_string(), 32, 0),
+                    RowKind::Quantized(layout) => (
+                        formats.as_ref().map(|f| f[r].clone()).unwrap_or_else(|| "affine".into()),
+                        layout.bit_width.bits(),
+                        layout.n_groups(),
+                    ),
+                };
                 entries.push(Entry {
-                    name: names.value(r).to_string(),
-                    shape,
-                    format: formats.as_ref().map(|f| f.value(r).to_string()).unwrap_or_else(|| "affine".into()),
-                    bit_width: bits.value(r) as u32,
-                    stored_bytes: binary_value(data, r).len() as u64 + 8 * n_scales,
+                    name: name.clone(),
+                    shape: row.shape.clone(),
+                    format,
+                    bit_width,
+                    stored_bytes: row.data_len as u64 + 8 * n_groups as u64,
                 });
                 rows.push((bi, r));
             }
@@ -155,46 +155,25 @@ impl QuantFile {
         }
     }
 
-    /// Decodes tensor `i` to f32.
+    /// Decodes tensor `i` to f32. Sizes are checked before the output is allocated.
     pub fn decode(&self, i: usize) -> Result<Vec<f32>> {
-        let e = &self.entries()[i];
-        let mut out = vec![0f32; e.n_elements()];
         match self {
-            Self::Gguf { file, .. } => {
+            Self::Gguf { file, entries } => {
                 let t = &file.tensors[i];
-                ggml::dequantize(t.ty, file.data(t), &mut out).map_err(|e| QuantError::layer_value(&t.name, e.to_string()))?;
+                let data = file.data(t);
+                let n = entries[i].n_elements();
+                ggml::check_decode(t.ty, data.len(), n).map_err(|e| QuantError::layer_value(&t.name, e.to_string()))?;
+                let mut out = vec![0f32; n];
+                ggml::dequantize(t.ty, data, &mut out).map_err(|e| QuantError::layer_value(&t.name, e.to_string()))?;
+                Ok(out)
             }
             Self::Arrow { batches, rows, .. } => {
+                // One row through the same code as `dequantize_arrow`.
                 let (bi, r) = rows[i];
-                let b = &batches[bi];
-                let data = binary_value(column(b, QUANTIZED_DATA)?, r);
-                let kept = match e.format.as_str() {
-                    "F16" => Some(GgmlType::F16),
-                    "F32" => Some(GgmlType::F32),
-                    _ => None,
-                };
-                if let Some(ty) = kept {
-                    if data.len() != ty.bytes_for(out.len()) {
-                        return Err(QuantError::layer_value(&e.name, "raw data length does not match the shape"));
-                    }
-                    ggml::dequantize(ty, data, &mut out)?;
-                } else {
-                    let group_size = batch_group_size(b, None)?;
-                    let config = QuantConfig::new(BitWidth::new(e.bit_width as i64)?, group_size)?;
-                    let layout = GroupLayout::from_shape(&e.shape, config);
-                    let q = QuantizedTensor {
-                        layout,
-                        packed: data.to_vec(),
-                        scales: float_list(column(b, SCALES)?, r),
-                        zero_points: float_list(column(b, ZERO_POINTS)?, r),
-                    };
-                    if q.packed.len() != layout.packed_len() || q.scales.len() != layout.n_groups() || q.zero_points.len() != layout.n_groups() {
-                        return Err(QuantError::layer_value(&e.name, "codes or scales do not match shape, bit_width and group_size"));
-                    }
-                    out = q.dequantize(&CpuBackend::new())?;
-                }
+                let decoded = dequantize_batch(&batches[bi].slice(r, 1), None, &CpuBackend::new())?;
+                let weights = decoded.column_by_name(WEIGHTS).expect("dequantize_batch writes weights").as_list::<i32>();
+                Ok(weights.values().as_primitive::<Float32Type>().values().to_vec())
             }
         }
-        Ok(out)
     }
 }

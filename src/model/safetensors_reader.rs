@@ -104,6 +104,24 @@ pub struct Checkpoint {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// The shard `file` named by `index`, which must lie inside the index's folder: a plain
+/// relative path (no `..`, no root), and no link out of the folder either.
+fn shard_path(index: &Path, dir: &Path, file: &str) -> Result<PathBuf> {
+    use std::path::Component;
+    let outside = || invalid(index, format!("names shard '{file}', which is not inside the checkpoint's folder"));
+    let rel = Path::new(file);
+    if file.is_empty() || !rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(outside());
+    }
+    let shard = dir.join(rel);
+    if let (Ok(real_dir), Ok(real_shard)) = (dir.canonicalize(), shard.canonicalize()) {
+        if !real_shard.starts_with(&real_dir) {
+            return Err(outside());
+        }
+    }
+    Ok(shard)
+}
+
 fn io(context: impl Into<String>, source: std::io::Error) -> QuantError {
     QuantError::Io { context: context.into(), source }
 }
@@ -218,7 +236,7 @@ impl Checkpoint {
         }
         let dir = index.parent().unwrap_or(Path::new("."));
         for (file, names) in shards {
-            let shard = dir.join(&file);
+            let shard = shard_path(index, dir, &file)?;
             if !shard.is_file() {
                 return Err(io(
                     format!("{}: shard '{file}' listed in the index (for tensor '{}') is missing", index.display(), names.iter().min().unwrap()),

@@ -3,7 +3,7 @@
 //! (or, for GGUF, as its stored bytes, to copy it unchanged).
 
 use std::ops::Deref;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::safetensors_reader::{source_files, Checkpoint, TensorBytes, TensorDtype};
 use crate::error::{QuantError, Result};
@@ -132,6 +132,14 @@ impl Source {
         match self {
             Source::Safetensors { ck, .. } => source_files(ck),
             Source::Gguf { .. } => vec![path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()],
+        }
+    }
+
+    /// The paths of the files the model is read from.
+    pub fn paths(&self, path: &Path) -> Vec<PathBuf> {
+        match self {
+            Source::Safetensors { ck, .. } => ck.files.clone(),
+            Source::Gguf { .. } => vec![path.to_path_buf()],
         }
     }
 

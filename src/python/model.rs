@@ -100,6 +100,7 @@ fn quantize_model<'py>(
             leave_output_tensor,
             output_tensor_type: output_tensor_type.map(str::parse::<GgmlType>).transpose()?,
             token_embedding_type: token_embedding_type.map(str::parse::<GgmlType>).transpose()?,
+            report: None,
         };
         let (callback, bar) = match progress {
             None => (None, None),
