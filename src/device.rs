@@ -41,13 +41,19 @@ static CPU: CpuBackend = CpuBackend::new();
 ///   cannot be set up, "auto" also falls back to the CPU.
 ///
 /// The GPU instance, device and pipelines are created once per process and reused. Both
-/// backends produce the same bytes.
+/// backends produce the same bytes. In a child forked after its parent started the GPU, "auto"
+/// is the CPU and "gpu" an error (see [`crate::gpu::inherited_from_parent`]).
 pub fn backend(device: Device) -> Result<&'static dyn Backend> {
     match device {
         Device::Cpu => Ok(&CPU),
+        Device::Gpu if crate::gpu::inherited_from_parent() => Err(QuantError::Device(
+            "device='gpu': this process was forked after its parent had started the GPU, and a forked child cannot use \
+             the parent's GPU context; use device='cpu' (or 'auto') in the child, or start workers with the 'spawn' method"
+                .into(),
+        )),
         Device::Gpu => Ok(GpuBackend::shared()?),
         Device::Auto => {
-            if crate::gpu::auto_wants_gpu() {
+            if !crate::gpu::inherited_from_parent() && crate::gpu::auto_wants_gpu() {
                 if let Ok(b) = GpuBackend::shared() {
                     return Ok(b);
                 }

@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod model;
 pub mod quant;
+pub mod threads;
 
 #[cfg(feature = "python")]
 mod python;

@@ -38,18 +38,20 @@ pub fn read_layers(batch: &RecordBatch) -> Result<Vec<Layer<'_>>> {
         None => None,
     };
 
-    names
-        .into_par_iter()
-        .enumerate()
-        .map(|(row, name)| {
-            let weights = layer_weights(&weights, row, &name)?;
-            let shape = match &shapes {
-                Some(s) => s.shape(row, &name, weights.len())?,
-                None => vec![weights.len()],
-            };
-            Ok(Layer { name, weights, shape })
-        })
-        .collect()
+    crate::threads::install(|| {
+        names
+            .into_par_iter()
+            .enumerate()
+            .map(|(row, name)| {
+                let weights = layer_weights(&weights, row, &name)?;
+                let shape = match &shapes {
+                    Some(s) => s.shape(row, &name, weights.len())?,
+                    None => vec![weights.len()],
+                };
+                Ok(Layer { name, weights, shape })
+            })
+            .collect()
+    })
 }
 
 fn layer_weights<'a>(col: &ListColumn<'a>, row: usize, name: &str) -> Result<Cow<'a, [f32]>> {

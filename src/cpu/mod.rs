@@ -50,15 +50,14 @@ struct Invalid;
 impl Backend for CpuBackend {
     fn name(&self) -> String {
         let kernels = if self.simd() { "avx2" } else { "portable simd" };
-        format!("cpu (rayon, {} threads, {kernels})", rayon::current_num_threads())
+        format!("cpu (rayon, {} threads, {kernels})", crate::threads::num_threads())
     }
 
     fn quantize(&self, jobs: &mut [QuantJob<'_>]) -> Result<()> {
-        let failed = jobs
-            .par_iter_mut()
-            .enumerate()
-            .filter_map(|(i, job)| quantize_job(job, self.simd()).is_err().then_some(i))
-            .min();
+        let simd = self.simd();
+        let failed = crate::threads::install(|| {
+            jobs.par_iter_mut().enumerate().filter_map(|(i, job)| quantize_job(job, simd).is_err().then_some(i)).min()
+        });
         match failed {
             Some(i) => Err(first_error(&jobs[i])),
             None => Ok(()),
@@ -66,7 +65,8 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize(&self, jobs: &mut [DequantJob<'_>]) -> Result<()> {
-        jobs.par_iter_mut().for_each(|job| dequantize_job(job, self.simd()));
+        let simd = self.simd();
+        crate::threads::install(|| jobs.par_iter_mut().for_each(|job| dequantize_job(job, simd)));
         Ok(())
     }
 }

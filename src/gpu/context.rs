@@ -4,6 +4,7 @@
 //! [`QuantError::Device`]; wgpu's own panics during set-up are caught.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{QuantError, Result};
@@ -37,6 +38,16 @@ struct Probe {
 
 static PROBE: OnceLock<std::result::Result<Probe, String>> = OnceLock::new();
 static CONTEXT: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
+/// The process that started wgpu (0: not started).
+static WGPU_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Whether wgpu was started by a parent process before it forked this one. The driver state a
+/// child inherits that way (threads, file descriptors, mapped memory) is not usable, so such a
+/// child must not touch the GPU: "auto" uses the CPU there, "gpu" is an error.
+pub fn inherited_from_parent() -> bool {
+    let pid = WGPU_PID.load(Ordering::Relaxed);
+    pid != 0 && pid != std::process::id()
+}
 
 fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
@@ -45,6 +56,7 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
 fn probe() -> std::result::Result<&'static Probe, String> {
     PROBE
         .get_or_init(|| {
+            WGPU_PID.store(std::process::id(), Ordering::Relaxed);
             catch_unwind(|| {
                 let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
                 let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));

@@ -27,7 +27,7 @@ use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 use crate::quant::reference;
 
-pub use context::{auto_wants_gpu, found_adapters, ALLOW_SOFTWARE_ENV};
+pub use context::{auto_wants_gpu, found_adapters, inherited_from_parent, ALLOW_SOFTWARE_ENV};
 use plan::Caps;
 
 pub struct GpuBackend {

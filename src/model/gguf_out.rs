@@ -193,16 +193,18 @@ pub fn encode(name: &str, ty: GgmlType, w: &[f32], shape: &[usize], imatrix: Opt
 pub fn stats(ty: GgmlType, data: &[u8], w: &[f32]) -> Result<ErrorStats> {
     let (block, bytes) = ty.block();
     let chunk = (64 * 1024 / block).max(1) * block;
-    w.par_chunks(chunk)
-        .zip(data.par_chunks(chunk / block * bytes))
-        .map(|(ws, ds)| {
-            let mut back = vec![0f32; ws.len()];
-            ggml::dequantize(ty, ds, &mut back)?;
-            let mut s = ErrorStats::default();
-            s.add(ws, &back);
-            Ok(s)
-        })
-        .try_reduce(ErrorStats::default, |a, b| Ok(a.merge(b)))
+    crate::threads::install(|| {
+        w.par_chunks(chunk)
+            .zip(data.par_chunks(chunk / block * bytes))
+            .map(|(ws, ds)| {
+                let mut back = vec![0f32; ws.len()];
+                ggml::dequantize(ty, ds, &mut back)?;
+                let mut s = ErrorStats::default();
+                s.add(ws, &back);
+                Ok(s)
+            })
+            .try_reduce(ErrorStats::default, |a, b| Ok(a.merge(b)))
+    })
 }
 
 /// The first block whose f16 scale (or min) is infinite or NaN.

@@ -99,7 +99,9 @@ const CHUNK_ELEMS: usize = 64 * 1024;
 pub fn check_finite(name: &str, x: &[f32]) -> Result<()> {
     const CHUNK: usize = 1 << 16;
     // `fold`, not `any`: a loop without an early exit vectorizes.
-    let bad = x.par_chunks(CHUNK).enumerate().find_first(|(_, c)| c.iter().fold(false, |bad, v| bad | !v.is_finite()));
+    let bad = crate::threads::install(|| {
+        x.par_chunks(CHUNK).enumerate().find_first(|(_, c)| c.iter().fold(false, |bad, v| bad | !v.is_finite()))
+    });
     if let Some((k, c)) = bad {
         let i = c.iter().position(|v| !v.is_finite()).expect("the chunk has one");
         return Err(QuantError::NonFinite { layer: name.to_string(), index: k * CHUNK + i, value: c[i] });
@@ -155,9 +157,11 @@ pub fn quantize_with(simd: Simd, ty: GgmlType, x: &[f32], n_per_row: usize, imat
     }
     let row_bytes = n_bytes / (x.len() / n_per_row);
     let rows_per_task = (CHUNK_ELEMS / n_per_row).max(1);
-    out.par_chunks_mut(rows_per_task * row_bytes)
-        .zip(x.par_chunks(rows_per_task * n_per_row))
-        .for_each(|(o, xs)| encode_rows(simd, ty, xs, n_per_row, imatrix, o));
+    crate::threads::install(|| {
+        out.par_chunks_mut(rows_per_task * row_bytes)
+            .zip(x.par_chunks(rows_per_task * n_per_row))
+            .for_each(|(o, xs)| encode_rows(simd, ty, xs, n_per_row, imatrix, o))
+    });
     Ok(())
 }
 
@@ -328,7 +332,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
     let (block, bytes) = ty.block();
     const CHUNK: usize = 64 * QK_K;
     let in_chunk = CHUNK / block * bytes;
-    out.par_chunks_mut(CHUNK).zip(data.par_chunks(in_chunk)).for_each(|(y, d)| decode_blocks(ty, d, y));
+    crate::threads::install(|| out.par_chunks_mut(CHUNK).zip(data.par_chunks(in_chunk)).for_each(|(y, d)| decode_blocks(ty, d, y)));
     Ok(())
 }
 
