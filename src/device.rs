@@ -5,6 +5,7 @@ use std::str::FromStr;
 use crate::backend::Backend;
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
+#[cfg(feature = "gpu")]
 use crate::gpu::GpuBackend;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -46,19 +47,41 @@ static CPU: CpuBackend = CpuBackend::new();
 pub fn backend(device: Device) -> Result<&'static dyn Backend> {
     match device {
         Device::Cpu => Ok(&CPU),
-        Device::Gpu if crate::gpu::inherited_from_parent() => Err(QuantError::Device(
-            "device='gpu': this process was forked after its parent had started the GPU, and a forked child cannot use \
-             the parent's GPU context; use device='cpu' (or 'auto') in the child, or start workers with the 'spawn' method"
-                .into(),
-        )),
-        Device::Gpu => Ok(GpuBackend::shared()?),
+        Device::Gpu => gpu(),
         Device::Auto => {
-            if !crate::gpu::inherited_from_parent() && crate::gpu::auto_wants_gpu() {
-                if let Ok(b) = GpuBackend::shared() {
+            if auto_wants_gpu() {
+                if let Ok(b) = gpu() {
                     return Ok(b);
                 }
             }
             Ok(&CPU)
         }
     }
+}
+
+#[cfg(feature = "gpu")]
+fn auto_wants_gpu() -> bool {
+    !crate::gpu::inherited_from_parent() && crate::gpu::auto_wants_gpu()
+}
+
+#[cfg(feature = "gpu")]
+fn gpu() -> Result<&'static dyn Backend> {
+    if crate::gpu::inherited_from_parent() {
+        return Err(QuantError::Device(
+            "device='gpu': this process was forked after its parent had started the GPU, and a forked child cannot use \
+             the parent's GPU context; use device='cpu' (or 'auto') in the child, or start workers with the 'spawn' method"
+                .into(),
+        ));
+    }
+    Ok(GpuBackend::shared()?)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn auto_wants_gpu() -> bool {
+    false
+}
+
+#[cfg(not(feature = "gpu"))]
+fn gpu() -> Result<&'static dyn Backend> {
+    Err(QuantError::Device("device='gpu': this build of arrow_quant_v2 has no GPU support (built without the 'gpu' feature)".into()))
 }

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod device;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod model;
 pub mod quant;

@@ -80,6 +80,10 @@ impl<'a> QuantizedRows<'a> {
                 }
                 _ => {
                     let bit_width = BitWidth::new(width).map_err(|e| QuantError::layer_value(name, e.to_string()))?;
+                    if n == 0 {
+                        // The quantizer refuses empty layers, so it never writes such a row.
+                        return Err(QuantError::layer_value(name, format!("shape {shape:?} has no elements; a quantized row has at least one")));
+                    }
                     let layout = GroupLayout::from_shape(&shape, QuantConfig::new(bit_width, group_size)?);
                     check_len(name, "quantized_data bytes", data.lens[row], layout.packed_len())?;
                     check_len(name, "scales", scales.ranges[row].len(), layout.n_groups())?;

@@ -6,11 +6,13 @@
 //! * [`input`]: validating a table of layers and viewing its weights as `f32` slices.
 //! * [`quantize`] / [`dequantize`]: one RecordBatch in, one out.
 //! * [`alloc`]: zeroed output buffers, on huge pages where the system allows.
+//! * [`ipc`]: Arrow IPC bytes from outside, sizes checked before arrow-ipc allocates them.
 //! * [`validate`]: full validation of data from outside producers, before it is read.
 
 pub mod alloc;
 pub mod dequantize;
 pub mod input;
+pub mod ipc;
 pub mod lists;
 pub mod quantize;
 pub mod schema;

@@ -9,7 +9,6 @@ use std::collections::HashSet;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Float32Type;
 use arrow_array::RecordBatch;
-use arrow_ipc::reader::FileReader;
 use arrow_schema::SchemaRef;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -24,7 +23,22 @@ use crate::quant::ggml;
 
 /// Reads the schema and every record batch of an Arrow IPC or Parquet file (told apart by
 /// Parquet's `PAR1` magic).
+///
+/// arrow-ipc and parquet panic on some malformed files (a buffer that points past the message,
+/// a type id they do not know) instead of returning an error. A damaged file is the input's
+/// fault, not a bug, so such a panic becomes the same error as any unreadable file.
 pub fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    std::panic::catch_unwind(|| read_batches_unguarded(path)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("malformed data");
+        Err(QuantError::value(format!("{}: not a readable Arrow IPC or Parquet file: {message}", path.display())))
+    })
+}
+
+fn read_batches_unguarded(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let io = |e| QuantError::Io { context: format!("cannot open {}", path.display()), source: e };
     let mut magic = [0u8; 4];
     {
@@ -44,10 +58,10 @@ pub fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         // Batches carry the file's schema metadata (group size, model metadata), as IPC's do.
         return Ok((schema, batches));
     }
-    let reader = FileReader::try_new(file, None).map_err(|e| bad("Arrow IPC", &e))?;
-    let schema = reader.schema();
-    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad("Arrow IPC", &e))?;
-    Ok((schema, batches))
+    drop(file);
+    // In memory: the file is checked against its own size before arrow-ipc trusts it.
+    let bytes = std::fs::read(path).map_err(io)?;
+    crate::arrow::ipc::read_file(arrow_buffer::Buffer::from_vec(bytes)).map_err(|e| bad("Arrow IPC", &e))
 }
 
 #[derive(Clone, Debug)]

@@ -181,6 +181,7 @@ def replace(table, name, values):
         ("shape", [[1 << 40, 1 << 40]], "more elements than can be addressed"),
         ("shape", [[1 << 32, 1 << 32]], "more elements than can be addressed"),  # wraps to 0 in u64
         ("shape", [[-2, 128]], "negative dimension"),
+        ("shape", [[2, 0]], "has no elements"),  # found by the arrow_stream fuzz target
     ],
 )
 def test_tampered_quantized_table_is_refused(column, values, message):

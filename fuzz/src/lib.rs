@@ -1,0 +1,3 @@
+//! Fuzz targets for every reader of outside bytes; see README.md.
+
+pub mod targets;
