@@ -58,7 +58,10 @@ FUZZ_TARGETS := gguf_reader imatrix_reader safetensors_reader quantized_reader a
 FUZZ_SECONDS ?= 25
 
 fuzz-build:
-	command -v cargo-afl >/dev/null || cargo install --locked cargo-afl
+	command -v cargo-afl >/dev/null || cargo install --locked cargo-afl@0.18.2
+	@# Builds AFL++ once per toolchain; says so and fails harmlessly when it is already built
+	@# (the next line fails clearly if it is missing).
+	cargo afl config --build || true
 	cd fuzz && cargo afl build --release
 
 # Every target for FUZZ_SECONDS (CI: 5 x 25 s); fails if any input crashed or hung a target.
