@@ -6,6 +6,7 @@
 
 pub mod arrow;
 pub mod backend;
+pub mod contain;
 pub mod cpu;
 pub mod device;
 pub mod error;

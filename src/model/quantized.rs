@@ -28,12 +28,7 @@ use crate::quant::ggml;
 /// a type id they do not know) instead of returning an error. A damaged file is the input's
 /// fault, not a bug, so such a panic becomes the same error as any unreadable file.
 pub fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    std::panic::catch_unwind(|| read_batches_unguarded(path)).unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("malformed data");
+    crate::contain::contain(|| read_batches_unguarded(path)).unwrap_or_else(|message| {
         Err(QuantError::value(format!("{}: not a readable Arrow IPC or Parquet file: {message}", path.display())))
     })
 }

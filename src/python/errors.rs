@@ -1,12 +1,12 @@
 //! The one place where crate errors become Python exceptions, and where a panic is stopped
 //! before it reaches Python.
 
-use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::{PyErr, PyResult};
 
+use crate::contain::{contain, panic_message};
 use crate::error::QuantError;
 
 impl From<QuantError> for PyErr {
@@ -19,14 +19,6 @@ impl From<QuantError> for PyErr {
             _ => PyValueError::new_err(message),
         }
     }
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 /// Runs the body of an exported function. pyo3 would turn a panic into `PanicException`, a
@@ -47,10 +39,9 @@ pub fn guarded<T>(function: &str, body: impl FnOnce() -> PyResult<T>) -> PyResul
 /// such a panic is the producer's fault, so it is a `ValueError` (the outer error). The import's
 /// own result is returned as it is, for the caller to map.
 pub fn importing<T, E>(body: impl FnOnce() -> Result<T, E>) -> PyResult<Result<T, E>> {
-    catch_unwind(AssertUnwindSafe(body)).map_err(|payload| {
+    contain(body).map_err(|message| {
         PyValueError::new_err(format!(
-            "the Arrow data given is malformed (its C Data Interface structures do not match its schema): {}",
-            panic_message(payload.as_ref())
+            "the Arrow data given is malformed (its C Data Interface structures do not match its schema): {message}"
         ))
     })
 }

@@ -8,6 +8,7 @@ Needs target/release/arrow-quant (`make test` builds it); missing, the tests fai
 from __future__ import annotations
 
 import json
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -192,3 +193,24 @@ def test_compressed_parquet_from_duckdb(tmp_path, quantized, codec):
     con.register("q", quantized)
     con.execute(f"COPY q TO '{path}' (FORMAT parquet, COMPRESSION {codec})")
     same_decoding(aq.read_quantized(path), quantized)
+
+
+# --- files that declare more than they hold (fuzz findings, kept in fuzz/regressions) -----------
+
+REGRESSIONS = ROOT / "fuzz" / "regressions" / "quantized_reader"
+DECLARES_TOO_MUCH = {
+    "block-body-length-2p50.arrow": "560 + 1125899906842624 bytes) lies outside the file",
+    "block-offset-2p50.arrow": "(offset 1125899906842624, 560 + 312 bytes) lies outside the file",
+    "zstd-declares-2p50.arrow": "declares 1125899906842624 bytes uncompressed, more than this machine's memory",
+}
+
+
+@pytest.mark.parametrize("name", DECLARES_TOO_MUCH)
+def test_declared_sizes_are_checked_before_anything_is_allocated(name):
+    """arrow-ipc's own reader allocated what these declare (a petabyte) and aborted the process."""
+    path = REGRESSIONS / name
+    with pytest.raises(ValueError, match=re.escape(DECLARES_TOO_MUCH[name])):
+        aq.read_quantized(path)
+    p = cli("inspect", path)
+    assert p.returncode == 1 and DECLARES_TOO_MUCH[name] in p.stderr, p.stderr
+    assert "panicked" not in p.stderr
