@@ -59,9 +59,8 @@ FUZZ_SECONDS ?= 25
 
 fuzz-build:
 	command -v cargo-afl >/dev/null || cargo install --locked cargo-afl@0.18.2
-	@# Builds AFL++ once per toolchain; says so and fails harmlessly when it is already built
-	@# (the next line fails clearly if it is missing).
-	cargo afl config --build || true
+	@# Builds AFL++ once per toolchain ("already built" is not an error).
+	cargo afl config --build >fuzz/afl-config.log 2>&1 || grep -q "already built" fuzz/afl-config.log || (cat fuzz/afl-config.log; exit 1)
 	cd fuzz && cargo afl build --release
 
 # Every target for FUZZ_SECONDS (CI: 5 x 25 s); fails if any input crashed or hung a target.
