@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::contain::panic_message;
 use crate::error::{QuantError, Result};
 
 use super::shaders;
@@ -49,10 +50,6 @@ pub fn inherited_from_parent() -> bool {
     pid != 0 && pid != std::process::id()
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_else(|| "unknown panic".into())
-}
-
 fn probe() -> std::result::Result<&'static Probe, String> {
     PROBE
         .get_or_init(|| {
@@ -62,7 +59,7 @@ fn probe() -> std::result::Result<&'static Probe, String> {
                 let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
                 Probe { instance, adapters }
             })
-            .map_err(|p| format!("initializing wgpu failed: {}", panic_message(p)))
+            .map_err(|p| format!("initializing wgpu failed: {}", panic_message(p.as_ref())))
         })
         .as_ref()
         .map_err(Clone::clone)
@@ -122,7 +119,7 @@ pub fn context() -> Result<&'static GpuContext> {
                 .ok_or_else(|| "device='gpu': no GPU adapter found (wgpu found no Vulkan, Metal, DX12 or GL adapter; install a GPU driver, or mesa-vulkan-drivers for the software adapter lavapipe)".to_string())?;
             let _ = &p.instance;
             catch_unwind(AssertUnwindSafe(|| create(adapter)))
-                .map_err(|e| format!("creating the GPU device failed: {}", panic_message(e)))?
+                .map_err(|e| format!("creating the GPU device failed: {}", panic_message(e.as_ref())))?
         })
         .as_ref()
         .map_err(|e| QuantError::Device(format!("{e} (adapters found: {})", found_adapters())))

@@ -142,8 +142,7 @@ impl GpuBackend {
 /// Runs `f`, turning a wgpu panic into `QuantError::Device`.
 fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
-        Err(QuantError::Device(format!("the GPU backend failed: {msg}")))
+        Err(QuantError::Device(format!("the GPU backend failed: {}", crate::contain::panic_message(p.as_ref()))))
     })
 }
 

@@ -34,13 +34,11 @@ pub fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
 }
 
 fn read_batches_unguarded(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    use std::io::{Read, Seek};
     let io = |e| QuantError::Io { context: format!("cannot open {}", path.display()), source: e };
+    let mut file = File::open(path).map_err(io)?;
     let mut magic = [0u8; 4];
-    {
-        use std::io::Read;
-        let _ = File::open(path).map_err(io)?.read(&mut magic);
-    }
-    let file = File::open(path).map_err(io)?;
+    let _ = file.read(&mut magic); // a shorter file is neither format, and says so below
     let bad = |what: &str, e: &dyn std::fmt::Display| QuantError::value(format!("{}: not a readable {what} file: {e}", path.display()));
     if &magic == b"PAR1" {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad("Parquet", &e))?;
@@ -53,9 +51,9 @@ fn read_batches_unguarded(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> 
         // Batches carry the file's schema metadata (group size, model metadata), as IPC's do.
         return Ok((schema, batches));
     }
-    drop(file);
     // In memory: the file is checked against its own size before arrow-ipc trusts it.
-    let bytes = std::fs::read(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.rewind().and_then(|()| file.read_to_end(&mut bytes)).map_err(io)?;
     crate::arrow::ipc::read_file(arrow_buffer::Buffer::from_vec(bytes)).map_err(|e| bad("Arrow IPC", &e))
 }
 
