@@ -5,7 +5,9 @@
 //! interleaved runs in the same process (this machine is shared and noisy; absolute GB/s move,
 //! ratios much less). Set `AQ_BENCH_LOG2` to change the size.
 //!
-//! It also times the full validation every batch from an outside Arrow producer gets before it
+//! It also times the converter's kernel (`Backend::quantize_measured`: quantize and measure the
+//! error in one pass, from f32 and from bf16) against the plain way (quantize, then decode and
+//! compare), and the full validation every batch from an outside Arrow producer gets before it
 //! is read (`arrow::validate`), on the same weights as a table of layers of 4096 values, as a
 //! fraction of a quantize.
 
@@ -18,7 +20,8 @@ use arrow_array::{ArrayRef, Float32Array, ListArray, RecordBatch, StringArray};
 use arrow_buffer::OffsetBuffer;
 use arrow_quant_v2::arrow::validate::validate_batch;
 use arrow_quant_v2::cpu::CpuBackend;
-use arrow_quant_v2::{Backend, BitWidth, DequantJob, GroupLayout, QuantConfig, QuantJob};
+use arrow_quant_v2::backend::measure_decoded;
+use arrow_quant_v2::{Backend, BitWidth, DequantJob, GroupLayout, MeasuredJob, QuantConfig, QuantJob, Values};
 use criterion::{Criterion, Throughput};
 use rayon::prelude::*;
 
@@ -91,6 +94,37 @@ impl Case {
             .unwrap();
     }
 
+    /// The converter's fused kernel, from `values` (the weights, or their bf16 copy).
+    fn measured(&mut self, bf16: bool) -> f64 {
+        let bytes;
+        let values = if bf16 {
+            bytes = self.weights.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect::<Vec<u8>>();
+            Values::BF16(&bytes)
+        } else {
+            Values::F32(&self.weights)
+        };
+        let t = Instant::now();
+        let stats = CpuBackend::new()
+            .quantize_measured(&mut MeasuredJob {
+                name: "bench",
+                values,
+                layout: self.layout,
+                packed: &mut self.packed,
+                scales: &mut self.scales,
+                zero_points: &mut self.zero_points,
+            })
+            .unwrap();
+        black_box(stats);
+        t.elapsed().as_secs_f64()
+    }
+
+    /// What the converter did before: quantize, then decode a chunk at a time and compare.
+    fn quantize_then_measure(&mut self) {
+        self.quantize();
+        let b = CpuBackend::new();
+        black_box(measure_decoded(&b, "bench", self.layout, &self.packed, &self.scales, &self.zero_points, &self.weights).unwrap());
+    }
+
     fn dequantize(&mut self) {
         CpuBackend::new()
             .dequantize(&mut [DequantJob {
@@ -137,7 +171,13 @@ fn main() {
     // Interleaved runs, so both sides see the same machine state.
     let table = layer_table(&case.weights);
     let (mut read, mut quant, mut portable, mut dequant, mut validate) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut fused, mut fused_bf16, mut separate) = (vec![], vec![], vec![]);
     for _ in 0..15 {
+        fused.push(Duration::from_secs_f64(case.measured(false)));
+        fused_bf16.push(Duration::from_secs_f64(case.measured(true)));
+        let t = Instant::now();
+        case.quantize_then_measure();
+        separate.push(t.elapsed());
         let t = Instant::now();
         validate_batch(black_box(&table), None).unwrap();
         validate.push(t.elapsed());
@@ -161,6 +201,11 @@ fn main() {
     println!("  quantize          {:6.2} GB/s   ratio to read {:.2}x", gbs(q), r.as_secs_f64() / q.as_secs_f64());
     println!("  quantize portable {:6.2} GB/s   ratio to read {:.2}x", gbs(p), r.as_secs_f64() / p.as_secs_f64());
     println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
+    let (f, fb, s) = (median(fused), median(fused_bf16), median(separate));
+    println!("converter kernel (quantize + error statistics), f32-equivalent GB/s:");
+    println!("  fused, f32 in      {:6.2} GB/s   ratio to quantize {:.2}x", gbs(f), q.as_secs_f64() / f.as_secs_f64());
+    println!("  fused, bf16 in     {:6.2} GB/s   ratio to quantize {:.2}x", gbs(fb), q.as_secs_f64() / fb.as_secs_f64());
+    println!("  quantize, then decode and compare {:6.2} GB/s   ratio to quantize {:.2}x", gbs(s), q.as_secs_f64() / s.as_secs_f64());
     println!(
         "  validate ({} layers of 4096) {:.3} ms = {:.4}x of a quantize",
         table.num_rows(),

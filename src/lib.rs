@@ -20,7 +20,7 @@ pub mod threads;
 #[cfg(feature = "python")]
 mod python;
 
-pub use backend::{Backend, DequantJob, QuantJob, QuantizedTensor};
+pub use backend::{Backend, DequantJob, MeasuredJob, QuantJob, QuantizedTensor};
 pub use device::Device;
 pub use error::{QuantError, Result};
-pub use quant::{BitWidth, GroupLayout, QuantConfig};
+pub use quant::{BitWidth, GroupLayout, QuantConfig, Values};

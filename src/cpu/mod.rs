@@ -4,10 +4,12 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod kernels;
+mod measured;
 
 use rayon::prelude::*;
 
-use crate::backend::{Backend, DequantJob, QuantJob};
+use crate::backend::{Backend, DequantJob, MeasuredJob, QuantJob};
+use crate::quant::metrics::ErrorStats;
 use crate::error::{QuantError, Result};
 use crate::quant::{reference, GroupLayout, GroupParams};
 use kernels::{decode, with_bits, Scan};
@@ -69,6 +71,12 @@ impl Backend for CpuBackend {
         crate::threads::install(|| jobs.par_iter_mut().for_each(|job| dequantize_job(job, simd)));
         Ok(())
     }
+
+    /// Fused: each group is scanned, encoded, decoded and measured while it is in L1, so the
+    /// tensor is read from memory once (see [`measured`]).
+    fn quantize_measured(&self, job: &mut MeasuredJob<'_>) -> Result<ErrorStats> {
+        measured::quantize_measured(job, self.simd())
+    }
 }
 
 /// Splits a job into rows, and each row into spans of whole groups, for rayon.
@@ -93,15 +101,19 @@ fn quantize_job(job: &mut QuantJob<'_>, simd: bool) -> std::result::Result<(), I
         })
 }
 
-/// The two group kernels, in a portable and an AVX2 flavour.
+/// The group kernels, in a portable and an AVX2 flavour.
 trait Kernels {
+    /// Whether [`crate::quant::metrics::Lanes`] may use AVX2 inside these kernels' callers.
+    const AVX2: bool;
     fn scan(values: &[f32]) -> Scan;
     fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]);
+    fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]);
 }
 
 struct Portable;
 
 impl Kernels for Portable {
+    const AVX2: bool = false;
     #[inline(always)]
     fn scan(values: &[f32]) -> Scan {
         kernels::scan(values)
@@ -110,6 +122,10 @@ impl Kernels for Portable {
     fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
         kernels::encode::<B>(values, p, out)
     }
+    #[inline(always)]
+    fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
+        kernels::decode::<B>(packed, scale, lo, out)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -117,16 +133,22 @@ struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
 impl Kernels for Avx2 {
+    const AVX2: bool = true;
     #[inline(always)]
     fn scan(values: &[f32]) -> Scan {
-        // SAFETY: `Avx2` kernels only run inside `quantize_span_avx2`, reached after runtime
-        // detection of AVX2.
+        // SAFETY: `Avx2` kernels only run inside `quantize_span_avx2` and
+        // `measured::chunk_avx2`, reached after runtime detection of AVX2.
         unsafe { avx2::scan(values) }
     }
     #[inline(always)]
     fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
         // SAFETY: as above.
         unsafe { avx2::encode::<B>(values, p, out) }
+    }
+    #[inline(always)]
+    fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { avx2::decode::<B>(packed, scale, lo, out) }
     }
 }
 

@@ -9,6 +9,7 @@
 //! * [`reference`]: the plain scalar quantizer built from the pieces above; the backends are
 //!   tested against it.
 //! * [`metrics`]: error measures between original and dequantized weights.
+//! * [`values`]: weights in their stored dtype (f32, f16, bf16, f64), read as f32.
 //! * [`ggml`]: ggml's block formats (GGUF's Q4_0 … Q6_K), a second scheme beside the affine one.
 
 pub mod codes;
@@ -19,7 +20,9 @@ pub mod pack;
 pub mod params;
 pub mod reference;
 pub mod spec;
+pub mod values;
 
 pub use layout::GroupLayout;
 pub use params::GroupParams;
 pub use spec::{BitWidth, QuantConfig};
+pub use values::Values;
