@@ -26,7 +26,7 @@ fn single_file_lists_and_reads_every_dtype() {
         let i = ck.tensors.iter().position(|t| t.name == m.name).unwrap();
         let info = &ck.tensors[i];
         assert_eq!(info.shape, m.shape);
-        let got = ck.read(i).unwrap().to_f32().into_owned();
+        let got = ck.read(i).unwrap().values().to_f32().into_owned();
         let want: Vec<f32> = match m.dtype {
             Dtype::F16 => {
                 assert_eq!(info.dtype, TensorDtype::F16);

@@ -56,6 +56,7 @@ def quantize_model(
     leave_output_tensor: bool = False,
     output_tensor_type: Optional[str] = None,
     token_embedding_type: Optional[str] = None,
+    read_ahead_mib: int = 256,
 ) -> pa.Table:
     """Quantizes a model tensor by tensor into an Arrow IPC, Parquet or GGUF file.
 
@@ -77,7 +78,9 @@ def quantize_model(
     `progress`: True for a progress bar on stderr, or a callable(done_bytes, total_bytes)
     called after each tensor; an exception it raises (or Ctrl-C) stops the conversion. The
     output is written under a temporary name and renamed when complete; on any error no file
-    is left at `dst`.
+    is left at `dst`. The next tensors are read (from disk if need be) while the current ones
+    are encoded, up to `read_ahead_mib` MiB of input ahead (0: one tensor at a time, the least
+    memory); the output is the same either way.
 
     Returns the quality report, one row per tensor: `name`, `source_dtype`, `shape`, `format`
     ("affine", a GGUF type such as "Q4_K", "Q8_0", "F16", "F32", or "skipped"), `bit_width`,

@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use arrow_quant_v2::model::arrow_out::summary_table;
 use arrow_quant_v2::model::atomic::{refuse_same_file, AtomicFile};
 use arrow_quant_v2::model::quantized::QuantFile;
+use std::time::Duration;
+
+use arrow_quant_v2::model::pipeline::{Limits, Timings};
 use arrow_quant_v2::model::{convert, Options, OutputFormat, Progress, QuantType};
 use arrow_quant_v2::quant::ggml::GgmlType;
 use arrow_quant_v2::{BitWidth, Device, QuantConfig, QuantError, Result};
@@ -77,6 +80,10 @@ enum Command {
         /// GGUF general.architecture (checkpoints; a GGUF input keeps its own)
         #[arg(long)]
         arch: Option<String>,
+        /// MiB of input read ahead of the encoder while it works (0: one tensor at a time, the
+        /// least memory; the output is the same)
+        #[arg(long, default_value_t = 256)]
+        read_ahead_mib: u64,
         /// Print the decision for each tensor
         #[arg(short, long)]
         verbose: bool,
@@ -102,6 +109,8 @@ enum OutDtype {
 
 struct Bar {
     bar: ProgressBar,
+    /// Busy time of each stage, for the summary.
+    stages: Option<(Timings, Duration)>,
     verbose: bool,
 }
 
@@ -115,6 +124,9 @@ impl Progress for Bar {
         if self.verbose || line.starts_with("warning") {
             self.bar.suspend(|| eprintln!("{line}"));
         }
+    }
+    fn stages(&mut self, t: &Timings, finish: Duration) {
+        self.stages = Some((*t, finish));
     }
 }
 
@@ -149,6 +161,7 @@ fn run(cli: Cli) -> Result<()> {
             token_embedding_type,
             report,
             arch,
+            read_ahead_mib,
             verbose,
         } => {
             let opts = Options {
@@ -168,6 +181,10 @@ fn run(cli: Cli) -> Result<()> {
                 output_tensor_type: output_tensor_type.as_deref().map(str::parse::<GgmlType>).transpose()?,
                 token_embedding_type: token_embedding_type.as_deref().map(str::parse::<GgmlType>).transpose()?,
                 report,
+                pipeline: match read_ahead_mib {
+                    0 => Limits::sequential(),
+                    mib => Limits { read_ahead: mib.saturating_mul(1 << 20), ..Limits::default() },
+                },
             };
             // indicatif draws to stderr and hides itself when stderr is not a terminal.
             let bar = ProgressBar::new(0);
@@ -175,15 +192,43 @@ fn run(cli: Cli) -> Result<()> {
                 ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
                     .expect("valid template"),
             );
-            let mut progress = Bar { bar, verbose };
+            let mut progress = Bar { bar, verbose, stages: None };
+            let started = std::time::Instant::now();
             let reports = convert(&model, &output, &opts, &mut progress)?;
+            let seconds = started.elapsed().as_secs_f64();
             progress.bar.finish_and_clear();
             print!("{}", summary_table(&reports));
+            let read: u64 = reports.iter().map(|r| r.source_bytes).sum();
+            let peak = peak_rss().map(|b| format!(", peak memory {:.0} MiB", b as f64 / (1u64 << 20) as f64)).unwrap_or_default();
+            println!("{:.2} GB in {seconds:.2} s ({:.2} GB/s){peak}", read as f64 / 1e9, read as f64 / 1e9 / seconds.max(1e-9));
+            if let Some((t, finish)) = progress.stages {
+                // The stage busiest for longest bounds the rate.
+                println!(
+                    "stages (busy seconds): read-ahead {:.2}, encode {:.2}, write {:.2}; footer + flush to disk {:.2}",
+                    t.load.as_secs_f64(),
+                    t.encode.as_secs_f64(),
+                    t.write.as_secs_f64(),
+                    finish.as_secs_f64()
+                );
+            }
             Ok(())
         }
         Command::Dequantize { qfile, output, dtype } => dequantize(&qfile, &output, dtype),
         Command::Inspect { file } => inspect(&file),
     }
+}
+
+/// The process's peak resident memory (Linux: `getrusage`, which reports KiB).
+fn peak_rss() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getrusage writes one plain C struct, which we zero-initialize and own.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
+            return Some(usage.ru_maxrss as u64 * 1024);
+        }
+    }
+    None
 }
 
 fn inspect(path: &Path) -> Result<()> {

@@ -319,6 +319,13 @@ impl GgufFile {
         &self.bytes.as_slice()[t.start..t.start + t.len]
     }
 
+    /// Brings a tensor's data into memory now (see [`crate::model::safetensors_reader::populate`]).
+    pub fn prefetch(&self, t: &GgufTensor) {
+        if let Bytes::Mapped(m) = &self.bytes {
+            crate::model::safetensors_reader::populate(m, t.start, t.len);
+        }
+    }
+
     pub fn version(&self) -> u32 {
         self.version
     }

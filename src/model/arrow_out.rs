@@ -11,11 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, BinaryArray, Float32Array, Float64Array, LargeBinaryArray, ListArray, RecordBatch, StringArray, UInt64Array, UInt8Array};
-use arrow_buffer::OffsetBuffer;
+use arrow_buffer::{Buffer, OffsetBuffer};
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
 use parquet::arrow::ArrowWriter;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 
 use super::atomic::AtomicFile;
 use super::convert::TensorReport;
@@ -66,6 +68,9 @@ pub fn model_schema(group_size: usize, large: bool, meta: &ModelMeta) -> SchemaR
     Arc::new(Schema::new(fields).with_metadata(metadata))
 }
 
+/// Bytes of encoded tensors per Parquet row group, about.
+const ROW_GROUP_BYTES: usize = 64 << 20;
+
 /// Arrow IPC or Parquet: the same batches, either container.
 enum TableWriter {
     Ipc(FileWriter<AtomicFile>),
@@ -78,13 +83,10 @@ pub struct ArrowSink {
     large: bool,
 }
 
-fn floats(v: &[f32]) -> ArrayRef {
-    Arc::new(ListArray::new(
-        list_field(DataType::Float32),
-        OffsetBuffer::from_lengths([v.len()]),
-        Arc::new(Float32Array::from(v.to_vec())),
-        None,
-    ))
+/// One list of floats, taking the vector (no copy).
+fn floats(v: Vec<f32>) -> ArrayRef {
+    let n = v.len();
+    Arc::new(ListArray::new(list_field(DataType::Float32), OffsetBuffer::from_lengths([n]), Arc::new(Float32Array::from(v)), None))
 }
 
 impl ArrowSink {
@@ -92,21 +94,31 @@ impl ArrowSink {
         let schema = model_schema(group_size, large, meta);
         let writer = if parquet {
             // The Arrow schema, metadata included, is stored in the file and restored by readers.
-            TableWriter::Parquet(ArrowWriter::try_new(out, schema.clone(), None).map_err(parquet_err)?)
+            // No dictionaries (every value is unique: hashing megabytes of codes per tensor to
+            // find that out took more time than the quantization) and no min/max statistics of
+            // the codes (meaningless bytes, compared in full).
+            let props = WriterProperties::builder()
+                .set_dictionary_enabled(false)
+                .set_column_statistics_enabled(ColumnPath::from(crate::arrow::schema::QUANTIZED_DATA), EnabledStatistics::None)
+                .build();
+            TableWriter::Parquet(ArrowWriter::try_new(out, schema.clone(), Some(props)).map_err(parquet_err)?)
         } else {
             TableWriter::Ipc(FileWriter::try_new(out, &schema).map_err(arrow_err)?)
         };
         Ok(Self { writer, schema, large })
     }
 
-    fn write_row(&mut self, r: &TensorReport, data: &[u8], scales: &[f32], zero_points: &[f32], bits: u8) -> Result<()> {
+    /// One tensor's row; its buffers become the row's arrays without a copy.
+    fn write_row(&mut self, r: &TensorReport, data: Vec<u8>, scales: Vec<f32>, zero_points: Vec<f32>, bits: u8) -> Result<()> {
+        let n = data.len();
+        let data = Buffer::from_vec(data);
         let data: ArrayRef = if self.large {
-            Arc::new(LargeBinaryArray::from_iter_values([data]))
+            Arc::new(LargeBinaryArray::new(OffsetBuffer::from_lengths([n]), data, None))
         } else {
-            if data.len() > i32::MAX as usize {
+            if n > i32::MAX as usize {
                 return Err(QuantError::layer_value(&r.name, "more than 2 GiB of data in one tensor"));
             }
-            Arc::new(BinaryArray::from_iter_values([data]))
+            Arc::new(BinaryArray::new(OffsetBuffer::from_lengths([n]), data, None))
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from(vec![r.name.as_str()])),
@@ -124,17 +136,26 @@ impl ArrowSink {
         let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_err)?;
         match &mut self.writer {
             TableWriter::Ipc(w) => w.write(&batch).map_err(arrow_err),
-            TableWriter::Parquet(w) => w.write(&batch).map_err(parquet_err),
+            TableWriter::Parquet(w) => {
+                w.write(&batch).map_err(parquet_err)?;
+                // A row group is held in memory until it is flushed: close one every
+                // ROW_GROUP_BYTES, so memory stays bounded and the file is written as we go.
+                if w.in_progress_size() >= ROW_GROUP_BYTES {
+                    w.flush().map_err(parquet_err)?;
+                }
+                Ok(())
+            }
         }
     }
 
-    pub fn write_affine(&mut self, r: &TensorReport, q: &QuantizedTensor) -> Result<()> {
-        self.write_row(r, &q.packed, &q.scales, &q.zero_points, q.layout.bit_width.bits() as u8)
+    pub fn write_affine(&mut self, r: &TensorReport, q: QuantizedTensor) -> Result<()> {
+        let bits = q.layout.bit_width.bits() as u8;
+        self.write_row(r, q.packed, q.scales, q.zero_points, bits)
     }
 
-    pub fn write_kept(&mut self, r: &TensorReport, ty: GgmlType, data: &[u8]) -> Result<()> {
+    pub fn write_kept(&mut self, r: &TensorReport, ty: GgmlType, data: Vec<u8>) -> Result<()> {
         let bits = if ty == GgmlType::F32 { 32 } else { 16 };
-        self.write_row(r, data, &[], &[], bits)
+        self.write_row(r, data, Vec::new(), Vec::new(), bits)
     }
 
     /// Writes the footer and hands back the file for renaming.

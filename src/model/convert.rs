@@ -1,9 +1,10 @@
 //! The conversion pipeline: model (safetensors checkpoint or GGUF file) → per-tensor
 //! decisions → per tensor (read, quantize, measure, write) → output renamed into place.
 //!
-//! One tensor is in flight at a time: its bytes are mapped, converted to f32 when needed,
-//! quantized, measured against its decoded form, written out, and released before the next is
-//! read. GGUF outputs take their per-tensor types from [`super::gguf_out`].
+//! The tensors flow through [`super::pipeline`]: the next ones are mapped and brought into
+//! memory while the current ones are encoded (quantized and measured in one pass, converted
+//! from their stored dtype on the way), and finished ones are written in model order on the
+//! calling thread. GGUF outputs take their per-tensor types from [`super::gguf_out`].
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -13,17 +14,17 @@ use super::atomic::{refuse_same_file, AtomicFile, Staged};
 use super::arrow_out::stage_report;
 use super::gguf_out::{self, Choice, Step};
 use super::rules::{Action, Rules};
-use super::source::{Source, SourceTensor, Stored};
-use crate::backend::{Backend, DequantJob, QuantizedTensor};
+use super::pipeline::{self, Limits, Timings};
+use super::source::{Loaded, Source, SourceTensor, Stored};
+use crate::backend::{Backend, MeasuredJob, QuantizedTensor};
 use crate::device::{backend, Device};
 use crate::error::{QuantError, Result};
 use crate::gguf::imatrix::Imatrix;
 use crate::gguf::mix::{FileType, MixOptions};
 use crate::gguf::writer::{GgufWriter, TensorPlan};
 use crate::gguf::{self, GgmlType, MetaValue};
-use crate::quant::ggml;
 use crate::quant::metrics::ErrorStats;
-use crate::quant::{BitWidth, GroupLayout, QuantConfig};
+use crate::quant::{BitWidth, GroupLayout, QuantConfig, Values};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -111,6 +112,9 @@ pub struct Options {
     pub token_embedding_type: Option<GgmlType>,
     /// The per-tensor report as an Arrow IPC file too; renamed into place with the output.
     pub report: Option<PathBuf>,
+    /// How far the reading runs ahead of the encoding ([`Limits::sequential`]: one tensor at
+    /// a time, the least memory). The output is the same either way.
+    pub pipeline: Limits,
 }
 
 impl Default for Options {
@@ -132,6 +136,7 @@ impl Default for Options {
             output_tensor_type: None,
             token_embedding_type: None,
             report: None,
+            pipeline: Limits::default(),
         }
     }
 }
@@ -161,36 +166,51 @@ pub trait Progress {
     }
     /// One line per tensor decision (verbose mode).
     fn message(&mut self, _line: &str) {}
+    /// At the end: how long each stage was busy, and the time to finish the output (footer,
+    /// flush to disk, rename).
+    fn stages(&mut self, _timings: &Timings, _finish: std::time::Duration) {}
 }
 
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
+/// What the read-ahead hands the encoder for one tensor.
+enum Input<'a> {
+    Skipped,
+    /// Stored bytes to copy unchanged (GGUF source).
+    Raw(&'a [u8]),
+    Loaded(Loaded<'a>),
+}
 
-/// Error statistics of an affine tensor, dequantized a chunk of rows at a time.
-fn affine_stats(backend: &dyn Backend, name: &str, q: &QuantizedTensor, w: &[f32]) -> Result<ErrorStats> {
-    let l = q.layout;
-    let rows_per = ((1usize << 20) / l.row_len.max(1)).max(1);
-    let mut buf = vec![0f32; rows_per.min(l.n_rows) * l.row_len];
-    let (rb, gpr) = (l.row_bytes(), l.groups_per_row());
-    let mut stats = ErrorStats::default();
-    let mut r0 = 0;
-    while r0 < l.n_rows {
-        let r1 = (r0 + rows_per).min(l.n_rows);
-        let sub = GroupLayout { n_rows: r1 - r0, ..l };
-        let out = &mut buf[..sub.n_elements()];
-        backend.dequantize(&mut [DequantJob {
-            name,
-            layout: sub,
-            packed: &q.packed[r0 * rb..r1 * rb],
-            scales: &q.scales[r0 * gpr..r1 * gpr],
-            zero_points: &q.zero_points[r0 * gpr..r1 * gpr],
-            out,
-        }])?;
-        stats.add(&w[r0 * l.row_len..r1 * l.row_len], &buf[..sub.n_elements()]);
-        r0 = r1;
-    }
-    Ok(stats)
+/// What the encoder hands the GGUF writer for one tensor.
+enum GgufTensor<'a> {
+    Skipped,
+    /// Written as stored in the (GGUF) source.
+    Copied(&'a [u8]),
+    Encoded(GgmlType, gguf_out::Encoded),
+}
+
+/// What the encoder hands the Arrow writer for one tensor.
+enum ArrowTensor {
+    Skipped,
+    /// Kept in high precision (F16/F32).
+    Kept(GgmlType, gguf_out::Encoded),
+    Affine(QuantizedTensor, ErrorStats),
+}
+
+
+/// One affine tensor: its codes and parameters, and the error they make.
+fn quantize_affine(backend: &dyn Backend, name: &str, values: Values<'_>, layout: GroupLayout) -> Result<(QuantizedTensor, ErrorStats)> {
+    let mut q = QuantizedTensor { layout, packed: vec![0; layout.packed_len()], scales: vec![0.0; layout.n_groups()], zero_points: vec![0.0; layout.n_groups()] };
+    let stats = backend.quantize_measured(&mut MeasuredJob {
+        name,
+        values,
+        layout,
+        packed: &mut q.packed,
+        scales: &mut q.scales,
+        zero_points: &mut q.zero_points,
+    })?;
+    Ok((q, stats))
 }
 
 fn default_arch(root: &Path) -> String {
@@ -282,8 +302,8 @@ fn new_report(t: &SourceTensor, reason: &str) -> TensorReport {
     }
 }
 
-fn warn_f16_overflow(t: &SourceTensor, ty: GgmlType, w: &[f32], progress: &mut dyn Progress) {
-    if ty == GgmlType::F16 && t.stored != Stored::Safetensors(super::TensorDtype::F16) && w.iter().any(|v| v.abs() > 65504.0) {
+fn warn_f16_overflow(t: &SourceTensor, ty: GgmlType, amax: f32, progress: &mut dyn Progress) {
+    if ty == GgmlType::F16 && t.stored != Stored::Safetensors(super::TensorDtype::F16) && amax > 65504.0 {
         progress.message(&format!("warning: {} has values beyond the float16 range; they become inf in F16", t.name));
     }
 }
@@ -410,36 +430,56 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
     let mut done = 0u64;
     let mut reports = Vec::with_capacity(tensors.len());
     progress.advance(0, total)?;
-    for (i, (t, c)) in tensors.iter().zip(&choices).enumerate() {
-        let mut report = new_report(t, &c.reason);
-        match c.step {
-            Step::Skip => {}
-            Step::Copy => {
-                let data = source.raw(i)?;
-                let ty = c.output_type(t).expect("a copied tensor has a type");
-                report.format = ty.name().into();
-                report.bit_width = ty.code_bits();
-                report.output_bytes = data.len() as u64;
-                writer.write_tensor(&t.name, data)?;
+    let sizes: Vec<u64> = tensors.iter().zip(&choices).map(|(t, c)| if c.step == Step::Skip { 0 } else { t.bytes }).collect();
+    let timings = pipeline::run(
+        &sizes,
+        opts.pipeline,
+        |i| match choices[i].step {
+            Step::Skip => Ok(Input::Skipped),
+            Step::Copy => source.load_raw(i, true).map(Input::Raw),
+            Step::Encode(_) => source.load(i, opts.allow_requantize, true).map(Input::Loaded),
+        },
+        |i, input| {
+            let t = &tensors[i];
+            Ok(match (&choices[i].step, input) {
+                (Step::Encode(ty), Input::Loaded(l)) => {
+                    let row = rows.as_ref().and_then(|r| r[i].as_deref());
+                    GgufTensor::Encoded(*ty, gguf_out::encode(&t.name, *ty, l.values(), &t.shape, row)?)
+                }
+                (_, Input::Raw(bytes)) => GgufTensor::Copied(bytes),
+                _ => GgufTensor::Skipped,
+            })
+        },
+        |i, out| {
+            let (t, c) = (&tensors[i], &choices[i]);
+            let mut report = new_report(t, &c.reason);
+            match out {
+                GgufTensor::Skipped => {}
+                GgufTensor::Copied(data) => {
+                    let ty = c.output_type(t).expect("a copied tensor has a type");
+                    report.format = ty.name().into();
+                    report.bit_width = ty.code_bits();
+                    report.output_bytes = data.len() as u64;
+                    writer.write_tensor(&t.name, data)?;
+                }
+                GgufTensor::Encoded(ty, e) => {
+                    warn_f16_overflow(t, ty, e.amax, progress);
+                    report.format = ty.name().into();
+                    report.bit_width = ty.code_bits();
+                    report.output_bytes = e.data.len() as u64;
+                    report.stats = e.stats;
+                    writer.write_tensor(&t.name, &e.data)?;
+                }
             }
-            Step::Encode(ty) => {
-                let w = source.read_f32(i, opts.allow_requantize)?;
-                ggml::check_finite(&t.name, &w)?;
-                warn_f16_overflow(t, ty, &w, progress);
-                let row = rows.as_ref().and_then(|r| r[i].as_deref());
-                let (data, stats) = gguf_out::encode(&t.name, ty, &w, &t.shape, row)?;
-                report.format = ty.name().into();
-                report.bit_width = ty.code_bits();
-                report.output_bytes = data.len() as u64;
-                report.stats = stats;
-                writer.write_tensor(&t.name, &data)?;
-            }
-        }
-        done += t.bytes;
-        progress.advance(done, total)?;
-        reports.push(report);
-    }
-    Ok((writer.finish()?.finish()?, reports))
+            done += t.bytes;
+            reports.push(report);
+            progress.advance(done, total)
+        },
+    )?;
+    let started = std::time::Instant::now();
+    let staged = writer.finish()?.finish()?;
+    progress.stages(&timings, started.elapsed());
+    Ok((staged, reports))
 }
 
 fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts: &Options, progress: &mut dyn Progress) -> Result<(Staged, Vec<TensorReport>)> {
@@ -483,21 +523,20 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
     let mut done = 0u64;
     let mut reports = Vec::with_capacity(tensors.len());
     progress.advance(0, total)?;
-    for (i, (t, d)) in tensors.iter().zip(&decisions).enumerate() {
-        let mut report = new_report(t, &d.reason);
-        if d.action != Action::Skip {
-            let w = source.read_f32(i, opts.allow_requantize)?;
-            ggml::check_finite(&t.name, &w)?;
-            match d.action {
-                Action::Keep(k) => {
-                    warn_f16_overflow(t, k, &w, progress);
-                    let (data, stats) = gguf_out::encode(&t.name, k, &w, &t.shape, None)?;
-                    report.format = k.name().into();
-                    report.bit_width = k.code_bits();
-                    report.output_bytes = data.len() as u64;
-                    report.stats = stats;
-                    sink.write_kept(&report, k, &data)?;
-                }
+    let sizes: Vec<u64> = tensors.iter().zip(&decisions).map(|(t, d)| if d.action == Action::Skip { 0 } else { t.bytes }).collect();
+    let timings = pipeline::run(
+        &sizes,
+        opts.pipeline,
+        |i| match decisions[i].action {
+            Action::Skip => Ok(Input::Skipped),
+            _ => source.load(i, opts.allow_requantize, true).map(Input::Loaded),
+        },
+        |i, input| {
+            let t = &tensors[i];
+            let Input::Loaded(loaded) = input else { return Ok(ArrowTensor::Skipped) };
+            let values = loaded.values();
+            match decisions[i].action {
+                Action::Keep(k) => Ok(ArrowTensor::Kept(k, gguf_out::encode(&t.name, k, values, &t.shape, None)?)),
                 Action::Quantize => {
                     let widths: Vec<BitWidth> = match opts.min_cosine {
                         Some(_) => vec![BitWidth::B2, BitWidth::B4, BitWidth::B8],
@@ -506,8 +545,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                     let mut chosen = None;
                     for bw in widths {
                         let layout = GroupLayout::from_shape(&t.shape, QuantConfig { bit_width: bw, ..opts.config });
-                        let q = QuantizedTensor::quantize(backend, &t.name, &w, layout)?;
-                        let stats = affine_stats(backend, &t.name, &q, &w)?;
+                        let (q, stats) = quantize_affine(backend, &t.name, values, layout)?;
                         let ok = opts.min_cosine.is_none_or(|m| stats.cosine() >= m);
                         chosen = Some((q, stats));
                         if ok {
@@ -515,6 +553,25 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                         }
                     }
                     let (q, stats) = chosen.expect("at least one width");
+                    Ok(ArrowTensor::Affine(q, stats))
+                }
+                Action::Skip => unreachable!("skipped tensors are not loaded"),
+            }
+        },
+        |i, out| {
+            let t = &tensors[i];
+            let mut report = new_report(t, &decisions[i].reason);
+            match out {
+                ArrowTensor::Skipped => {}
+                ArrowTensor::Kept(k, e) => {
+                    warn_f16_overflow(t, k, e.amax, progress);
+                    report.format = k.name().into();
+                    report.bit_width = k.code_bits();
+                    report.output_bytes = e.data.len() as u64;
+                    report.stats = e.stats;
+                    sink.write_kept(&report, k, e.data)?;
+                }
+                ArrowTensor::Affine(q, stats) => {
                     if let Some(m) = opts.min_cosine {
                         if stats.cosine() < m {
                             report.reason = format!("{}; even 8 bits give cosine {:.6} < {m}", report.reason, stats.cosine());
@@ -524,14 +581,16 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                     report.bit_width = q.layout.bit_width.bits() as u8;
                     report.output_bytes = (q.packed.len() + 8 * q.scales.len()) as u64;
                     report.stats = stats;
-                    sink.write_affine(&report, &q)?;
+                    sink.write_affine(&report, q)?;
                 }
-                Action::Skip => unreachable!(),
             }
-        }
-        done += t.bytes;
-        progress.advance(done, total)?;
-        reports.push(report);
-    }
-    Ok((sink.finish()?.finish()?, reports))
+            done += t.bytes;
+            reports.push(report);
+            progress.advance(done, total)
+        },
+    )?;
+    let started = std::time::Instant::now();
+    let staged = sink.finish()?.finish()?;
+    progress.stages(&timings, started.elapsed());
+    Ok((staged, reports))
 }

@@ -18,7 +18,8 @@ use crate::gguf::imatrix::Imatrix;
 use crate::gguf::mix::{self, FileType, MixOptions, ModelInfo, TensorDesc};
 use crate::gguf::{MetaValue, QUANTIZATION_VERSION};
 use crate::quant::ggml::{self, GgmlType};
-use crate::quant::metrics::ErrorStats;
+use crate::quant::metrics::{rows_per_chunk, ErrorStats, Lanes};
+use crate::quant::Values;
 
 /// What happens to one tensor in a GGUF output.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,52 +160,123 @@ pub fn imatrix_row<'a>(m: &'a Imatrix, t: &SourceTensor) -> Result<Option<&'a [f
     ))
 }
 
+/// One tensor encoded as a ggml type, with what was measured on the way.
+pub struct Encoded {
+    pub data: Vec<u8>,
+    /// Original against what `data` decodes to.
+    pub stats: ErrorStats,
+    /// The largest magnitude among the values (for the float16-range warning).
+    pub amax: f32,
+}
+
+/// Elements per piece of a measured chunk: whole rows (at least one), small enough to stay in
+/// L2 between the check, the encoding and the decoding.
+const PIECE_ELEMENTS: usize = 1 << 16;
+
+/// What one measured chunk found.
+#[derive(Default)]
+struct ChunkOut {
+    stats: ErrorStats,
+    amax: f32,
+    /// The tensor-wide index of its first NaN/Inf.
+    non_finite: Option<usize>,
+    /// The tensor-wide index of its first block whose f16 scale overflowed.
+    overflow: Option<usize>,
+}
+
 /// Encodes one tensor (rows along its last axis) as `ty`, with its importance row (one slice of
 /// `ne[0]` per 2-D matrix, as llama-quantize quantizes each expert of a 3-D tensor), and
-/// measures the result against `w`. Refuses block scales that overflow f16, as llama.cpp's
-/// validation of the quantized data does.
-pub fn encode(name: &str, ty: GgmlType, w: &[f32], shape: &[usize], imatrix: Option<&[f32]>) -> Result<(Vec<u8>, ErrorStats)> {
+/// measures the result against the values.
+///
+/// One pass: the measured chunks of [`crate::quant::metrics`] run in parallel, and within a
+/// chunk each piece of rows is checked for NaN/Inf, encoded, decoded and compared while it is
+/// in cache, converted from its stored dtype on the way. Errors are those of a whole-tensor
+/// check: NaN/Inf anywhere first, then block scales that overflow f16 (which llama.cpp's
+/// validation of the quantized data refuses too).
+pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], imatrix: Option<&[f32]>) -> Result<Encoded> {
     let n_per_row = shape.last().copied().unwrap_or(1).max(1);
     let layer = |e: QuantError| QuantError::layer_value(name, e.to_string());
-    let mut out = vec![0u8; ggml::check_rows(ty, w.len(), n_per_row, None).map_err(layer)?];
-    match imatrix {
-        Some(row) if ty.is_quantized() => {
-            let n_slices = row.len() / n_per_row;
-            let per_slice = w.len() / n_slices.max(1);
-            let out_per_slice = out.len() / n_slices.max(1);
-            for (k, (ws, os)) in w.chunks(per_slice).zip(out.chunks_mut(out_per_slice)).enumerate() {
-                ggml::quantize(ty, ws, n_per_row, Some(&row[k * n_per_row..(k + 1) * n_per_row]), os).map_err(layer)?;
-            }
-        }
-        _ => ggml::quantize(ty, w, n_per_row, None, &mut out).map_err(layer)?,
+    let n = values.len();
+    let mut data = vec![0u8; ggml::check_rows(ty, n, n_per_row, None).map_err(layer)?];
+    if n == 0 {
+        return Ok(Encoded { data, stats: ErrorStats::default(), amax: 0.0 });
     }
-    if let Some(at) = overflowing_scale(ty, &out) {
-        let amax = w.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let n_rows = n / n_per_row;
+    let row_bytes = data.len() / n_rows;
+    // Rows per importance slice (a 3-D tensor has one slice per expert).
+    let slice_rows = match imatrix {
+        Some(row) if ty.is_quantized() => {
+            if row.len() % n_per_row != 0 || row.len() / n_per_row == 0 || n_rows % (row.len() / n_per_row) != 0 {
+                return Err(QuantError::layer_value(name, format!("an importance row of {} values does not fit rows of {n_per_row}", row.len())));
+            }
+            Some(n_rows / (row.len() / n_per_row))
+        }
+        _ => None,
+    };
+    let chunk_rows = rows_per_chunk(n_per_row);
+    let piece_rows = (PIECE_ELEMENTS / n_per_row).clamp(1, chunk_rows);
+    let chunks: Vec<Result<ChunkOut>> = crate::threads::install(|| {
+        data.par_chunks_mut(chunk_rows * row_bytes)
+            .enumerate()
+            .map(|(c, out)| {
+                let mut found = ChunkOut::default();
+                let first_row = c * chunk_rows;
+                let rows = out.len() / row_bytes;
+                let mut lanes = Lanes::new(rows * n_per_row);
+                let mut input = vec![0f32; piece_rows * n_per_row];
+                let mut back = vec![0f32; piece_rows * n_per_row];
+                for r0 in (0..rows).step_by(piece_rows) {
+                    let r1 = (r0 + piece_rows).min(rows);
+                    let at = (first_row + r0) * n_per_row;
+                    let w = values.get(at..at + (r1 - r0) * n_per_row, &mut input);
+                    let (amax, bad) = ggml::magnitude(w);
+                    found.amax = found.amax.max(amax);
+                    if bad {
+                        found.non_finite = Some(at + w.iter().position(|v| !v.is_finite()).expect("the piece has one"));
+                        return Ok(found);
+                    }
+                    let out = &mut out[r0 * row_bytes..r1 * row_bytes];
+                    // Pieces end at importance-slice boundaries: each slice has its own row.
+                    let mut r = r0;
+                    while r < r1 {
+                        let (end, row) = match (slice_rows, imatrix) {
+                            (Some(k), Some(m)) => {
+                                let slice = (first_row + r) / k;
+                                (((slice + 1) * k - first_row).min(r1), Some(&m[slice * n_per_row..(slice + 1) * n_per_row]))
+                            }
+                            _ => (r1, None),
+                        };
+                        ggml::quantize(ty, &w[(r - r0) * n_per_row..(end - r0) * n_per_row], n_per_row, row, &mut out[(r - r0) * row_bytes..(end - r0) * row_bytes])
+                            .map_err(layer)?;
+                        r = end;
+                    }
+                    if found.overflow.is_none() {
+                        found.overflow = overflowing_scale(ty, out).map(|b| b + (first_row + r0) * row_bytes / ty.block().1);
+                    }
+                    let back = &mut back[..w.len()];
+                    ggml::dequantize(ty, out, back).map_err(layer)?;
+                    lanes.feed(w, back);
+                }
+                found.stats = lanes.finish();
+                Ok(found)
+            })
+            .collect()
+    });
+    let chunks = chunks.into_iter().collect::<Result<Vec<_>>>()?;
+    if let Some(i) = chunks.iter().find_map(|c| c.non_finite) {
+        let mut one = [0f32];
+        let value = values.get(i..i + 1, &mut one)[0];
+        return Err(QuantError::NonFinite { layer: name.to_string(), index: i, value });
+    }
+    let amax = chunks.iter().fold(0f32, |m, c| m.max(c.amax));
+    if let Some(at) = chunks.iter().find_map(|c| c.overflow) {
         return Err(QuantError::layer_value(
             name,
             format!("{ty} cannot hold these weights (|w| up to {amax:e}): the scale of block {at} overflows float16; keep the tensor in F32 (--keep)"),
         ));
     }
-    let stats = stats(ty, &out, w)?;
-    Ok((out, stats))
-}
-
-/// Original against decoded, a chunk of blocks at a time.
-pub fn stats(ty: GgmlType, data: &[u8], w: &[f32]) -> Result<ErrorStats> {
-    let (block, bytes) = ty.block();
-    let chunk = (64 * 1024 / block).max(1) * block;
-    crate::threads::install(|| {
-        w.par_chunks(chunk)
-            .zip(data.par_chunks(chunk / block * bytes))
-            .map(|(ws, ds)| {
-                let mut back = vec![0f32; ws.len()];
-                ggml::dequantize(ty, ds, &mut back)?;
-                let mut s = ErrorStats::default();
-                s.add(ws, &back);
-                Ok(s)
-            })
-            .try_reduce(ErrorStats::default, |a, b| Ok(a.merge(b)))
-    })
+    let stats = chunks.iter().fold(ErrorStats::default(), |s, c| s.merge(c.stats));
+    Ok(Encoded { data, stats, amax })
 }
 
 /// The first block whose f16 scale (or min) is infinite or NaN.

@@ -9,18 +9,17 @@
 //! on their own when asked for and unmapped when dropped, so the resident memory of a whole
 //! conversion is about one tensor plus a fixed working set, whatever the checkpoint's size.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use half::{bf16, f16};
 use memmap2::{Mmap, MmapOptions};
 use safetensors::Dtype;
 use serde_json::Value;
 
 use crate::error::{QuantError, Result};
+use crate::quant::Values;
 
 /// The largest header we accept (the safetensors crate uses the same limit).
 const MAX_HEADER: u64 = 100_000_000;
@@ -401,20 +400,44 @@ impl TensorBytes {
         }
     }
 
-    /// The values as f32: borrowed from the mapping for aligned little-endian F32, else converted.
-    pub fn to_f32(&self) -> Cow<'_, [f32]> {
+    pub fn dtype(&self) -> TensorDtype {
+        self.dtype
+    }
+
+    /// The values in their stored dtype, read as f32 where used (integer dtypes read as none).
+    pub fn values(&self) -> Values<'_> {
         let b = self.bytes();
         match self.dtype {
-            TensorDtype::F32 => match bytemuck::try_cast_slice::<u8, f32>(b) {
-                Ok(s) if cfg!(target_endian = "little") => Cow::Borrowed(s),
-                _ => Cow::Owned(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
-            },
-            TensorDtype::F16 => Cow::Owned(b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-            TensorDtype::BF16 => Cow::Owned(b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect()),
-            TensorDtype::F64 => Cow::Owned(b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()),
-            TensorDtype::Other(_) => Cow::Owned(Vec::new()),
+            TensorDtype::F32 => Values::f32_bytes(b),
+            TensorDtype::F16 => Values::F16(b),
+            TensorDtype::BF16 => Values::BF16(b),
+            TensorDtype::F64 => Values::F64(b),
+            TensorDtype::Other(_) => Values::F32(&[]),
         }
     }
+
+    /// Brings the bytes into memory now (see [`populate`]).
+    pub fn prefetch(&self) {
+        if let Some(m) = &self.map {
+            populate(m, self.skip, self.len);
+        }
+    }
+}
+
+/// Brings `len` bytes at `offset` of a mapping into memory, reading them from disk if needed,
+/// so that the thread that reads them next finds them mapped: `MADV_POPULATE_READ` (Linux 5.14
+/// and later), after `MADV_WILLNEED` has started the disk reads of the whole range at once.
+/// Advice only: a kernel that refuses it costs the reader page faults, nothing else.
+pub fn populate(map: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    {
+        use memmap2::Advice;
+        let _ = map.advise_range(Advice::WillNeed, offset, len);
+        #[cfg(target_os = "linux")]
+        let _ = map.advise_range(Advice::PopulateRead, offset, len);
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
 }
 
 /// Names of the tensors grouped by file, for metadata.

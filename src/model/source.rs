@@ -2,7 +2,6 @@
 //! GGUF file, seen the same way by the converter — a list of tensors, each readable as f32
 //! (or, for GGUF, as its stored bytes, to copy it unchanged).
 
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use super::safetensors_reader::{source_files, Checkpoint, TensorBytes, TensorDtype};
@@ -10,6 +9,7 @@ use crate::error::{QuantError, Result};
 use crate::gguf::reader::GgufFile;
 use crate::gguf::MetaValue;
 use crate::quant::ggml::{self, GgmlType};
+use crate::quant::Values;
 
 /// How a source tensor is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,23 +53,25 @@ impl SourceTensor {
     }
 }
 
-/// A tensor's values as f32: in place in the mapped file when it already holds aligned
-/// little-endian f32, else converted once.
-pub enum Weights<'a> {
-    /// Safetensors F32, mapped.
+/// A tensor's data, held while the converter works on it.
+pub enum Loaded<'a> {
+    /// Safetensors: its own mapping of the tensor's bytes.
     Mapped(TensorBytes),
-    /// GGUF F32, inside the mapped file.
-    Borrowed(&'a [f32]),
-    Owned(Vec<f32>),
+    /// GGUF float data, inside the mapped file.
+    InFile { bytes: &'a [u8], ty: GgmlType },
+    /// A quantized GGUF tensor expanded to f32 (`--allow-requantize`).
+    Decoded(Vec<f32>),
 }
 
-impl Deref for Weights<'_> {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl Loaded<'_> {
+    /// The values in their stored dtype, read as f32 by the kernels.
+    pub fn values(&self) -> Values<'_> {
         match self {
-            Weights::Mapped(b) => bytemuck::cast_slice(b.bytes()),
-            Weights::Borrowed(s) => s,
-            Weights::Owned(v) => v,
+            Loaded::Mapped(b) => b.values(),
+            Loaded::InFile { bytes, ty: GgmlType::F16 } => Values::F16(bytes),
+            Loaded::InFile { bytes, ty: GgmlType::BF16 } => Values::BF16(bytes),
+            Loaded::InFile { bytes, .. } => Values::f32_bytes(bytes),
+            Loaded::Decoded(v) => Values::F32(v),
         }
     }
 }
@@ -143,17 +145,25 @@ impl Source {
         }
     }
 
-    /// Tensor `i`'s stored bytes (GGUF only: safetensors tensors are always re-encoded).
-    pub fn raw(&self, i: usize) -> Result<&[u8]> {
+    /// Tensor `i`'s stored bytes, to copy (GGUF only: safetensors tensors are always
+    /// re-encoded); `prefetch` as for [`Source::load`].
+    pub fn load_raw(&self, i: usize, prefetch: bool) -> Result<&[u8]> {
         match self {
-            Source::Gguf { file, .. } => Ok(file.data(&file.tensors[i])),
+            Source::Gguf { file, .. } => {
+                if prefetch {
+                    file.prefetch(&file.tensors[i]);
+                }
+                Ok(file.data(&file.tensors[i]))
+            }
             Source::Safetensors { .. } => Err(QuantError::value("raw copies are only made from GGUF sources")),
         }
     }
 
-    /// Tensor `i` as f32. A quantized GGUF tensor is expanded as ggml's `dequantize_row_*`
-    /// would (`dequantize` must be set: it is llama-quantize's `--allow-requantize`).
-    pub fn read_f32(&self, i: usize, dequantize: bool) -> Result<Weights<'_>> {
+    /// Tensor `i`'s data, ready to be read as f32. A quantized GGUF tensor is expanded as
+    /// ggml's `dequantize_row_*` would (`dequantize` must be set: it is llama-quantize's
+    /// `--allow-requantize`). With `prefetch`, the data is brought into memory now (read from
+    /// disk if it has to be), so that whoever reads it next does not wait on page faults.
+    pub fn load(&self, i: usize, dequantize: bool, prefetch: bool) -> Result<Loaded<'_>> {
         let t = &self.tensors()[i];
         match self {
             Source::Safetensors { ck, .. } => {
@@ -161,32 +171,32 @@ impl Source {
                     return Err(QuantError::layer_value(&t.name, format!("{} tensors cannot be converted to float", t.stored.name())));
                 }
                 let bytes = ck.read(i)?;
-                let in_place = t.stored == Stored::Safetensors(TensorDtype::F32)
-                    && cfg!(target_endian = "little")
-                    && bytemuck::try_cast_slice::<u8, f32>(bytes.bytes()).is_ok();
-                Ok(if in_place { Weights::Mapped(bytes) } else { Weights::Owned(bytes.to_f32().into_owned()) })
+                if prefetch {
+                    bytes.prefetch();
+                }
+                Ok(Loaded::Mapped(bytes))
             }
             Source::Gguf { file, .. } => {
                 let Stored::Ggml(ty) = t.stored else { unreachable!() };
-                if ty == GgmlType::F32 {
-                    if let Ok(s) = bytemuck::try_cast_slice::<u8, f32>(self.raw(i)?) {
-                        if cfg!(target_endian = "little") {
-                            return Ok(Weights::Borrowed(s));
-                        }
-                    }
-                }
                 if !ty.can_decode() {
                     return Err(QuantError::layer_value(&t.name, format!("{ty} tensors cannot be converted to float")));
                 }
-                if ty.is_quantized() && !dequantize {
+                let info = &file.tensors[i];
+                if ty.is_float() {
+                    if prefetch {
+                        file.prefetch(info);
+                    }
+                    return Ok(Loaded::InFile { bytes: file.data(info), ty });
+                }
+                if !dequantize {
                     return Err(QuantError::layer_value(
                         &t.name,
                         format!("the tensor is already quantized ({ty}); requantizing loses quality, pass --allow-requantize (allow_requantize=True) to do it anyway"),
                     ));
                 }
                 let mut out = vec![0f32; t.n_elements()];
-                ggml::dequantize(ty, file.data(&file.tensors[i]), &mut out).map_err(|e| QuantError::layer_value(&t.name, e.to_string()))?;
-                Ok(Weights::Owned(out))
+                ggml::dequantize(ty, file.data(info), &mut out).map_err(|e| QuantError::layer_value(&t.name, e.to_string()))?;
+                Ok(Loaded::Decoded(out))
             }
         }
     }

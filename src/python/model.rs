@@ -11,6 +11,7 @@ use super::errors::guarded;
 use crate::device::Device;
 use crate::error::{QuantError, Result};
 use crate::model::arrow_out::report_batch;
+use crate::model::pipeline::Limits;
 use crate::model::quantized::read_batches;
 use crate::model::{convert, Options, OutputFormat, Progress, QuantType};
 use crate::quant::ggml::GgmlType;
@@ -61,7 +62,7 @@ fn strings(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Vec<String>> {
 /// GGUF file) into an Arrow IPC, Parquet or GGUF file; returns the per-tensor quality report as
 /// a pyarrow.Table.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, progress = None, imatrix = None, pure = false, allow_requantize = false, leave_output_tensor = false, output_tensor_type = None, token_embedding_type = None))]
+#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, progress = None, imatrix = None, pure = false, allow_requantize = false, leave_output_tensor = false, output_tensor_type = None, token_embedding_type = None, read_ahead_mib = 256))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_model<'py>(
     py: Python<'py>,
@@ -82,6 +83,7 @@ fn quantize_model<'py>(
     leave_output_tensor: bool,
     output_tensor_type: Option<&str>,
     token_embedding_type: Option<&str>,
+    read_ahead_mib: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     guarded("quantize_model", || {
         let opts = Options {
@@ -101,6 +103,10 @@ fn quantize_model<'py>(
             output_tensor_type: output_tensor_type.map(str::parse::<GgmlType>).transpose()?,
             token_embedding_type: token_embedding_type.map(str::parse::<GgmlType>).transpose()?,
             report: None,
+            pipeline: match read_ahead_mib {
+                0 => Limits::sequential(),
+                mib => Limits { read_ahead: mib.saturating_mul(1 << 20), ..Limits::default() },
+            },
         };
         let (callback, bar) = match progress {
             None => (None, None),

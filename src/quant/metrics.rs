@@ -125,6 +125,16 @@ impl Lanes {
         store(&mut self.ab, ab);
     }
 
+    /// [`Lanes::push`] with AVX2 where the running CPU has it.
+    pub fn feed(&mut self, original: &[f32], reconstructed: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was detected just above.
+            return unsafe { push_avx2(self, original, reconstructed) };
+        }
+        self.push(original, reconstructed, false)
+    }
+
     /// The chunk's sums, added up lane by lane.
     pub fn finish(self) -> ErrorStats {
         let mut s = ErrorStats::default();
@@ -141,16 +151,8 @@ impl Lanes {
 impl ErrorStats {
     /// Adds one chunk (see the module's definition).
     pub fn add(&mut self, original: &[f32], reconstructed: &[f32]) {
-        let n = original.len().min(reconstructed.len());
-        let mut lanes = Lanes::new(n);
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was detected just above.
-            unsafe { push_avx2(&mut lanes, original, reconstructed) };
-            *self = self.merge(lanes.finish());
-            return;
-        }
-        lanes.push(original, reconstructed, false);
+        let mut lanes = Lanes::new(original.len().min(reconstructed.len()));
+        lanes.feed(original, reconstructed);
         *self = self.merge(lanes.finish());
     }
 

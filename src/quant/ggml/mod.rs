@@ -109,6 +109,32 @@ pub fn check_finite(name: &str, x: &[f32]) -> Result<()> {
     Ok(())
 }
 
+/// The largest magnitude in `x` and whether it holds a NaN or an infinity, in one pass that
+/// vectorizes with plain SSE2: per lane, a compare-and-select maximum of `|v|` (which skips
+/// NaN; the flag catches it) and an exponent-all-ones flag (bit 31 of
+/// `(bits & exp_mask) + 2^23`).
+pub fn magnitude(x: &[f32]) -> (f32, bool) {
+    const L: usize = 8;
+    let (mut m, mut bad) = ([0f32; L], [0u32; L]);
+    let mut one = |j: usize, v: f32| {
+        let bits = v.to_bits() & 0x7fff_ffff;
+        let a = f32::from_bits(bits);
+        m[j] = if a > m[j] { a } else { m[j] };
+        bad[j] |= (bits & 0x7f80_0000) + 0x0080_0000;
+    };
+    let chunks = x.chunks_exact(L);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for j in 0..L {
+            one(j, c[j]);
+        }
+    }
+    for (j, &v) in rest.iter().enumerate() {
+        one(j, v);
+    }
+    (m.iter().fold(0f32, |a, &b| a.max(b)), bad.iter().fold(0, |a, &b| a | b) & 0x8000_0000 != 0)
+}
+
 /// Checks that `x` can be encoded as `ty` in rows of `n_per_row`, and returns the byte count.
 pub fn check_rows(ty: GgmlType, n_elements: usize, n_per_row: usize, imatrix: Option<&[f32]>) -> Result<usize> {
     if !ty.can_encode() {
@@ -366,5 +392,27 @@ fn decode_blocks(ty: GgmlType, data: &[u8], out: &mut [f32]) {
         GgmlType::Q5_K => q4_k::decode(q4_k::Bits::Five, data, out),
         GgmlType::Q6_K => q6_k::decode(data, out),
         other => unreachable!("{other} is not decodable"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::magnitude;
+
+    #[test]
+    fn magnitude_finds_the_largest_and_the_non_finite() {
+        assert_eq!(magnitude(&[]), (0.0, false));
+        let mut x: Vec<f32> = (0..37).map(|i| (i as f32 - 20.0) * 0.5).collect();
+        assert_eq!(magnitude(&x), (10.0, false));
+        x[36] = -70000.0; // in the remainder
+        assert_eq!(magnitude(&x), (70000.0, false));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for at in [0, 9, 36] {
+                let mut y = x.clone();
+                y[at] = bad;
+                assert!(magnitude(&y).1, "{bad} at {at}");
+            }
+        }
+        assert_eq!(magnitude(&[f32::MAX, -f32::MIN_POSITIVE]), (f32::MAX, false));
     }
 }
