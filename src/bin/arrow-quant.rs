@@ -218,17 +218,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The process's peak resident memory (Linux: `getrusage`, which reports KiB).
+/// The process's peak resident memory: `VmHWM` of `/proc/self/status` (Linux), the high-water
+/// mark of this program's own address space. (`getrusage` would not do: Linux carries its
+/// maximum over from whatever process forked and exec'd us.)
 fn peak_rss() -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: getrusage writes one plain C struct, which we zero-initialize and own.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
-            return Some(usage.ru_maxrss as u64 * 1024);
-        }
-    }
-    None
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn inspect(path: &Path) -> Result<()> {

@@ -319,6 +319,16 @@ impl GgufFile {
         &self.bytes.as_slice()[t.start..t.start + t.len]
     }
 
+    /// Starts reading a tensor's data from disk without waiting (`MADV_WILLNEED`).
+    pub fn will_need(&self, t: &GgufTensor) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(m) = &self.bytes {
+            let _ = m.advise_range(memmap2::Advice::WillNeed, t.start, t.len);
+        }
+        #[cfg(not(unix))]
+        let _ = t;
+    }
+
     /// Brings a tensor's data into memory now (see [`crate::model::safetensors_reader::populate`]).
     pub fn prefetch(&self, t: &GgufTensor) {
         if let Bytes::Mapped(m) = &self.bytes {

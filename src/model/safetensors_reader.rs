@@ -355,6 +355,21 @@ impl Checkpoint {
         self.tensors.iter().map(|t| t.len).sum()
     }
 
+    /// Asks the kernel to start reading tensor `i` from disk now, without waiting
+    /// (`posix_fadvise(WILLNEED)`), so that the disk has work queued while the tensors before
+    /// it are being read and encoded. Advice only.
+    pub fn will_need(&self, i: usize) {
+        let t = &self.tensors[i];
+        #[cfg(target_os = "linux")]
+        if let Ok(file) = File::open(&self.files[t.file]) {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a plain system call on a file descriptor we own; it reads no memory of ours.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), t.start as _, t.len as _, libc::POSIX_FADV_WILLNEED) };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = t;
+    }
+
     /// Maps the bytes of tensor `i`. The mapping is released when the result is dropped.
     pub fn read(&self, i: usize) -> Result<TensorBytes> {
         let t = &self.tensors[i];

@@ -151,11 +151,22 @@ impl Source {
         match self {
             Source::Gguf { file, .. } => {
                 if prefetch {
+                    if let Some(next) = file.tensors.get(i + 1) {
+                        file.will_need(next);
+                    }
                     file.prefetch(&file.tensors[i]);
                 }
                 Ok(file.data(&file.tensors[i]))
             }
             Source::Safetensors { .. } => Err(QuantError::value("raw copies are only made from GGUF sources")),
+        }
+    }
+
+    /// Starts reading tensor `i` from disk without waiting (see [`Checkpoint::will_need`]).
+    pub fn will_need(&self, i: usize) {
+        match self {
+            Source::Safetensors { ck, .. } => ck.will_need(i),
+            Source::Gguf { file, .. } => file.will_need(&file.tensors[i]),
         }
     }
 
@@ -172,6 +183,11 @@ impl Source {
                 }
                 let bytes = ck.read(i)?;
                 if prefetch {
+                    // The next tensor's reads queue up behind this one's, so the disk never
+                    // waits for us between tensors.
+                    if i + 1 < ck.tensors.len() {
+                        ck.will_need(i + 1);
+                    }
                     bytes.prefetch();
                 }
                 Ok(Loaded::Mapped(bytes))
@@ -184,6 +200,9 @@ impl Source {
                 let info = &file.tensors[i];
                 if ty.is_float() {
                     if prefetch {
+                        if let Some(next) = file.tensors.get(i + 1) {
+                            file.will_need(next);
+                        }
                         file.prefetch(info);
                     }
                     return Ok(Loaded::InFile { bytes: file.data(info), ty });
