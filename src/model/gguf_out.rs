@@ -206,7 +206,7 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
     // Rows per importance slice (a 3-D tensor has one slice per expert).
     let slice_rows = match imatrix {
         Some(row) if ty.is_quantized() => {
-            if row.len() % n_per_row != 0 || row.len() / n_per_row == 0 || n_rows % (row.len() / n_per_row) != 0 {
+            if !row.len().is_multiple_of(n_per_row) || row.len() / n_per_row == 0 || !n_rows.is_multiple_of(row.len() / n_per_row) {
                 return Err(QuantError::layer_value(name, format!("an importance row of {} values does not fit rows of {n_per_row}", row.len())));
             }
             Some(n_rows / (row.len() / n_per_row))

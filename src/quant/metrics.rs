@@ -69,7 +69,7 @@ impl Lanes {
         let len = original.len().min(reconstructed.len());
         let mut i = 0;
         while i < len {
-            if self.pos % 4 == 0 && self.pos + 4 <= self.n4 && i + 4 <= len {
+            if self.pos.is_multiple_of(4) && self.pos + 4 <= self.n4 && i + 4 <= len {
                 let m = (len - i).min(self.n4 - self.pos) / 4 * 4;
                 let (a, b) = (&original[i..i + m], &reconstructed[i..i + m]);
                 #[cfg(target_arch = "x86_64")]
