@@ -336,3 +336,67 @@ fn device_selection() {
         assert!(g.name().starts_with("gpu ("), "{}", g.name());
     }
 }
+
+/// The converter's job on the GPU (quantize, then decode on the GPU and compare) gives the
+/// bytes and the error statistics of the CPU's fused pass, bit for bit, from f32 and bf16.
+#[test]
+fn quantize_measured_matches_cpu() {
+    use arrow_quant_v2::backend::MeasuredJob;
+    use arrow_quant_v2::Values;
+    let Some(gpu) = gpu() else { return };
+    let mut rng = Rng(0x5eed);
+    // Several measured chunks (whole rows of 2^20 values), the last one partial; a row with a
+    // partial last group.
+    for (rows, row_len, bits, gs) in [(2300, 1000, BitWidth::B4, 128), (37, 333, BitWidth::B2, 32), (5, 4096, BitWidth::B8, 64)] {
+        let l = layout(rows, row_len, bits, gs);
+        let w: Vec<f32> = (0..l.n_elements()).map(|_| rng.normalish()).collect();
+        let bf16: Vec<u8> = w.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        for values in [Values::F32(&w), Values::BF16(&bf16)] {
+            let run = |b: &dyn Backend| {
+                let (mut p, mut s, mut z) = (vec![0u8; l.packed_len()], vec![0f32; l.n_groups()], vec![0f32; l.n_groups()]);
+                let st = b
+                    .quantize_measured(&mut MeasuredJob { name: "t", values, layout: l, packed: &mut p, scales: &mut s, zero_points: &mut z })
+                    .unwrap();
+                let stats = [st.n as u64, st.max_abs_error.to_bits(), st.sum_sq_error.to_bits(), st.sum_sq_signal.to_bits(), st.dot.to_bits(), st.sum_sq_recon.to_bits()];
+                (p, bits_of(&s), bits_of(&z), stats)
+            };
+            assert!(run(gpu) == run(&CpuBackend::new()), "{rows}x{row_len} {bits:?} g{gs} {values:?}");
+        }
+    }
+}
+
+fn bits_of(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A whole conversion with `device=gpu` writes the file the CPU writes.
+#[test]
+fn converter_on_the_gpu_writes_the_cpu_file() {
+    use arrow_quant_v2::model::{convert, NoProgress, Options};
+    use safetensors::tensor::TensorView;
+    if gpu().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.safetensors");
+    let mut rng = Rng(7);
+    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = [vec![1100, 1024], vec![64, 96], vec![300, 256], vec![128]]
+        .into_iter()
+        .enumerate()
+        .map(|(i, shape)| {
+            let n: usize = shape.iter().product();
+            let data = (0..n).flat_map(|_| half::bf16::from_f32(rng.normalish()).to_le_bytes()).collect();
+            (format!("t{i}.weight"), shape, data)
+        })
+        .collect();
+    let views: Vec<(&str, TensorView)> =
+        tensors.iter().map(|(n, s, d)| (n.as_str(), TensorView::new(safetensors::Dtype::BF16, s.clone(), d).unwrap())).collect();
+    safetensors::serialize_to_file(views, None, &src).unwrap();
+    let mut files = Vec::new();
+    for device in [Device::Cpu, Device::Gpu] {
+        let dst = dir.path().join(format!("{device:?}.arrow"));
+        convert(&src, &dst, &Options { device, ..Options::default() }, &mut NoProgress).unwrap();
+        files.push(std::fs::read(&dst).unwrap());
+    }
+    assert!(files[0] == files[1], "the GPU conversion differs from the CPU one");
+}
