@@ -219,3 +219,38 @@ def test_gguf_type_defaults_from_bit_width(tmp_path, bit_width, want):
     with pytest.raises(ValueError, match="GGUF stores ggml block types"):
         aq.quantize_safetensors(src, tmp_path / "x.gguf", type="affine")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "m.safetensors"]
+
+
+def test_read_ahead_changes_nothing_but_memory(tmp_path):
+    """The pipelined conversion (default), one tensor at a time (read_ahead_mib=0) and the
+    CLI write the same bytes; progress arrives per tensor, in order, from the calling thread."""
+    import subprocess
+    import threading
+
+    rng = np.random.default_rng(3)
+    tensors = {f"blocks.{i}.weight": (rng.standard_normal((64 + 8 * i, 256)) * 0.02).astype(np.float32 if i % 2 else np.float16) for i in range(30)}
+    tensors["big.weight"] = rng.standard_normal((1100, 1024)).astype(np.float32)
+    src = tmp_path / "m.safetensors"
+    write_safetensors(src, tensors)
+    arrow = None
+    for suffix, kind in [(".arrow", None), (".gguf", "q4_k_m"), (".parquet", None)]:
+        outs = []
+        for ahead in [256, 0, 1]:
+            calls = []
+            dst = tmp_path / f"m{ahead}{suffix}"
+            aq.quantize_model(src, dst, type=kind, read_ahead_mib=ahead,
+                              progress=lambda done, total: calls.append((done, total, threading.get_ident())))
+            outs.append(dst.read_bytes())
+            assert [d for d, _, _ in calls] == sorted(d for d, _, _ in calls)
+            assert calls[-1][0] == calls[-1][1] and len(calls) == len(tensors) + 1
+            assert {t for _, _, t in calls} == {threading.get_ident()}
+        assert outs[0] == outs[1] == outs[2], suffix
+        arrow = outs[0] if suffix == ".arrow" else arrow
+    cli = Path(__file__).resolve().parents[2] / "target" / "release" / "arrow-quant"
+    assert cli.exists(), f"{cli} is missing: cargo build --release --bin arrow-quant"
+    out = subprocess.run([str(cli), "quantize", str(src), "-o", str(tmp_path / "c.arrow"), "--read-ahead-mib", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    assert (tmp_path / "c.arrow").read_bytes() == arrow
+    assert "peak memory" in out and "stages (busy seconds): read-ahead" in out, out
+    with pytest.raises(OverflowError):
+        aq.quantize_model(src, tmp_path / "x.arrow", read_ahead_mib=-1)
