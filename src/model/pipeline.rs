@@ -10,8 +10,10 @@
 //! Everything flows in model order, so the first error met is the error of the first tensor
 //! that fails, as in a plain loop; an error (or a progress report that fails: a Python callback
 //! raising, Ctrl-C) stops all three stages and nothing is written after it. Memory stays
-//! bounded: inputs in flight by the read-ahead budget (a tensor larger than the budget still
-//! goes through, alone), outputs by the queue's two places plus the one being written.
+//! bounded: a tensor counts against the read-ahead budget (by its input bytes) from the moment
+//! it is loaded until it is written, so inputs and outputs in flight together stay within about
+//! twice the budget; a tensor larger than the budget still goes through, alone (its input and
+//! its output: about twice the largest tensor).
 //!
 //! [`run`] with `Limits::sequential()` runs the same three steps one tensor at a time on the
 //! calling thread: the reference the pipelined run is tested against, byte for byte.
@@ -26,7 +28,7 @@ use crate::error::Result;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Bytes of input loaded ahead of the encoder, at most (0: no pipeline at all).
+    /// Input bytes of the tensors between loading and writing, at most (0: no pipeline at all).
     pub read_ahead: u64,
     /// Consecutive tensors smaller than this many bytes together are encoded side by side.
     pub batch: u64,
@@ -138,6 +140,7 @@ pub fn run<L: Send, E: Send>(
         for (i, encoded) in encoded_rx.iter() {
             let encoded = encoded?;
             timed(&mut t.write, || write(i, encoded))?;
+            budget.release(sizes[i]);
         }
         // A stage that panicked ends its queue early; its panic goes on to the caller.
         t.load = reader.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -195,11 +198,7 @@ fn encoder<L: Send, E: Send>(
             crate::threads::install(|| {
                 batch
                     .into_par_iter()
-                    .map(|(i, l)| {
-                        let r = l.and_then(|l| encode(i, l));
-                        budget.release(sizes[i]);
-                        (i, r)
-                    })
+                    .map(|(i, l)| (i, l.and_then(|l| encode(i, l))))
                     .collect()
             })
         });
@@ -286,7 +285,8 @@ mod tests {
         assert!(loads.load(Ordering::Relaxed) < 30, "{}", loads.load(Ordering::Relaxed));
     }
 
-    /// Inputs in flight stay within the budget, except one tensor larger than it, alone.
+    /// Tensors between loading and writing stay within the budget, except one tensor larger
+    /// than it, alone.
     #[test]
     fn read_ahead_stays_within_budget() {
         let in_flight = AtomicUsize::new(0);
@@ -300,11 +300,11 @@ mod tests {
                 peak.fetch_max(now, Ordering::SeqCst);
                 Ok(i)
             },
-            |i, x| {
+            |_, x| Ok(x),
+            |i, _| {
                 in_flight.fetch_sub(sizes[i] as usize, Ordering::SeqCst);
-                Ok(x)
+                Ok(())
             },
-            |_, _| Ok(()),
         )
         .unwrap();
         assert!(peak.load(Ordering::SeqCst) <= 500, "{}", peak.load(Ordering::SeqCst));
