@@ -288,6 +288,24 @@ pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progre
     Ok(reports)
 }
 
+impl TensorReport {
+    /// What was written for the tensor.
+    fn written(&mut self, format: &str, bit_width: u8, output_bytes: usize, stats: ErrorStats) {
+        self.format = format.into();
+        self.bit_width = bit_width;
+        self.output_bytes = output_bytes as u64;
+        self.stats = stats;
+    }
+}
+
+/// Finishes the output (footer, flush to disk) and reports the stages' times.
+fn finish_output(timings: &Timings, progress: &mut dyn Progress, finish: impl FnOnce() -> Result<Staged>) -> Result<Staged> {
+    let started = std::time::Instant::now();
+    let staged = finish()?;
+    progress.stages(timings, started.elapsed());
+    Ok(staged)
+}
+
 fn new_report(t: &SourceTensor, reason: &str) -> TensorReport {
     TensorReport {
         name: t.name.clone(),
@@ -457,17 +475,12 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
                 GgufTensor::Skipped => {}
                 GgufTensor::Copied(data) => {
                     let ty = c.output_type(t).expect("a copied tensor has a type");
-                    report.format = ty.name().into();
-                    report.bit_width = ty.code_bits();
-                    report.output_bytes = data.len() as u64;
+                    report.written(ty.name(), ty.code_bits(), data.len(), ErrorStats::default());
                     writer.write_tensor(&t.name, data)?;
                 }
                 GgufTensor::Encoded(ty, e) => {
                     warn_f16_overflow(t, ty, e.amax, progress);
-                    report.format = ty.name().into();
-                    report.bit_width = ty.code_bits();
-                    report.output_bytes = e.data.len() as u64;
-                    report.stats = e.stats;
+                    report.written(ty.name(), ty.code_bits(), e.data.len(), e.stats);
                     writer.write_tensor(&t.name, &e.data)?;
                 }
             }
@@ -476,9 +489,7 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
             progress.advance(done, total)
         },
     )?;
-    let started = std::time::Instant::now();
-    let staged = writer.finish()?.finish()?;
-    progress.stages(&timings, started.elapsed());
+    let staged = finish_output(&timings, progress, || writer.finish()?.finish())?;
     Ok((staged, reports))
 }
 
@@ -565,10 +576,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                 ArrowTensor::Skipped => {}
                 ArrowTensor::Kept(k, e) => {
                     warn_f16_overflow(t, k, e.amax, progress);
-                    report.format = k.name().into();
-                    report.bit_width = k.code_bits();
-                    report.output_bytes = e.data.len() as u64;
-                    report.stats = e.stats;
+                    report.written(k.name(), k.code_bits(), e.data.len(), e.stats);
                     sink.write_kept(&report, k, e.data)?;
                 }
                 ArrowTensor::Affine(q, stats) => {
@@ -577,10 +585,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                             report.reason = format!("{}; even 8 bits give cosine {:.6} < {m}", report.reason, stats.cosine());
                         }
                     }
-                    report.format = "affine".into();
-                    report.bit_width = q.layout.bit_width.bits() as u8;
-                    report.output_bytes = (q.packed.len() + 8 * q.scales.len()) as u64;
-                    report.stats = stats;
+                    report.written("affine", q.layout.bit_width.bits() as u8, q.packed.len() + 8 * q.scales.len(), stats);
                     sink.write_affine(&report, q)?;
                 }
             }
@@ -589,8 +594,6 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
             progress.advance(done, total)
         },
     )?;
-    let started = std::time::Instant::now();
-    let staged = sink.finish()?.finish()?;
-    progress.stages(&timings, started.elapsed());
+    let staged = finish_output(&timings, progress, || sink.finish()?.finish())?;
     Ok((staged, reports))
 }
