@@ -9,11 +9,11 @@
 use rayon::prelude::*;
 
 use super::kernels::{with_bits, Scan};
-use super::{first_error, Invalid, Kernels, Portable};
-use crate::backend::{MeasuredJob, QuantJob};
+use super::{Invalid, Kernels, Portable};
+use crate::backend::MeasuredJob;
 use crate::error::Result;
 use crate::quant::metrics::{rows_per_chunk, ErrorStats, Lanes};
-use crate::quant::{GroupLayout, GroupParams, Values};
+use crate::quant::{reference, GroupLayout, GroupParams, Values};
 
 pub(super) fn quantize_measured(job: &mut MeasuredJob<'_>, simd: bool) -> Result<ErrorStats> {
     let l = job.layout;
@@ -46,8 +46,7 @@ pub(super) fn quantize_measured(job: &mut MeasuredJob<'_>, simd: bool) -> Result
             Err(Invalid) => {
                 let w = values.to_f32();
                 crate::quant::ggml::check_finite(job.name, &w)?;
-                let (mut p, mut s, mut z) = (vec![0u8; l.packed_len()], vec![0f32; l.n_groups()], vec![0f32; l.n_groups()]);
-                return Err(first_error(&QuantJob { name: job.name, weights: &w, layout: l, packed: &mut p, scales: &mut s, zero_points: &mut z }));
+                return Err(reference::first_error(job.name, &l, &w).expect("a chunk that failed has an invalid group"));
             }
         }
     }
@@ -114,7 +113,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::backend::{Backend, DequantJob};
+    use crate::backend::{Backend, DequantJob, QuantJob};
     use crate::cpu::CpuBackend;
     use crate::quant::{BitWidth, QuantConfig};
 

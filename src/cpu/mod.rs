@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use crate::backend::{Backend, DequantJob, MeasuredJob, QuantJob};
 use crate::quant::metrics::ErrorStats;
-use crate::error::{QuantError, Result};
+use crate::error::Result;
 use crate::quant::{reference, GroupLayout, GroupParams};
 use kernels::{decode, with_bits, Scan};
 
@@ -61,7 +61,7 @@ impl Backend for CpuBackend {
             jobs.par_iter_mut().enumerate().filter_map(|(i, job)| quantize_job(job, simd).is_err().then_some(i)).min()
         });
         match failed {
-            Some(i) => Err(first_error(&jobs[i])),
+            Some(i) => Err(reference::first_error(jobs[i].name, &jobs[i].layout, jobs[i].weights).expect("a job that failed has an invalid group")),
             None => Ok(()),
         }
     }
@@ -187,15 +187,6 @@ fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [
         *zero = params.lo;
     }
     Ok(())
-}
-
-/// The first offending group of a job that failed, found by the reference's own checks, so the
-/// error names the same element whatever order the parallel scan met it in.
-fn first_error(job: &QuantJob<'_>) -> QuantError {
-    let l = &job.layout;
-    (0..l.n_groups())
-        .find_map(|g| reference::checked_group_params(job.name, l, g, &job.weights[l.group_elements(g)]).err())
-        .expect("a job that failed has an invalid group")
 }
 
 fn dequantize_job(job: &mut DequantJob<'_>, simd: bool) {

@@ -149,9 +149,7 @@ fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// The error the CPU path reports for a failed layer: its first offending group, found by the
 /// reference's own checks.
 fn first_error(job: &QuantJob<'_>) -> QuantError {
-    let l = &job.layout;
-    (0..l.n_groups())
-        .find_map(|g| reference::checked_group_params(job.name, l, g, &job.weights[l.group_elements(g)]).err())
+    reference::first_error(job.name, &job.layout, job.weights)
         .unwrap_or_else(|| QuantError::Device(format!("the GPU flagged layer '{}' as invalid but the CPU check found no invalid group", job.name)))
 }
 

@@ -39,6 +39,13 @@ pub fn checked_group_params(
     })
 }
 
+/// The error of a layer's first invalid group (`None`: every group is valid). Backends that
+/// validate in parallel report this one, so the error names the same element whatever order
+/// their scan met it in.
+pub fn first_error(name: &str, layout: &GroupLayout, weights: &[f32]) -> Option<QuantError> {
+    (0..layout.n_groups()).find_map(|g| checked_group_params(name, layout, g, &weights[layout.group_elements(g)]).err())
+}
+
 /// Quantizes one layer into `packed` (`layout.packed_len()` bytes) and one scale and zero point
 /// per group.
 pub fn quantize_layer(
