@@ -101,7 +101,14 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
             *zero = params.lo;
             let back = &mut back[..n];
             with_bits!(l.bit_width, K::decode(packed, params.scale, params.lo, back));
-            lanes.push(w, back, K::AVX2);
+            #[cfg(target_arch = "x86_64")]
+            if K::AVX2 {
+                // SAFETY: only the `Avx2` kernels set `AVX2`, and they run after runtime
+                // detection of AVX2 (`chunk_avx2`).
+                unsafe { lanes.push_avx2(w, back) };
+                continue;
+            }
+            lanes.push(w, back);
         }
     }
     Ok(lanes.finish())

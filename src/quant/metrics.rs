@@ -62,10 +62,32 @@ impl Lanes {
     }
 
     /// Feeds the next `original.len()` elements of the chunk and their reconstruction.
-    /// `with_avx2` may only be true when the running CPU has AVX2 and the caller is compiled
-    /// for it (inside a `#[target_feature(enable = "avx2")]` function, so this inlines there).
     #[inline(always)]
-    pub fn push(&mut self, original: &[f32], reconstructed: &[f32], with_avx2: bool) {
+    pub fn push(&mut self, original: &[f32], reconstructed: &[f32]) {
+        self.push_with(original, reconstructed, false)
+    }
+
+    /// [`Lanes::push`] with AVX2 registers, for callers compiled for AVX2 (it inlines there).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub fn push_avx2(&mut self, original: &[f32], reconstructed: &[f32]) {
+        self.push_with(original, reconstructed, true)
+    }
+
+    /// [`Lanes::push`] with AVX2 where the running CPU has it.
+    pub fn feed(&mut self, original: &[f32], reconstructed: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the feature was detected just above.
+            return unsafe { self.push_avx2(original, reconstructed) };
+        }
+        self.push(original, reconstructed)
+    }
+
+    /// `with_avx2` is only true from [`Lanes::push_avx2`], which runs on CPUs with AVX2.
+    #[inline(always)]
+    fn push_with(&mut self, original: &[f32], reconstructed: &[f32], with_avx2: bool) {
         let len = original.len().min(reconstructed.len());
         let mut i = 0;
         while i < len {
@@ -74,7 +96,7 @@ impl Lanes {
                 let (a, b) = (&original[i..i + m], &reconstructed[i..i + m]);
                 #[cfg(target_arch = "x86_64")]
                 if with_avx2 {
-                    // SAFETY: the caller guarantees AVX2 (see above).
+                    // SAFETY: only `push_avx2` passes true, and it runs with AVX2.
                     unsafe { self.block_avx2(a, b) };
                     i += m;
                     self.pos += m;
@@ -123,16 +145,6 @@ impl Lanes {
         store(&mut self.a2, a2);
         store(&mut self.b2, b2);
         store(&mut self.ab, ab);
-    }
-
-    /// [`Lanes::push`] with AVX2 where the running CPU has it.
-    pub fn feed(&mut self, original: &[f32], reconstructed: &[f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was detected just above.
-            return unsafe { push_avx2(self, original, reconstructed) };
-        }
-        self.push(original, reconstructed, false)
     }
 
     /// The chunk's sums, added up lane by lane.
@@ -192,11 +204,6 @@ impl ErrorStats {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn push_avx2(lanes: &mut Lanes, original: &[f32], reconstructed: &[f32]) {
-    lanes.push(original, reconstructed, true)
-}
 
 fn ratio(num: f64, den: f64) -> f64 {
     match (num == 0.0, den == 0.0) {
@@ -270,10 +277,11 @@ mod tests {
                     let (x, y) = (&a[w[0]..w[1]], &b[w[0]..w[1]]);
                     #[cfg(target_arch = "x86_64")]
                     if simd {
-                        unsafe { push_avx2(&mut lanes, x, y) };
+                        // SAFETY: `simd` is only true where AVX2 was detected.
+                        unsafe { lanes.push_avx2(x, y) };
                         continue;
                     }
-                    lanes.push(x, y, false);
+                    lanes.push(x, y);
                 }
                 proptest::prop_assert_eq!(bits(&lanes.finish()), bits(&want));
             }
