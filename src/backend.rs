@@ -122,21 +122,39 @@ pub struct QuantizedTensor {
 }
 
 impl QuantizedTensor {
+    /// Output buffers for `layout`, zeroed.
+    fn zeroed(layout: GroupLayout) -> Self {
+        Self { layout, packed: vec![0; layout.packed_len()], scales: vec![0.0; layout.n_groups()], zero_points: vec![0.0; layout.n_groups()] }
+    }
+
     /// Quantizes one tensor with `backend`.
     pub fn quantize(backend: &dyn Backend, name: &str, weights: &[f32], layout: GroupLayout) -> Result<Self> {
         assert_eq!(weights.len(), layout.n_elements(), "weights do not match the layout");
-        let mut packed = vec![0u8; layout.packed_len()];
-        let mut scales = vec![0f32; layout.n_groups()];
-        let mut zero_points = vec![0f32; layout.n_groups()];
+        let mut q = Self::zeroed(layout);
         backend.quantize(&mut [QuantJob {
             name,
             weights,
             layout,
-            packed: &mut packed,
-            scales: &mut scales,
-            zero_points: &mut zero_points,
+            packed: &mut q.packed,
+            scales: &mut q.scales,
+            zero_points: &mut q.zero_points,
         }])?;
-        Ok(Self { layout, packed, scales, zero_points })
+        Ok(q)
+    }
+
+    /// Quantizes one tensor with `backend` and measures the error it makes
+    /// ([`Backend::quantize_measured`]).
+    pub fn quantize_measured(backend: &dyn Backend, name: &str, values: Values<'_>, layout: GroupLayout) -> Result<(Self, ErrorStats)> {
+        let mut q = Self::zeroed(layout);
+        let stats = backend.quantize_measured(&mut MeasuredJob {
+            name,
+            values,
+            layout,
+            packed: &mut q.packed,
+            scales: &mut q.scales,
+            zero_points: &mut q.zero_points,
+        })?;
+        Ok((q, stats))
     }
 
     pub fn dequantize(&self, backend: &dyn Backend) -> Result<Vec<f32>> {

@@ -16,7 +16,7 @@ use super::gguf_out::{self, Choice, Step};
 use super::rules::{Action, Rules};
 use super::pipeline::{self, Limits, Timings};
 use super::source::{Loaded, Source, SourceTensor, Stored};
-use crate::backend::{Backend, MeasuredJob, QuantizedTensor};
+use crate::backend::QuantizedTensor;
 use crate::device::{backend, Device};
 use crate::error::{QuantError, Result};
 use crate::gguf::imatrix::Imatrix;
@@ -24,7 +24,7 @@ use crate::gguf::mix::{FileType, MixOptions};
 use crate::gguf::writer::{GgufWriter, TensorPlan};
 use crate::gguf::{self, GgmlType, MetaValue};
 use crate::quant::metrics::ErrorStats;
-use crate::quant::{BitWidth, GroupLayout, QuantConfig, Values};
+use crate::quant::{BitWidth, GroupLayout, QuantConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -166,8 +166,8 @@ pub trait Progress {
     }
     /// One line per tensor decision (verbose mode).
     fn message(&mut self, _line: &str) {}
-    /// At the end: how long each stage was busy, and the time to finish the output (footer,
-    /// flush to disk, rename).
+    /// At the end: how long each stage was busy, and the time to finish the output (footer
+    /// and flush to disk).
     fn stages(&mut self, _timings: &Timings, _finish: std::time::Duration) {}
 }
 
@@ -196,21 +196,6 @@ enum ArrowTensor {
     /// Kept in high precision (F16/F32).
     Kept(GgmlType, gguf_out::Encoded),
     Affine(QuantizedTensor, ErrorStats),
-}
-
-
-/// One affine tensor: its codes and parameters, and the error they make.
-fn quantize_affine(backend: &dyn Backend, name: &str, values: Values<'_>, layout: GroupLayout) -> Result<(QuantizedTensor, ErrorStats)> {
-    let mut q = QuantizedTensor { layout, packed: vec![0; layout.packed_len()], scales: vec![0.0; layout.n_groups()], zero_points: vec![0.0; layout.n_groups()] };
-    let stats = backend.quantize_measured(&mut MeasuredJob {
-        name,
-        values,
-        layout,
-        packed: &mut q.packed,
-        scales: &mut q.scales,
-        zero_points: &mut q.zero_points,
-    })?;
-    Ok((q, stats))
 }
 
 fn default_arch(root: &Path) -> String {
@@ -556,7 +541,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                     let mut chosen = None;
                     for bw in widths {
                         let layout = GroupLayout::from_shape(&t.shape, QuantConfig { bit_width: bw, ..opts.config });
-                        let (q, stats) = quantize_affine(backend, &t.name, values, layout)?;
+                        let (q, stats) = QuantizedTensor::quantize_measured(backend, &t.name, values, layout)?;
                         let ok = opts.min_cosine.is_none_or(|m| stats.cosine() >= m);
                         chosen = Some((q, stats));
                         if ok {
