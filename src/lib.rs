@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod gpu;
 pub mod model;
 pub mod quant;
+pub mod readahead;
 pub mod threads;
 
 #[cfg(feature = "python")]

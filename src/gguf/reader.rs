@@ -319,20 +319,17 @@ impl GgufFile {
         &self.bytes.as_slice()[t.start..t.start + t.len]
     }
 
-    /// Starts reading a tensor's data from disk without waiting (`MADV_WILLNEED`).
+    /// Starts reading a tensor's data from disk without waiting.
     pub fn will_need(&self, t: &GgufTensor) {
-        #[cfg(unix)]
         if let Bytes::Mapped(m) = &self.bytes {
-            let _ = m.advise_range(memmap2::Advice::WillNeed, t.start, t.len);
+            crate::readahead::will_need_mapped(m, t.start, t.len);
         }
-        #[cfg(not(unix))]
-        let _ = t;
     }
 
-    /// Brings a tensor's data into memory now (see [`crate::model::safetensors_reader::populate`]).
+    /// Brings a tensor's data into memory now (see [`crate::readahead::populate`]).
     pub fn prefetch(&self, t: &GgufTensor) {
         if let Bytes::Mapped(m) = &self.bytes {
-            crate::model::safetensors_reader::populate(m, t.start, t.len);
+            crate::readahead::populate(m, t.start, t.len);
         }
     }
 

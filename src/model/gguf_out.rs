@@ -215,7 +215,7 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
     };
     let chunk_rows = rows_per_chunk(n_per_row);
     let piece_rows = (PIECE_ELEMENTS / n_per_row).clamp(1, chunk_rows);
-    let chunks: Vec<Result<ChunkOut>> = crate::threads::install(|| {
+    let chunks: Vec<ChunkOut> = crate::threads::install(|| {
         data.par_chunks_mut(chunk_rows * row_bytes)
             .enumerate()
             .map(|(c, out)| {
@@ -260,9 +260,8 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
                 found.stats = lanes.finish();
                 Ok(found)
             })
-            .collect()
-    });
-    let chunks = chunks.into_iter().collect::<Result<Vec<_>>>()?;
+            .collect::<Result<_>>()
+    })?;
     if let Some(i) = chunks.iter().find_map(|c| c.non_finite) {
         let mut one = [0f32];
         let value = values.get(i..i + 1, &mut one)[0];

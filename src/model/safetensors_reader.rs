@@ -360,14 +360,9 @@ impl Checkpoint {
     /// it are being read and encoded. Advice only.
     pub fn will_need(&self, i: usize) {
         let t = &self.tensors[i];
-        #[cfg(target_os = "linux")]
         if let Ok(file) = File::open(&self.files[t.file]) {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a plain system call on a file descriptor we own; it reads no memory of ours.
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), t.start as _, t.len as _, libc::POSIX_FADV_WILLNEED) };
+            crate::readahead::will_need_file(&file, t.start, t.len);
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = t;
     }
 
     /// Maps the bytes of tensor `i`. The mapping is released when the result is dropped.
@@ -431,28 +426,12 @@ impl TensorBytes {
         }
     }
 
-    /// Brings the bytes into memory now (see [`populate`]).
+    /// Brings the bytes into memory now (see [`crate::readahead::populate`]).
     pub fn prefetch(&self) {
         if let Some(m) = &self.map {
-            populate(m, self.skip, self.len);
+            crate::readahead::populate(m, self.skip, self.len);
         }
     }
-}
-
-/// Brings `len` bytes at `offset` of a mapping into memory, reading them from disk if needed,
-/// so that the thread that reads them next finds them mapped: `MADV_POPULATE_READ` (Linux 5.14
-/// and later), after `MADV_WILLNEED` has started the disk reads of the whole range at once.
-/// Advice only: a kernel that refuses it costs the reader page faults, nothing else.
-pub fn populate(map: &Mmap, offset: usize, len: usize) {
-    #[cfg(unix)]
-    {
-        use memmap2::Advice;
-        let _ = map.advise_range(Advice::WillNeed, offset, len);
-        #[cfg(target_os = "linux")]
-        let _ = map.advise_range(Advice::PopulateRead, offset, len);
-    }
-    #[cfg(not(unix))]
-    let _ = (map, offset, len);
 }
 
 /// Names of the tensors grouped by file, for metadata.

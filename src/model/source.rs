@@ -151,9 +151,7 @@ impl Source {
         match self {
             Source::Gguf { file, .. } => {
                 if prefetch {
-                    if let Some(next) = file.tensors.get(i + 1) {
-                        file.will_need(next);
-                    }
+                    self.queue_next(i);
                     file.prefetch(&file.tensors[i]);
                 }
                 Ok(file.data(&file.tensors[i]))
@@ -162,11 +160,13 @@ impl Source {
         }
     }
 
-    /// Starts reading tensor `i` from disk without waiting (see [`Checkpoint::will_need`]).
-    pub fn will_need(&self, i: usize) {
+    /// Starts reading the tensor after `i` from disk without waiting, so that its reads queue
+    /// up behind `i`'s and the disk never waits for us between tensors.
+    fn queue_next(&self, i: usize) {
         match self {
-            Source::Safetensors { ck, .. } => ck.will_need(i),
-            Source::Gguf { file, .. } => file.will_need(&file.tensors[i]),
+            Source::Safetensors { ck, .. } if i + 1 < ck.tensors.len() => ck.will_need(i + 1),
+            Source::Gguf { file, .. } if i + 1 < file.tensors.len() => file.will_need(&file.tensors[i + 1]),
+            _ => {}
         }
     }
 
@@ -183,11 +183,7 @@ impl Source {
                 }
                 let bytes = ck.read(i)?;
                 if prefetch {
-                    // The next tensor's reads queue up behind this one's, so the disk never
-                    // waits for us between tensors.
-                    if i + 1 < ck.tensors.len() {
-                        ck.will_need(i + 1);
-                    }
+                    self.queue_next(i);
                     bytes.prefetch();
                 }
                 Ok(Loaded::Mapped(bytes))
@@ -200,9 +196,7 @@ impl Source {
                 let info = &file.tensors[i];
                 if ty.is_float() {
                     if prefetch {
-                        if let Some(next) = file.tensors.get(i + 1) {
-                            file.will_need(next);
-                        }
+                        self.queue_next(i);
                         file.prefetch(info);
                     }
                     return Ok(Loaded::InFile { bytes: file.data(info), ty });
