@@ -21,7 +21,16 @@ pub enum QuantError {
     #[error("Layer '{layer}': group {group} spans [{lo:e}, {hi:e}], a width that overflows float32; such a group cannot be quantized")]
     RangeOverflow { layer: String, group: usize, lo: f32, hi: f32 },
 
-    /// A value that is present but wrong (shape mismatch, null, empty list, bad option).
+    /// A shape that disagrees with the data it describes (the weights' count, the quantized
+    /// bytes or the number of scales).
+    #[error("Layer '{layer}': {message}")]
+    ShapeMismatch { layer: String, message: String },
+
+    /// A tensor whose quantization misses a required cosine similarity.
+    #[error("Layer '{layer}': cosine similarity {cosine:.6} at {bits} bits is below the required {threshold}")]
+    BelowThreshold { layer: String, bits: u8, cosine: f64, threshold: f64 },
+
+    /// A value that is present but wrong (null, empty list, bad option).
     #[error("{}", with_layer(.layer, .message))]
     InvalidValue { layer: Option<String>, message: String },
 
@@ -51,6 +60,10 @@ impl QuantError {
 
     pub fn layer_value(layer: &str, message: impl Into<String>) -> Self {
         Self::InvalidValue { layer: Some(layer.to_string()), message: message.into() }
+    }
+
+    pub fn shape_mismatch(layer: &str, message: impl Into<String>) -> Self {
+        Self::ShapeMismatch { layer: layer.to_string(), message: message.into() }
     }
 
     pub fn layer_type(layer: &str, message: impl Into<String>) -> Self {

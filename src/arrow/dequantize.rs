@@ -164,7 +164,7 @@ fn decode_raw(width: i64, bytes: &[u8], out: &mut [f32]) {
 
 fn check_len(name: &str, what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
-        return Err(QuantError::layer_value(name, format!("has {got} {what}, but its shape, bit_width and group_size need {want}")));
+        return Err(QuantError::shape_mismatch(name, format!("has {got} {what}, but its shape, bit_width and group_size need {want}")));
     }
     Ok(())
 }

@@ -105,7 +105,7 @@ impl<'a> ShapeColumn<'a> {
     fn shape(&self, row: usize, name: &str, n_weights: usize) -> Result<Vec<usize>> {
         let dims = self.dims(row, name)?;
         if element_count(&dims) != Some(n_weights) {
-            return Err(QuantError::layer_value(
+            return Err(QuantError::shape_mismatch(
                 name,
                 format!("shape {dims:?} does not match the number of weights ({n_weights})"),
             ));

@@ -3,22 +3,51 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
-use pyo3::{PyErr, PyResult};
+use std::io::ErrorKind;
+
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::{create_exception, PyErr, PyResult};
 
 use crate::contain::{contain, panic_message};
 use crate::error::QuantError;
+
+// The earlier package's exception classes, under the built-ins callers already catch: code
+// written against either package (`except ValueError`, `except OSError`, or the class itself)
+// keeps working.
+create_exception!(arrow_quant_v2, QuantizationError, PyValueError, "Quantization of a layer failed (e.g. a group whose range overflows float32).");
+create_exception!(arrow_quant_v2, ConfigurationError, PyValueError, "An option or config value is out of range (bit width, group size, a DiffusionQuantConfig field).");
+create_exception!(arrow_quant_v2, ValidationError, PyValueError, "The data failed validation: NaN/Inf weights, or a quality threshold (min_accuracy) not reached.");
+create_exception!(arrow_quant_v2, ModelNotFoundError, PyFileNotFoundError, "A model path (or another input file) does not exist.");
+create_exception!(arrow_quant_v2, MetadataError, PyValueError, "A model's metadata (metadata.json, a safetensors index) is unreadable or invalid.");
+create_exception!(arrow_quant_v2, ShapeMismatchError, PyValueError, "A shape disagrees with the data it describes.");
 
 impl From<QuantError> for PyErr {
     fn from(e: QuantError) -> PyErr {
         let message = e.to_string();
         match e {
+            QuantError::InvalidBitWidth(_) | QuantError::InvalidGroupSize(_) => ConfigurationError::new_err(message),
+            QuantError::NonFinite { .. } | QuantError::BelowThreshold { .. } => ValidationError::new_err(message),
+            QuantError::RangeOverflow { .. } => QuantizationError::new_err(message),
+            QuantError::ShapeMismatch { .. } => ShapeMismatchError::new_err(message),
             QuantError::InvalidType { .. } => PyTypeError::new_err(message),
             QuantError::Device(_) => PyRuntimeError::new_err(message),
+            QuantError::Io { source, .. } if source.kind() == ErrorKind::NotFound => ModelNotFoundError::new_err(message),
             QuantError::Io { .. } => PyOSError::new_err(message),
-            _ => PyValueError::new_err(message),
+            QuantError::MissingColumn(_) | QuantError::InvalidValue { .. } => PyValueError::new_err(message),
         }
     }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("QuantizationError", py.get_type::<QuantizationError>())?;
+    m.add("ConfigurationError", py.get_type::<ConfigurationError>())?;
+    m.add("ValidationError", py.get_type::<ValidationError>())?;
+    m.add("ModelNotFoundError", py.get_type::<ModelNotFoundError>())?;
+    m.add("MetadataError", py.get_type::<MetadataError>())?;
+    m.add("ShapeMismatchError", py.get_type::<ShapeMismatchError>())?;
+    Ok(())
 }
 
 /// Runs the body of an exported function. pyo3 would turn a panic into `PanicException`, a

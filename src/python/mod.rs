@@ -134,6 +134,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_arrow_batch, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_arrow, m)?)?;
     m.add_function(wrap_pyfunction!(backend_name, m)?)?;
+    errors::register(m)?;
     model::register(m)?;
     ggml::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
