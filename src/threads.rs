@@ -5,7 +5,12 @@
 //! inherits the pool's bookkeeping but none of its threads, so its first parallel call would
 //! wait forever for workers that do not exist. Here the pool belongs to a process id: a forked
 //! child builds its own on first use. `RAYON_NUM_THREADS` sets its size, as for rayon's own.
+//!
+//! A call can ask for fewer (or more) threads than that: [`with_threads`] gives the calling
+//! thread a pool of its own for the duration, [`Scope`] carries it onto helper threads, and
+//! work already running on a rayon worker stays on that worker's pool.
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -14,8 +19,16 @@ use rayon::{ThreadPool, ThreadPoolBuilder};
 /// runs, so a fork cannot catch it held by a busy thread for long.
 static POOL: Mutex<Option<(u32, Arc<ThreadPool>)>> = Mutex::new(None);
 
-/// This process's pool.
+thread_local! {
+    /// The pool [`with_threads`] chose for this thread, if any.
+    static SCOPED: RefCell<Option<Arc<ThreadPool>>> = const { RefCell::new(None) };
+}
+
+/// This thread's pool: the one [`with_threads`] chose, else the process's.
 pub fn pool() -> Arc<ThreadPool> {
+    if let Some(p) = SCOPED.with(|s| s.borrow().clone()) {
+        return p;
+    }
     let pid = std::process::id();
     let mut slot = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some((owner, pool)) = slot.as_ref() {
@@ -37,13 +50,89 @@ pub fn pool() -> Arc<ThreadPool> {
     pool
 }
 
-/// Runs `f` on this process's pool; parallel iterators inside it use that pool. Nested calls
-/// (already on one of its workers) run inline.
+/// Runs `f` on this thread's pool; parallel iterators inside it use that pool. Calls made on a
+/// rayon worker run inline, on the worker's own pool (so a [`with_threads`] pool is kept).
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return f();
+    }
     pool().install(f)
+}
+
+/// Runs `f` with every parallel region of the crate started from this thread (and from threads
+/// that enter its [`Scope`]) on a pool of `n` threads; `n == 0` keeps the current pool.
+pub fn with_threads<R>(n: usize, f: impl FnOnce() -> R) -> R {
+    if n == 0 {
+        return f();
+    }
+    let own = ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("arrow-quant-call-{i}"))
+        .build()
+        .expect("cannot start the worker threads");
+    Scope(Some(Arc::new(own))).enter(f)
+}
+
+/// The calling thread's pool choice, to be entered on a helper thread it starts.
+#[derive(Clone)]
+pub struct Scope(Option<Arc<ThreadPool>>);
+
+impl Scope {
+    pub fn current() -> Self {
+        Scope(SCOPED.with(|s| s.borrow().clone()))
+    }
+
+    /// Runs `f` with this choice in effect on the current thread, then restores the previous.
+    pub fn enter<R>(self, f: impl FnOnce() -> R) -> R {
+        struct Restore(Option<Arc<ThreadPool>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                SCOPED.with(|s| *s.borrow_mut() = self.0.take());
+            }
+        }
+        let _restore = Restore(SCOPED.with(|s| std::mem::replace(&mut *s.borrow_mut(), self.0)));
+        f()
+    }
 }
 
 /// How many threads the pool runs.
 pub fn num_threads() -> usize {
     pool().current_num_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayon::prelude::*;
+
+    /// The distinct worker threads a parallel region started from here runs on.
+    fn workers_used() -> usize {
+        let names: std::collections::BTreeSet<String> = install(|| {
+            (0..256)
+                .into_par_iter()
+                .map(|_| {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                    std::thread::current().name().unwrap_or("").to_string()
+                })
+                .collect()
+        });
+        names.len()
+    }
+
+    #[test]
+    fn with_threads_bounds_this_thread_and_its_scope() {
+        assert_eq!(with_threads(1, num_threads), 1);
+        assert_eq!(with_threads(1, workers_used), 1);
+        assert_eq!(with_threads(3, num_threads), 3);
+        // A helper thread entering the caller's scope uses the same pool.
+        let inherited = with_threads(1, || {
+            let scope = Scope::current();
+            std::thread::spawn(move || scope.enter(|| (num_threads(), workers_used()))).join().unwrap()
+        });
+        assert_eq!(inherited, (1, 1));
+        // Outside, the process's pool again.
+        assert_eq!(num_threads(), pool().current_num_threads());
+        assert!(SCOPED.with(|s| s.borrow().is_none()));
+        assert_eq!(with_threads(0, num_threads), num_threads());
+    }
 }

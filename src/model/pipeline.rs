@@ -135,8 +135,13 @@ pub fn run<L: Send, E: Send>(
         // Owned here, so that leaving early drops it before the scope joins the encoder,
         // whose next send then fails instead of waiting for room forever.
         let encoded_rx = encoded_rx;
-        let reader = s.spawn(move || read_ahead(sizes, budget, load, loaded_tx));
-        let encoder = s.spawn(move || encoder(sizes, limits.batch, budget, encode, loaded_rx, encoded_tx));
+        // The helper threads use the caller's thread-count choice (threads::with_threads).
+        let scope = crate::threads::Scope::current();
+        let reader = s.spawn({
+            let scope = scope.clone();
+            move || scope.enter(|| read_ahead(sizes, budget, load, loaded_tx))
+        });
+        let encoder = s.spawn(move || scope.enter(|| encoder(sizes, limits.batch, budget, encode, loaded_rx, encoded_tx)));
         for (i, encoded) in encoded_rx.iter() {
             let encoded = encoded?;
             timed(&mut t.write, || write(i, encoded))?;
