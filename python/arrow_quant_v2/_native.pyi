@@ -1,7 +1,7 @@
 """Type stubs for the compiled core, ``arrow_quant_v2._native``."""
 
 from os import PathLike
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 import pyarrow as pa
 
@@ -49,6 +49,9 @@ def quantize_model(
     keep: Union[str, Sequence[str], None] = None,
     quantize: Union[str, Sequence[str], None] = None,
     min_cosine: Optional[float] = None,
+    cosine_policy: Literal["lowest", "raise", "fail"] = "lowest",
+    num_threads: int = 0,
+    metadata: Optional[Mapping[str, str]] = None,
     progress: Union[bool, Callable[[int, int], Any], None] = False,
     imatrix: Union[str, PathLike, None] = None,
     pure: bool = False,
@@ -71,8 +74,12 @@ def quantize_model(
     (default q4_0, q8_0 with ``bit_width=8``, q2_k with 2). Every block is byte-identical to
     ggml's quantizer. For checkpoints, 1-D tensors, tensors of ≤ 1024 elements and rows that
     cannot be cut into blocks stay F16 (F32 if 1-D); `keep`/`quantize` globs override (for a
-    GGUF model, `keep` copies tensors unchanged). `min_cosine` (affine) picks per tensor the
-    lowest of 2/4/8 bits that reaches it. GGUF options as in llama-quantize: `imatrix` (a
+    GGUF model, `keep` copies tensors unchanged). `min_cosine` (affine): a per-tensor cosine
+    threshold; `cosine_policy` "lowest" picks the lowest of 2/4/8 bits that reaches it, "raise"
+    starts at `bit_width` and goes up, "fail" keeps `bit_width` and raises ValidationError for
+    the first tensor below it (no file is written). `num_threads`: worker threads for this call
+    (0: all, or `RAYON_NUM_THREADS`). `metadata`: extra key/values for the Arrow/Parquet schema
+    metadata. GGUF options as in llama-quantize: `imatrix` (a
     llama-imatrix .gguf or legacy .dat file), `pure`, `allow_requantize`,
     `leave_output_tensor`, `output_tensor_type`, `token_embedding_type`.
     `progress`: True for a progress bar on stderr, or a callable(done_bytes, total_bytes)
@@ -94,3 +101,17 @@ def read_quantized(path: Union[str, PathLike]) -> pa.Table:
     """Reads an Arrow IPC or Parquet model file written by :func:`quantize_model`: the quantized
     schema plus `source_dtype`, `format`, `cosine`, `relative_mse`, `snr_db`. Rows whose
     `format` is "F16"/"F32" hold raw little-endian values in `quantized_data`."""
+
+def checkpoint_index(
+    path: Union[str, PathLike],
+) -> Tuple[List[str], List[Tuple[str, str, List[int], int, int, int]], Dict[str, str]]:
+    """A safetensors checkpoint's listing, every header checked: (files, [(name, dtype, shape,
+    file index, byte offset, byte length)], merged ``__metadata__``). Used by
+    ``ShardedSafeTensorsLoader``."""
+
+class QuantizationError(ValueError): ...
+class ConfigurationError(ValueError): ...
+class ValidationError(ValueError): ...
+class ModelNotFoundError(FileNotFoundError): ...
+class MetadataError(ValueError): ...
+class ShapeMismatchError(ValueError): ...

@@ -185,6 +185,7 @@ fn run(cli: Cli) -> Result<()> {
                     0 => Limits::sequential(),
                     mib => Limits { read_ahead: mib.saturating_mul(1 << 20), ..Limits::default() },
                 },
+                ..Options::default()
             };
             // indicatif draws to stderr and hides itself when stderr is not a terminal.
             let bar = ProgressBar::new(0);

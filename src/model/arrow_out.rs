@@ -37,6 +37,8 @@ pub struct ModelMeta {
     pub source_files: Vec<String>,
     /// (name, source dtype, format)
     pub tensors: Vec<(String, String, String)>,
+    /// Further key/values from the caller (`Options::metadata`).
+    pub extra: Vec<(String, String)>,
 }
 
 fn arrow_err(e: arrow_schema::ArrowError) -> QuantError {
@@ -65,6 +67,7 @@ pub fn model_schema(group_size: usize, large: bool, meta: &ModelMeta) -> SchemaR
         .collect();
     metadata.insert(META_TENSORS.into(), serde_json::Value::Array(tensors).to_string());
     metadata.insert(META_TOOL.into(), format!("arrow_quant_v2 {}", env!("CARGO_PKG_VERSION")));
+    metadata.extend(meta.extra.iter().cloned());
     Arc::new(Schema::new(fields).with_metadata(metadata))
 }
 

@@ -80,6 +80,43 @@ impl FromStr for QuantType {
     }
 }
 
+/// What `min_cosine` does per tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CosinePolicy {
+    /// The lowest of 2, 4, 8 bits that reaches it (the CLI's `--min-cosine`).
+    Lowest,
+    /// The configured bit width, raised (to 8 at most) until it is reached: the earlier
+    /// package's fallback from a failed quality check.
+    Raise,
+    /// The configured bit width; a tensor that misses the threshold fails the conversion
+    /// (the earlier package's `fail_fast`).
+    Fail,
+}
+
+impl CosinePolicy {
+    /// The bit widths to try, in order, when `configured` is the option's width.
+    fn widths(self, configured: BitWidth) -> Vec<BitWidth> {
+        let all = [BitWidth::B2, BitWidth::B4, BitWidth::B8];
+        match self {
+            CosinePolicy::Lowest => all.to_vec(),
+            CosinePolicy::Raise => all.into_iter().filter(|w| w.bits() >= configured.bits()).collect(),
+            CosinePolicy::Fail => vec![configured],
+        }
+    }
+}
+
+impl std::str::FromStr for CosinePolicy {
+    type Err = QuantError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "lowest" => Ok(Self::Lowest),
+            "raise" => Ok(Self::Raise),
+            "fail" => Ok(Self::Fail),
+            _ => Err(QuantError::value(format!("cosine_policy must be 'lowest', 'raise' or 'fail', got {s:?}"))),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Options {
     /// `None`: from the output's extension.
@@ -91,8 +128,13 @@ pub struct Options {
     pub device: Device,
     pub keep: Vec<String>,
     pub quantize: Vec<String>,
-    /// Affine only: per tensor, the lowest of 2, 4, 8 bits whose cosine reaches this.
+    /// Affine only: a per-tensor cosine threshold, applied as `cosine_policy` says.
     pub min_cosine: Option<f64>,
+    pub cosine_policy: CosinePolicy,
+    /// Worker threads for this conversion; 0: the process's pool (`RAYON_NUM_THREADS`).
+    pub threads: usize,
+    /// Extra key/values for the Arrow/Parquet schema metadata (e.g. the settings of a config).
+    pub metadata: Vec<(String, String)>,
     /// `general.architecture` for GGUF; default: `model_type` of a `config.json` beside the
     /// checkpoint, else "unknown".
     pub arch: Option<String>,
@@ -127,6 +169,9 @@ impl Default for Options {
             keep: Vec::new(),
             quantize: Vec::new(),
             min_cosine: None,
+            cosine_policy: CosinePolicy::Lowest,
+            threads: 0,
+            metadata: Vec::new(),
             arch: None,
             name: None,
             pure: false,
@@ -244,6 +289,10 @@ fn resolve_type(opts: &Options, format: OutputFormat) -> Result<QuantType> {
 /// Converts the model at `src` (a safetensors checkpoint or a GGUF file) into `dst`. Returns
 /// one report per tensor in the model's order.
 pub fn convert(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
+    crate::threads::with_threads(opts.threads, || convert_with(src, dst, opts, progress))
+}
+
+fn convert_with(src: &Path, dst: &Path, opts: &Options, progress: &mut dyn Progress) -> Result<Vec<TensorReport>> {
     let format = opts.format.unwrap_or_else(|| OutputFormat::from_path(dst));
     let qtype = resolve_type(opts, format)?;
     if let Some(m) = opts.min_cosine {
@@ -490,7 +539,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
     let decisions: Vec<_> = tensors.iter().map(|t| rules.decide(&t.name, &t.shape, readable(t))).collect();
     for (t, d) in tensors.iter().zip(&decisions) {
         let what = match d.action {
-            Action::Quantize if opts.min_cosine.is_some() => "affine (bits by min_cosine)".into(),
+            Action::Quantize if opts.min_cosine.is_some() && opts.cosine_policy != CosinePolicy::Fail => "affine (bits by min_cosine)".into(),
             Action::Quantize => format!("affine {}-bit", opts.config.bit_width.bits()),
             Action::Keep(k) => k.name().to_string(),
             Action::Skip => "skip".into(),
@@ -511,6 +560,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                 (t.name.clone(), t.stored.name(), f)
             })
             .collect(),
+        extra: opts.metadata.clone(),
     };
     let large = tensors.iter().any(|t| t.bytes > i32::MAX as u64);
     let mut sink = ArrowSink::new(AtomicFile::create(dst)?, parquet, opts.config.group_size, large, &meta)?;
@@ -535,7 +585,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                 Action::Keep(k) => Ok(ArrowTensor::Kept(k, gguf_out::encode(&t.name, k, values, &t.shape, None)?)),
                 Action::Quantize => {
                     let widths: Vec<BitWidth> = match opts.min_cosine {
-                        Some(_) => vec![BitWidth::B2, BitWidth::B4, BitWidth::B8],
+                        Some(_) => opts.cosine_policy.widths(opts.config.bit_width),
                         None => vec![opts.config.bit_width],
                     };
                     let mut chosen = None;
@@ -549,7 +599,12 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                         }
                     }
                     let (q, stats) = chosen.expect("at least one width");
-                    Ok(ArrowTensor::Affine(q, stats))
+                    match opts.min_cosine {
+                        Some(m) if opts.cosine_policy == CosinePolicy::Fail && stats.cosine() < m => {
+                            Err(QuantError::BelowThreshold { layer: t.name.clone(), bits: q.layout.bit_width.bits() as u8, cosine: stats.cosine(), threshold: m })
+                        }
+                        _ => Ok(ArrowTensor::Affine(q, stats)),
+                    }
                 }
                 Action::Skip => unreachable!("skipped tensors are not loaded"),
             }
@@ -581,4 +636,20 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
     )?;
     let staged = finish_output(&timings, progress, || sink.finish()?.finish())?;
     Ok((staged, reports))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cosine_policy_widths() {
+        use BitWidth::*;
+        assert_eq!(CosinePolicy::Lowest.widths(B8), vec![B2, B4, B8]);
+        assert_eq!(CosinePolicy::Raise.widths(B2), vec![B2, B4, B8]);
+        assert_eq!(CosinePolicy::Raise.widths(B4), vec![B4, B8]);
+        assert_eq!(CosinePolicy::Fail.widths(B4), vec![B4]);
+        assert_eq!("raise".parse::<CosinePolicy>().unwrap(), CosinePolicy::Raise);
+        assert!("up".parse::<CosinePolicy>().is_err());
+    }
 }

@@ -20,5 +20,5 @@ pub mod rules;
 pub mod safetensors_reader;
 pub mod source;
 
-pub use convert::{convert, NoProgress, Options, OutputFormat, Progress, QuantType, TensorReport};
+pub use convert::{convert, CosinePolicy, NoProgress, Options, OutputFormat, Progress, QuantType, TensorReport};
 pub use safetensors_reader::{Checkpoint, TensorDtype, TensorInfo};

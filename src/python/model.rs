@@ -13,7 +13,7 @@ use crate::error::{QuantError, Result};
 use crate::model::arrow_out::report_batch;
 use crate::model::pipeline::Limits;
 use crate::model::quantized::read_batches;
-use crate::model::{convert, Options, OutputFormat, Progress, QuantType};
+use crate::model::{convert, Checkpoint, Options, OutputFormat, Progress, QuantType};
 use crate::quant::ggml::GgmlType;
 use crate::quant::{BitWidth, QuantConfig};
 
@@ -62,7 +62,7 @@ fn strings(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Vec<String>> {
 /// GGUF file) into an Arrow IPC, Parquet or GGUF file; returns the per-tensor quality report as
 /// a pyarrow.Table.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, progress = None, imatrix = None, pure = false, allow_requantize = false, leave_output_tensor = false, output_tensor_type = None, token_embedding_type = None, read_ahead_mib = 256))]
+#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, cosine_policy = "lowest", num_threads = 0, metadata = None, progress = None, imatrix = None, pure = false, allow_requantize = false, leave_output_tensor = false, output_tensor_type = None, token_embedding_type = None, read_ahead_mib = 256))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_model<'py>(
     py: Python<'py>,
@@ -76,6 +76,9 @@ fn quantize_model<'py>(
     keep: Option<&Bound<'py, PyAny>>,
     quantize: Option<&Bound<'py, PyAny>>,
     min_cosine: Option<f64>,
+    cosine_policy: &str,
+    num_threads: usize,
+    metadata: Option<std::collections::BTreeMap<String, String>>,
     progress: Option<&Bound<'py, PyAny>>,
     imatrix: Option<PathBuf>,
     pure: bool,
@@ -94,6 +97,9 @@ fn quantize_model<'py>(
             keep: strings(keep, "keep")?,
             quantize: strings(quantize, "quantize")?,
             min_cosine,
+            cosine_policy: cosine_policy.parse()?,
+            threads: num_threads,
+            metadata: metadata.unwrap_or_default().into_iter().collect(),
             arch: None,
             name: None,
             pure,
@@ -146,7 +152,23 @@ fn read_quantized<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, Py
     })
 }
 
+/// One tensor of a checkpoint's listing: (name, dtype, shape, file index, byte offset, bytes).
+type TensorEntry = (String, String, Vec<usize>, usize, u64, u64);
+
+/// The listing of a safetensors checkpoint (file, index or folder), every header checked by our
+/// reader: (files, tensors, `__metadata__`). `ShardedSafeTensorsLoader` maps the bytes itself.
+#[pyfunction]
+fn checkpoint_index(py: Python<'_>, path: PathBuf) -> PyResult<(Vec<String>, Vec<TensorEntry>, std::collections::BTreeMap<String, String>)> {
+    guarded("checkpoint_index", || {
+        let ck = py.detach(|| Checkpoint::open(&path))?;
+        let files = ck.files.iter().map(|f| f.to_string_lossy().into_owned()).collect();
+        let tensors = ck.tensors.iter().map(|t| (t.name.clone(), t.dtype.name(), t.shape.clone(), t.file, t.start, t.len)).collect();
+        Ok((files, tensors, ck.metadata))
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(checkpoint_index, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_model, m)?)?;
     // The earlier name, for code written before GGUF inputs were accepted.
     m.add("quantize_safetensors", m.getattr("quantize_model")?)?;
