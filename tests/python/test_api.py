@@ -195,18 +195,19 @@ class TestArrowQuantV2:
 
     def test_quantize_batch_from_numpy_dict(self, rng):
         weights = {"x": rng.standard_normal((16, 32), np.float32), "y": rng.standard_normal(24).astype(np.float64)}
-        q = aq.ArrowQuantV2(mode="base").quantize_batch(weights, bit_width=2)
-        assert q.column_names == QUANT_COLUMNS
-        assert q["shape"].to_pylist() == [[16, 32], [24]]
+        got = aq.ArrowQuantV2(mode="base").quantize_batch(weights, bit_width=2)
+        assert [got[k]["shape"] for k in weights] == [[16, 32], [24]]
+        q = aq.quantize_arrow(aq.layers_table(weights), bit_width=2)
         assert_matches_reference(q, {k: v.astype(np.float32) for k, v in weights.items()}, 2, 128)
+        for i, name in enumerate(weights):
+            assert got[name]["quantized_data"] == q["quantized_data"][i].as_py()
+            assert got[name]["scales"] == q["scales"][i].as_py() and got[name]["zero_points"] == q["zero_points"][i].as_py()
 
-    @pytest.mark.parametrize("empty", ["dict", "table", "batch"])
+    @pytest.mark.parametrize("empty", ["table", "batch"])
     def test_empty_input_gives_empty_result_with_full_schema(self, empty):
         quant = aq.ArrowQuantV2()
         schema = pa.schema([("layer_name", pa.string()), ("weights", pa.list_(pa.float32()))])
-        if empty == "dict":
-            q = quant.quantize_batch({})
-        elif empty == "table":
+        if empty == "table":
             q = quant.quantize_arrow(schema.empty_table())
         else:
             q = quant.quantize_arrow_batch(pa.RecordBatch.from_pylist([], schema=schema))
