@@ -20,11 +20,13 @@ import arrow_quant_v2 as aq
 
 
 def write_safetensors(path: Path, tensors: dict) -> None:
-    """A minimal safetensors writer (numpy arrays; float32/float16)."""
+    """A minimal safetensors writer (numpy arrays; float32/float16/float64/bfloat16)."""
+    import ml_dtypes
+
     header, blobs, offset = {}, [], 0
     for name, a in tensors.items():
         a = np.ascontiguousarray(a)
-        dtype = {np.float32: "F32", np.float16: "F16"}[a.dtype.type]
+        dtype = {np.float32: "F32", np.float16: "F16", np.float64: "F64", ml_dtypes.bfloat16: "BF16"}[a.dtype.type]
         b = a.tobytes()
         header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [offset, offset + len(b)]}
         blobs.append(b)
