@@ -48,6 +48,11 @@ def output_file(output_path: PathLike) -> Path:
     out = Path(output_path)
     if out.suffix.lower() in _FILE_SUFFIXES:
         return out
+    if out.suffix.lower() == ".gguf":
+        raise ValueError(
+            f"{out}: the earlier API writes the affine format (Arrow/Parquet); for GGUF call "
+            "quantize_model(src, dst, type='q4_k_m') (or another llama.cpp type)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     return out / FOLDER_OUTPUT
 

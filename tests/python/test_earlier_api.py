@@ -372,6 +372,9 @@ def test_config_settings_change_the_conversion(checkpoint, tmp_path):
 def test_model_errors_have_the_earlier_classes(checkpoint, tmp_path):
     src, _ = checkpoint
     q = aq.ArrowQuantV2()
+    with pytest.raises(ValueError, match="for GGUF call quantize_model"):
+        q.quantize_from_safetensors(str(src), str(tmp_path / "o.gguf"))
+    assert not (tmp_path / "o.gguf").exists()
     with pytest.raises(aq.ModelNotFoundError, match="nowhere"):
         q.quantize_from_safetensors(str(tmp_path / "nowhere.safetensors"), str(tmp_path / "o"))
     assert issubclass(aq.ModelNotFoundError, FileNotFoundError) and issubclass(aq.ModelNotFoundError, OSError)
