@@ -22,10 +22,13 @@ from ._native import (
     __version__,
     backend_name,
     dequantize_arrow,
+    dequantize_arrow_batch,
+    dequantized_schema,
     quantize_arrow,
     quantize_arrow_batch,
     quantize_model,
     quantize_safetensors,
+    quantized_schema,
     read_quantized,
 )
 from .aio import AsyncArrowQuantV2
@@ -34,6 +37,8 @@ from .config import DiffusionQuantConfig
 from .gguf import GGUF_TYPES, gguf_dequantize, gguf_quantize, write_imatrix
 from .models import ShardedSafeTensorsLoader, load_sharded_safetensors
 from .quantizer import ArrowQuantV2
+from .engines import dequantize_batches, quantize_batches, spark_ddl, spark_schema
+from .schemas import quant_metadata
 
 __all__ = [
     "ArrowQuantV2",
@@ -55,6 +60,14 @@ __all__ = [
     "gguf_quantize",
     "write_imatrix",
     "dequantize_arrow",
+    "dequantize_arrow_batch",
+    "dequantized_schema",
+    "quant_metadata",
+    "quantize_batches",
+    "dequantize_batches",
+    "quantized_schema",
+    "spark_ddl",
+    "spark_schema",
     "quantize_arrow",
     "quantize_arrow_batch",
     "layers_table",

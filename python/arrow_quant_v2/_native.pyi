@@ -16,18 +16,32 @@ def quantize_arrow(
     producer (an object with ``__arrow_c_stream__`` or ``__arrow_c_array__``).
 
     Returns one row per layer: `layer_name`, `quantized_data`, `scales`, `zero_points`, `shape`,
-    `bit_width`, with `group_size` in the schema metadata. Raises ValueError or TypeError naming
-    the layer for bad input, RuntimeError when the requested device is unavailable."""
+    `bit_width` (int8), `group_size` (int64), with the scheme and group size also in the schema
+    metadata (one key, `arrow_quant`, a JSON object). Raises ValueError or TypeError naming the
+    layer for bad input, RuntimeError when the requested device is unavailable."""
 
 def quantize_arrow_batch(
     batch: Any, *, bit_width: int = 4, group_size: int = 128, device: Device = "auto"
-) -> pa.RecordBatch:
-    """Like :func:`quantize_arrow` for one RecordBatch (``__arrow_c_array__``)."""
+) -> Union[pa.RecordBatch, pa.Table]:
+    """Like :func:`quantize_arrow`, returning the kind it was given: a RecordBatch for a
+    RecordBatch (``__arrow_c_array__``), a Table for a Table or any other stream."""
 
 def dequantize_arrow(table: Any, *, device: Device = "auto", group_size: Optional[int] = None) -> pa.Table:
     """Expands a quantized table to `layer_name`, `weights` (list<float32>), `shape`.
 
-    `group_size` defaults to the table's schema metadata."""
+    The group size comes from the `group_size` column (a given `group_size` must agree), else
+    `group_size`, else the schema metadata."""
+
+def dequantize_arrow_batch(
+    batch: Any, *, device: Device = "auto", group_size: Optional[int] = None
+) -> Union[pa.RecordBatch, pa.Table]:
+    """Like :func:`dequantize_arrow`, returning the kind it was given."""
+
+def quantized_schema(group_size: int = 128) -> pa.Schema:
+    """The schema :func:`quantize_arrow` returns."""
+
+def dequantized_schema() -> pa.Schema:
+    """The schema :func:`dequantize_arrow` returns."""
 
 def backend_name(device: Device = "auto") -> str:
     """The backend `device` resolves to, e.g. ``"cpu (rayon, 2 threads, avx2)"``."""

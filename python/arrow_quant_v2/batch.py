@@ -8,7 +8,6 @@ chunk and lets progress be reported while the work goes on.
 
 from __future__ import annotations
 
-import json
 import warnings
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -16,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 
 from ._native import ValidationError, quantize_arrow
+from .schemas import with_metadata
 
 CHUNK_BYTES = 64 << 20
-SKIPPED_KEY = b"arrow_quant.skipped_layers"
 
 ProgressCallback = Callable[[str, float], Any]
 
@@ -185,9 +184,10 @@ def quantize_dict(
 
 
 def quantize_table(table: Any, *, bit_width: Optional[int], group_size: int, device: str, continue_on_error: Optional[bool]) -> pa.RecordBatch:
-    """The body of ``ArrowQuantV2.quantize_batch_arrow``: any Arrow table in, one RecordBatch
-    out. Under ``continue_on_error=True`` a failing layer is left out, warned about, and listed
-    with its reason in the result's schema metadata (``arrow_quant.skipped_layers``, JSON)."""
+    """The body of ``ArrowQuantV2.quantize_batch_arrow``: any Arrow table in, one RecordBatch of
+    the earlier six columns out. Under ``continue_on_error=True`` a failing layer is left out,
+    warned about, and listed with its reason under ``skipped_layers`` in the result's
+    ``arrow_quant`` metadata."""
     bits = 4 if bit_width is None else bit_width
     try:
         out = quantize_arrow(table, bit_width=bits, group_size=group_size, device=device)
@@ -207,11 +207,9 @@ def quantize_table(table: Any, *, bit_width: Optional[int], group_size: int, dev
                 _skip("quantize_batch_arrow", str(row.column("layer_name")[0].as_py()), str(e), skipped)
         empty = quantize_arrow(rows.slice(0, 0), bit_width=bits, group_size=group_size, device=device)
         out = pa.concat_tables([empty, *parts], promote_options="permissive") if parts else empty
-    out = out.combine_chunks()
+    from .quantizer import earlier_columns
+
+    out = earlier_columns(out.combine_chunks())
     batches = out.to_batches()
     batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=out.schema)
-    if skipped:
-        metadata = dict(batch.schema.metadata or {})
-        metadata[SKIPPED_KEY] = json.dumps(skipped).encode()
-        batch = batch.replace_schema_metadata(metadata)
-    return batch
+    return with_metadata(batch, skipped_layers=skipped) if skipped else batch

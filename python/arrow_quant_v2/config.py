@@ -20,7 +20,7 @@ setting                                   effect here
 
 All other settings (time groups, spatial/time-aware switches, calibration samples, the
 thermodynamic/Markov/entropy weights, SIMD switches, streaming) are validated, recorded in the
-output's metadata (``arrow_quant.config``) and have no effect: this package has one exact
+output's metadata (``config`` in the ``arrow_quant`` metadata) and have no effect: this package has one exact
 group-wise scheme, always streams tensor by tensor, and always uses the fastest kernels.
 """
 
@@ -244,7 +244,7 @@ class DiffusionQuantConfig:
             "bit_width": self.bit_width,
             "group_size": self.group_size,
             "num_threads": self.num_threads,
-            "metadata": {"arrow_quant.config": json.dumps(self.to_dict(), sort_keys=True)},
+            "metadata": {"config": json.dumps(self.to_dict(), sort_keys=True)},
         }
         if self.min_accuracy > 0:
             options["min_cosine"] = self.min_accuracy

@@ -160,7 +160,7 @@ def _dequantized(table: pa.Table) -> Dict[str, np.ndarray]:
             out[name] = np.frombuffer(data, raw[f]).astype(np.float32)
     affine = table.filter(pc.equal(table.column("format"), "affine"))
     if affine.num_rows:
-        expanded = dequantize_arrow(affine.select(["layer_name", "quantized_data", "scales", "zero_points", "shape", "bit_width"]))
+        expanded = dequantize_arrow(affine)
         weights = expanded.column("weights").combine_chunks()
         for i, name in enumerate(expanded.column("layer_name").to_pylist()):
             out[name] = weights[i].values.to_numpy(zero_copy_only=False)

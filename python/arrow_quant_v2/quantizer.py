@@ -21,6 +21,17 @@ from .config import DiffusionQuantConfig
 _MODES = {"diffusion": "diffusion", "base": "base", "time_aware": "diffusion"}
 
 
+def earlier_columns(q):
+    """The earlier six columns of a quantized table or batch: without the ``group_size`` column
+    (the group size stays in the schema metadata) and with ``bit_width`` as uint8."""
+    i = q.schema.get_field_index("group_size")
+    if i >= 0:
+        q = q.remove_column(i)
+    b = q.schema.get_field_index("bit_width")
+    field = pa.field("bit_width", pa.uint8(), nullable=False)
+    return q.set_column(b, field, q.column(b).cast(pa.uint8()))
+
+
 class ArrowQuantV2:
     """The quantizer object of the earlier ``arrow_quant_v2`` API.
 
@@ -45,20 +56,21 @@ class ArrowQuantV2:
     # ---- Arrow tables -------------------------------------------------------------------
 
     def quantize_arrow(self, table, bit_width: int = 4, group_size: Optional[int] = None) -> pa.Table:
-        """Quantizes a table of layers; returns the six-column quantized table."""
-        return quantize_arrow(table, bit_width=bit_width, group_size=self._group_size(group_size), device=self.device)
+        """Quantizes a table of layers; returns the earlier six-column quantized table
+        (``bit_width`` uint8, the group size in the schema metadata)."""
+        return earlier_columns(quantize_arrow(table, bit_width=bit_width, group_size=self._group_size(group_size), device=self.device))
 
     def quantize_arrow_batch(self, batch, bit_width: int = 4, group_size: Optional[int] = None) -> pa.RecordBatch:
         """Quantizes one RecordBatch; the same bytes as :meth:`quantize_arrow` on the same rows."""
-        return quantize_arrow_batch(
-            batch, bit_width=bit_width, group_size=self._group_size(group_size), device=self.device
+        return earlier_columns(
+            quantize_arrow_batch(batch, bit_width=bit_width, group_size=self._group_size(group_size), device=self.device)
         )
 
     def quantize_batch_arrow(self, table, bit_width: Optional[int] = None, continue_on_error: Optional[bool] = None) -> pa.RecordBatch:
         """The earlier name: any Arrow table of layers in, one RecordBatch of the six quantized
         columns out. With ``continue_on_error=True`` a failing layer is left out, warned about
         (``RuntimeWarning``) and listed with its reason in the result's schema metadata under
-        ``arrow_quant.skipped_layers`` (JSON)."""
+        ``skipped_layers`` of the ``arrow_quant`` metadata (see :func:`quant_metadata`)."""
         return _batch.quantize_table(table, bit_width=bit_width, group_size=self.group_size, device=self.device, continue_on_error=continue_on_error)
 
     def dequantize_arrow(self, table, group_size: Optional[int] = None) -> pa.Table:

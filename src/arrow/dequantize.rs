@@ -10,24 +10,55 @@ use arrow_schema::DataType;
 use super::input::ShapeColumn;
 use super::lists::{layer_names, required, ListColumn};
 use super::quantize::{float_lists, int64_lists};
-use super::schema::{dequantized_schema, BIT_WIDTH, LAYER_NAME, META_GROUP_SIZE, QUANTIZED_DATA, SCALES, SHAPE, ZERO_POINTS};
+use super::schema::{dequantized_schema, read_metadata, BIT_WIDTH, GROUP_SIZE, LAYER_NAME, META_GROUP_SIZE, META_KEY, QUANTIZED_DATA, SCALES, SHAPE, ZERO_POINTS};
 use super::split_mut;
 use crate::backend::{Backend, DequantJob};
 use crate::error::{QuantError, Result};
 use crate::quant::{BitWidth, GroupLayout, QuantConfig};
 
-/// The group size a quantized batch was made with: `group_size` when given, else the schema
-/// metadata.
-pub fn batch_group_size(batch: &RecordBatch, group_size: Option<i64>) -> Result<i64> {
-    if let Some(g) = group_size {
-        return Ok(g);
+/// Where a quantized batch's group size comes from, in this order: its `group_size` column
+/// (each row's own; an explicit `group_size` must agree), the explicit argument, the schema
+/// metadata. Only quantized rows need one: a batch of raw (kept) rows has none to give.
+enum GroupSizes {
+    PerRow(arrow_array::Int64Array, Option<i64>),
+    Fixed(i64),
+    Missing,
+}
+
+impl GroupSizes {
+    fn of(batch: &RecordBatch, group_size: Option<i64>) -> Result<Self> {
+        if batch.column_by_name(GROUP_SIZE).is_some() {
+            return Ok(Self::PerRow(integer_column(batch, GROUP_SIZE)?, group_size));
+        }
+        if let Some(g) = group_size {
+            return Ok(Self::Fixed(g));
+        }
+        let meta = read_metadata(batch.schema_ref().metadata())?;
+        match meta.get(META_GROUP_SIZE) {
+            None => Ok(Self::Missing),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .map(Self::Fixed)
+                .ok_or_else(|| QuantError::value(format!("schema metadata '{META_KEY}' has a group_size that is not an integer: {v}"))),
+        }
     }
-    let meta = batch.schema_ref().metadata().get(META_GROUP_SIZE).ok_or_else(|| {
-        QuantError::value(format!(
-            "the quantized table has no '{META_GROUP_SIZE}' schema metadata (it may have been dropped by a conversion); pass group_size explicitly"
-        ))
-    })?;
-    meta.parse().map_err(|_| QuantError::value(format!("schema metadata '{META_GROUP_SIZE}' is not an integer: {meta:?}")))
+
+    fn row(&self, row: usize, name: &str) -> Result<i64> {
+        match self {
+            Self::PerRow(col, given) => {
+                let g = col.value(row);
+                match given {
+                    Some(given) if *given != g => Err(QuantError::layer_value(name, format!("group_size={given} was given, but the row's group_size column says {g}"))),
+                    _ => Ok(g),
+                }
+            }
+            Self::Fixed(g) => Ok(*g),
+            Self::Missing => Err(QuantError::value(format!(
+                "the quantized table has no '{GROUP_SIZE}' column and no group size in its '{META_KEY}' schema metadata (it may have been dropped by a conversion); pass group_size explicitly"
+            ))),
+        }
+    }
 }
 
 /// One row of a quantized batch, checked against its shape, bit width and group size.
@@ -54,7 +85,7 @@ pub(crate) struct QuantizedRows<'a> {
 
 impl<'a> QuantizedRows<'a> {
     pub(crate) fn check(batch: &'a RecordBatch, group_size: Option<i64>) -> Result<Self> {
-        let group_size = batch_group_size(batch, group_size)?;
+        let group_sizes = GroupSizes::of(batch, group_size)?;
         let names = layer_names(batch, LAYER_NAME)?;
         let data = binary_column(batch)?;
         let scales = float_list_column(batch, SCALES)?;
@@ -84,6 +115,7 @@ impl<'a> QuantizedRows<'a> {
                         // The quantizer refuses empty layers, so it never writes such a row.
                         return Err(QuantError::layer_value(name, format!("shape {shape:?} has no elements; a quantized row has at least one")));
                     }
+                    let group_size = group_sizes.row(row, name)?;
                     let layout = GroupLayout::from_shape(&shape, QuantConfig::new(bit_width, group_size)?);
                     check_len(name, "quantized_data bytes", data.lens[row], layout.packed_len())?;
                     check_len(name, "scales", scales.ranges[row].len(), layout.n_groups())?;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BinaryArray, Float32Array, Int64Array, LargeBinaryArray, ListArray, RecordBatch, StringArray, UInt8Array};
+use arrow_array::{ArrayRef, BinaryArray, Float32Array, Int64Array, Int8Array, LargeBinaryArray, ListArray, RecordBatch, StringArray};
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::DataType;
 
@@ -65,11 +65,12 @@ pub fn quantize_layers(layers: &[Layer<'_>], config: QuantConfig, backend: &dyn 
     let zero_points = float_lists(zero_points, &group_counts);
     let names = StringArray::from_iter_values(layers.iter().map(|l| l.name.as_str()));
     let shapes = int64_lists(layers.iter().map(|l| l.shape.iter().map(|&d| d as i64)));
-    let bits = UInt8Array::from_iter_values(layouts.iter().map(|l| l.bit_width.bits() as u8));
+    let bits = Int8Array::from_iter_values(layouts.iter().map(|l| l.bit_width.bits() as i8));
+    let group_sizes = Int64Array::from_value(config.group_size as i64, layers.len());
     let schema = quantized_schema(config.group_size, large);
     RecordBatch::try_new(
         schema,
-        vec![Arc::new(names), data, Arc::new(scales), Arc::new(zero_points), Arc::new(shapes), Arc::new(bits)],
+        vec![Arc::new(names), data, Arc::new(scales), Arc::new(zero_points), Arc::new(shapes), Arc::new(bits), Arc::new(group_sizes)],
     )
     .map_err(|e| QuantError::value(format!("could not assemble the output batch: {e}")))
 }

@@ -1,16 +1,16 @@
 //! The Arrow IPC output of a model, and the quality report as a table.
 //!
 //! The model file holds one record batch per tensor in the quantized schema
-//! (`layer_name`, `quantized_data`, `scales`, `zero_points`, `shape`, `bit_width`) plus
+//! (`layer_name`, `quantized_data`, `scales`, `zero_points`, `shape`, `bit_width`, `group_size`) plus
 //! `source_dtype`, `format` ("affine", or "F16"/"F32" for tensors kept in high precision, whose
 //! `quantized_data` is then the raw little-endian values, `scales`/`zero_points` empty and
 //! `bit_width` 16 or 32) and the tensor's `cosine`, `relative_mse`, `snr_db`. The schema
-//! metadata adds the source files, each tensor's source dtype and format, and the tool version.
+//! metadata's JSON object adds the source files, each tensor's source dtype and format, the tool
+//! version and the caller's entries (`Options::metadata`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, BinaryArray, Float32Array, Float64Array, LargeBinaryArray, ListArray, RecordBatch, StringArray, UInt64Array, UInt8Array};
+use arrow_array::{ArrayRef, BinaryArray, Float32Array, Float64Array, LargeBinaryArray, ListArray, RecordBatch, StringArray, UInt64Array, UInt8Array, Int8Array, Int64Array};
 use arrow_buffer::{Buffer, OffsetBuffer};
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -22,16 +22,17 @@ use parquet::schema::types::ColumnPath;
 use super::atomic::AtomicFile;
 use super::convert::TensorReport;
 use crate::arrow::quantize::int64_lists;
-use crate::arrow::schema::{list_field, quantized_schema};
+use crate::arrow::schema::{list_field, quantized_metadata, quantized_schema, schema_metadata};
 use crate::backend::QuantizedTensor;
 use crate::error::{QuantError, Result};
 use crate::gguf::GgmlType;
 
 pub const SOURCE_DTYPE: &str = "source_dtype";
 pub const FORMAT: &str = "format";
-pub const META_SOURCE_FILES: &str = "arrow_quant.model.source_files";
-pub const META_TENSORS: &str = "arrow_quant.model.tensors";
-pub const META_TOOL: &str = "arrow_quant.model.tool";
+/// Entries of the schema metadata's JSON object (see `arrow::schema`).
+pub const META_SOURCE_FILES: &str = "model.source_files";
+pub const META_TENSORS: &str = "model.tensors";
+pub const META_TOOL: &str = "model.tool";
 
 pub struct ModelMeta {
     pub source_files: Vec<String>,
@@ -58,16 +59,20 @@ pub fn model_schema(group_size: usize, large: bool, meta: &ModelMeta) -> SchemaR
     for s in ["cosine", "relative_mse", "snr_db"] {
         fields.push(Field::new(s, DataType::Float64, false));
     }
-    let mut metadata: HashMap<String, String> = base.metadata().clone();
-    metadata.insert(META_SOURCE_FILES.into(), serde_json::to_string(&meta.source_files).unwrap());
+    let mut entries = quantized_metadata(group_size);
+    entries.insert(META_SOURCE_FILES.into(), serde_json::json!(meta.source_files));
     let tensors: Vec<serde_json::Value> = meta
         .tensors
         .iter()
         .map(|(n, d, f)| serde_json::json!({"name": n, "dtype": d, "format": f}))
         .collect();
-    metadata.insert(META_TENSORS.into(), serde_json::Value::Array(tensors).to_string());
-    metadata.insert(META_TOOL.into(), format!("arrow_quant_v2 {}", env!("CARGO_PKG_VERSION")));
-    metadata.extend(meta.extra.iter().cloned());
+    entries.insert(META_TENSORS.into(), serde_json::Value::Array(tensors));
+    entries.insert(META_TOOL.into(), format!("arrow_quant_v2 {}", env!("CARGO_PKG_VERSION")).into());
+    for (k, v) in &meta.extra {
+        // A value that is JSON is kept as such (a config object), anything else as a string.
+        entries.insert(k.clone(), serde_json::from_str(v).unwrap_or_else(|_| v.as_str().into()));
+    }
+    let metadata = schema_metadata(entries);
     Arc::new(Schema::new(fields).with_metadata(metadata))
 }
 
@@ -84,6 +89,7 @@ pub struct ArrowSink {
     writer: TableWriter,
     schema: SchemaRef,
     large: bool,
+    group_size: usize,
 }
 
 /// One list of floats, taking the vector (no copy).
@@ -108,7 +114,7 @@ impl ArrowSink {
         } else {
             TableWriter::Ipc(FileWriter::try_new(out, &schema).map_err(arrow_err)?)
         };
-        Ok(Self { writer, schema, large })
+        Ok(Self { writer, schema, large, group_size })
     }
 
     /// One tensor's row; its buffers become the row's arrays without a copy.
@@ -129,7 +135,8 @@ impl ArrowSink {
             floats(scales),
             floats(zero_points),
             Arc::new(int64_lists(std::iter::once(r.shape.iter().map(|&d| d as i64)))),
-            Arc::new(UInt8Array::from(vec![bits])),
+            Arc::new(Int8Array::from(vec![bits as i8])),
+            Arc::new(Int64Array::from(vec![self.group_size as i64])),
             Arc::new(StringArray::from(vec![r.source_dtype.as_str()])),
             Arc::new(StringArray::from(vec![r.format.as_str()])),
             Arc::new(Float64Array::from(vec![r.stats.cosine()])),

@@ -15,7 +15,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::arrow_out::FORMAT;
 use crate::arrow::dequantize::{dequantize_batch, QuantizedRows, RowKind};
 use crate::arrow::lists::string_column;
-use crate::arrow::schema::WEIGHTS;
+use crate::arrow::schema::{read_metadata, META_KEY, WEIGHTS};
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 use crate::gguf::reader::GgufFile;
@@ -153,8 +153,16 @@ impl QuantFile {
 
     pub fn metadata(&self) -> Vec<(String, String)> {
         match self {
+            // The arrow_quant entries as `arrow_quant.<entry>` (strings as they are, the rest as
+            // JSON), then any other keys.
             Self::Arrow { batches, .. } => {
-                let mut m: Vec<_> = batches.first().map(|b| b.schema().metadata().clone().into_iter().collect()).unwrap_or_default();
+                let Some(schema) = batches.first().map(|b| b.schema()) else { return Vec::new() };
+                let entries = read_metadata(schema.metadata()).unwrap_or_default();
+                let mut m: Vec<_> = entries
+                    .into_iter()
+                    .map(|(k, v)| (format!("{META_KEY}.{k}"), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                    .chain(schema.metadata().iter().filter(|(k, _)| !k.starts_with(META_KEY)).map(|(k, v)| (k.clone(), v.clone())))
+                    .collect();
                 m.sort();
                 m
             }

@@ -13,7 +13,7 @@ use arrow_schema::{ArrowError, SchemaRef};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3_arrow::input::AnyRecordBatch;
-use pyo3_arrow::{PyRecordBatch, PyTable};
+use pyo3_arrow::{PyRecordBatch, PySchema, PyTable};
 
 use crate::arrow::schema::{quantized_schema, dequantized_schema, LAYER_NAME, WEIGHTS};
 use crate::arrow::quantize::unify_code_types;
@@ -72,38 +72,54 @@ fn map_batches(
     })
 }
 
+fn quantize_table<'py>(py: Python<'py>, input: AnyRecordBatch, config: QuantConfig, device: Device) -> PyResult<Bound<'py, PyAny>> {
+    let backend = backend(device)?;
+    let batches = unify_code_types(map_batches(py, input, &[LAYER_NAME, WEIGHTS], |b| quantize_batch(b, config, backend))?)?;
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| quantized_schema(config.group_size, false));
+    PyTable::try_new(batches, schema)?.into_pyarrow(py)
+}
+
+fn dequantize_table<'py>(py: Python<'py>, input: AnyRecordBatch, group_size: Option<i64>, device: Device) -> PyResult<Bound<'py, PyAny>> {
+    let backend = backend(device)?;
+    let batches = map_batches(py, input, &[LAYER_NAME], |b| dequantize_batch(b, group_size, backend))?;
+    PyTable::try_new(batches, dequantized_schema())?.into_pyarrow(py)
+}
+
+/// A RecordBatch given on its own (`__arrow_c_array__`): validated like a stream's batches.
+fn one_batch(batch: PyRecordBatch, required: &[&str]) -> Result<RecordBatch> {
+    let batch = batch.into_inner();
+    validate_batch(&batch, None)?;
+    require_columns(&batch.schema(), required)?;
+    Ok(batch)
+}
+
 #[pyfunction]
 #[pyo3(signature = (table, *, bit_width = 4, group_size = 128, device = "auto"))]
 fn quantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str) -> PyResult<Bound<'py, PyAny>> {
     guarded("quantize_arrow", || {
         let config = config(bit_width, group_size)?;
         let device: Device = device.parse()?;
-        let input = arrow_input(table, "quantize_arrow")?;
-        let backend = backend(device)?;
-        let batches = unify_code_types(map_batches(py, input, &[LAYER_NAME, WEIGHTS], |b| quantize_batch(b, config, backend))?)?;
-        let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| quantized_schema(config.group_size, false));
-        PyTable::try_new(batches, schema)?.into_pyarrow(py)
+        quantize_table(py, arrow_input(table, "quantize_arrow")?, config, device)
     })
 }
 
+/// `quantize_arrow` that returns the kind it was given: a RecordBatch for a RecordBatch, a
+/// Table for a Table or any stream (what Ray's `map_batches` and `datasets.map` pass).
 #[pyfunction]
 #[pyo3(signature = (batch, *, bit_width = 4, group_size = 128, device = "auto"))]
 fn quantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str) -> PyResult<Bound<'py, PyAny>> {
     guarded("quantize_arrow_batch", || {
         let config = config(bit_width, group_size)?;
         let device: Device = device.parse()?;
-        let batch = importing(|| batch.extract::<PyRecordBatch>())?.map_err(|_| {
-            PyTypeError::new_err(format!(
-                "quantize_arrow_batch expects an Arrow record batch (an object with __arrow_c_array__), got {}",
-                batch.get_type().name().map(|n| n.to_string()).unwrap_or_default()
-            ))
-        })?;
-        let batch = batch.into_inner();
-        validate_batch(&batch, None)?;
-        require_columns(&batch.schema(), &[LAYER_NAME, WEIGHTS])?;
-        let backend = backend(device)?;
-        let out = py.detach(|| quantize_batch(&batch, config, backend))?;
-        PyRecordBatch::new(out).into_pyarrow(py)
+        match arrow_input(batch, "quantize_arrow_batch")? {
+            AnyRecordBatch::RecordBatch(b) => {
+                let batch = one_batch(b, &[LAYER_NAME, WEIGHTS])?;
+                let backend = backend(device)?;
+                let out = py.detach(|| quantize_batch(&batch, config, backend))?;
+                PyRecordBatch::new(out).into_pyarrow(py)
+            }
+            stream => quantize_table(py, stream, config, device),
+        }
     })
 }
 
@@ -112,11 +128,43 @@ fn quantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, bit_wid
 fn dequantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, device: &str, group_size: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
     guarded("dequantize_arrow", || {
         let device: Device = device.parse()?;
-        let input = arrow_input(table, "dequantize_arrow")?;
-        let backend = backend(device)?;
-        let batches = map_batches(py, input, &[LAYER_NAME], |b| dequantize_batch(b, group_size, backend))?;
-        PyTable::try_new(batches, dequantized_schema())?.into_pyarrow(py)
+        dequantize_table(py, arrow_input(table, "dequantize_arrow")?, group_size, device)
     })
+}
+
+/// `dequantize_arrow` that returns the kind it was given (see `quantize_arrow_batch`).
+#[pyfunction]
+#[pyo3(signature = (batch, *, device = "auto", group_size = None))]
+fn dequantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, device: &str, group_size: Option<i64>) -> PyResult<Bound<'py, PyAny>> {
+    guarded("dequantize_arrow_batch", || {
+        let device: Device = device.parse()?;
+        match arrow_input(batch, "dequantize_arrow_batch")? {
+            AnyRecordBatch::RecordBatch(b) => {
+                let batch = one_batch(b, &[LAYER_NAME])?;
+                let backend = backend(device)?;
+                let out = py.detach(|| dequantize_batch(&batch, group_size, backend))?;
+                PyRecordBatch::new(out).into_pyarrow(py)
+            }
+            stream => dequantize_table(py, stream, group_size, device),
+        }
+    })
+}
+
+/// The schema `quantize_arrow` returns (for engines that declare output types up front).
+#[pyfunction]
+#[pyo3(name = "quantized_schema", signature = (group_size = 128))]
+fn quantized_schema_of(py: Python<'_>, group_size: i64) -> PyResult<Bound<'_, PyAny>> {
+    guarded("quantized_schema", || {
+        let config = config(4, group_size)?;
+        PySchema::new(quantized_schema(config.group_size, false)).into_pyarrow(py)
+    })
+}
+
+/// The schema `dequantize_arrow` returns.
+#[pyfunction]
+#[pyo3(name = "dequantized_schema")]
+fn dequantized_schema_of(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    guarded("dequantized_schema", || PySchema::new(dequantized_schema()).into_pyarrow(py))
 }
 
 /// Which backend `device` resolves to, e.g. "cpu (rayon, 2 threads, avx2)".
@@ -133,6 +181,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize_arrow, m)?)?;
     m.add_function(wrap_pyfunction!(quantize_arrow_batch, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize_arrow, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantize_arrow_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(quantized_schema_of, m)?)?;
+    m.add_function(wrap_pyfunction!(dequantized_schema_of, m)?)?;
     m.add_function(wrap_pyfunction!(backend_name, m)?)?;
     errors::register(m)?;
     model::register(m)?;

@@ -10,7 +10,8 @@ import arrow_quant_v2 as aq
 from arrow_quant_v2 import reference
 from conftest import layer_table
 
-QUANT_COLUMNS = ["layer_name", "quantized_data", "scales", "zero_points", "shape", "bit_width"]
+QUANT_COLUMNS = ["layer_name", "quantized_data", "scales", "zero_points", "shape", "bit_width", "group_size"]
+EARLIER_COLUMNS = QUANT_COLUMNS[:6]  # the class API keeps the earlier six
 
 
 def assert_matches_reference(q, layers, bit_width, group_size):
@@ -38,18 +39,29 @@ def test_issue_example_round_trip(rng):
     assert back["shape"][0].as_py() == [512, 1024]
 
 
-def test_schema_is_exactly_the_six_columns_with_metadata(rng):
+def test_schema_is_exactly_the_seven_columns_with_metadata(rng):
     q = aq.quantize_arrow(layer_table({"a": rng.standard_normal((4, 64), np.float32)}), bit_width=2, group_size=32)
     assert q.column_names == QUANT_COLUMNS
     assert q.schema.field("quantized_data").type == pa.binary()
     assert q.schema.field("scales").type.value_type == pa.float32()
     assert q.schema.field("zero_points").type.value_type == pa.float32()
     assert q.schema.field("shape").type.value_type == pa.int64()
-    assert q.schema.field("bit_width").type == pa.uint8()
-    meta = q.schema.metadata
-    assert meta[b"arrow_quant.group_size"] == b"32"
-    assert meta[b"arrow_quant.scheme"] == b"affine-minmax-v1"
-    assert q["bit_width"][0].as_py() == 2
+    # Signed types: Spark has no unsigned integers.
+    assert q.schema.field("bit_width").type == pa.int8()
+    assert q.schema.field("group_size").type == pa.int64()
+    assert q.schema == aq.quantized_schema(32)
+    assert list(q.schema.metadata) == [b"arrow_quant"]  # one key: written in a fixed order
+    meta = aq.quant_metadata(q)
+    assert meta["group_size"] == 32 and meta["scheme"] == "affine-minmax-v1"
+    assert q["bit_width"][0].as_py() == 2 and q["group_size"][0].as_py() == 32
+
+
+def test_metadata_of_earlier_files_is_still_read(rng):
+    """Files written before 0.3 kept each entry under its own arrow_quant.<entry> key."""
+    q = aq.quantize_arrow(layer_table({"a": rng.standard_normal(64, np.float32)}), group_size=16).drop_columns(["group_size"])
+    old = q.replace_schema_metadata({b"arrow_quant.group_size": b"16", b"arrow_quant.scheme": b"affine-minmax-v1"})
+    assert aq.quant_metadata(old) == {"group_size": "16", "scheme": "affine-minmax-v1"}
+    assert aq.dequantize_arrow(old).equals(aq.dequantize_arrow(q))
 
 
 @pytest.mark.parametrize("bit_width", [2, 4, 8])
@@ -164,12 +176,28 @@ def test_result_is_independent_of_threads(rng):
     assert all(r.equals(want) for r in results)
 
 
-def test_dequantize_needs_group_size_when_metadata_is_gone(rng):
+def test_dequantize_needs_nothing_but_the_columns(rng):
+    """Engines drop schema metadata; the group_size column carries it. Without either, the
+    group size must be given (and a given one must agree with the column)."""
     q = aq.quantize_arrow(layer_table({"w": rng.standard_normal(64, np.float32)}), group_size=16)
     bare = q.replace_schema_metadata(None)
-    with pytest.raises(ValueError, match="group_size"):
-        aq.dequantize_arrow(bare)
-    assert aq.dequantize_arrow(bare, group_size=16).equals(aq.dequantize_arrow(q))
+    assert aq.dequantize_arrow(bare).equals(aq.dequantize_arrow(q))
+    with pytest.raises(ValueError, match="group_size=32 was given, but the row's group_size column says 16"):
+        aq.dequantize_arrow(bare, group_size=32)
+    neither = bare.drop_columns(["group_size"])
+    with pytest.raises(ValueError, match="no 'group_size' column and no group size"):
+        aq.dequantize_arrow(neither)
+    assert aq.dequantize_arrow(neither, group_size=16).equals(aq.dequantize_arrow(q))
+
+
+def test_rows_of_different_group_sizes_dequantize_each_with_its_own(rng):
+    w = {"a": rng.standard_normal(256, np.float32)}
+    q16 = aq.quantize_arrow(layer_table(w), group_size=16)
+    q64 = aq.quantize_arrow(layer_table(w), group_size=64)
+    mixed = pa.concat_tables([q16, q64.cast(q16.schema)]).replace_schema_metadata(None)
+    back = aq.dequantize_arrow(mixed)
+    assert back["weights"][0] == aq.dequantize_arrow(q16)["weights"][0]
+    assert back["weights"][1] == aq.dequantize_arrow(q64)["weights"][0]
 
 
 class TestArrowQuantV2:
@@ -182,15 +210,20 @@ class TestArrowQuantV2:
     def test_quantize_arrow_returns_exactly_six_columns(self, rng):
         t = layer_table({"a": rng.standard_normal((8, 128), np.float32)})
         q = aq.ArrowQuantV2(mode="diffusion").quantize_arrow(t, bit_width=4)
-        assert q.column_names == QUANT_COLUMNS
-        assert q.equals(aq.quantize_arrow(t, bit_width=4))
+        assert q.column_names == EARLIER_COLUMNS
+        assert q.schema.field("bit_width").type == pa.uint8()
+        module = aq.quantize_arrow(t, bit_width=4)
+        for c in EARLIER_COLUMNS[:5]:
+            assert q[c].equals(module[c])
+        assert q["bit_width"].to_pylist() == module["bit_width"].to_pylist()
+        assert aq.dequantize_arrow(q).equals(aq.dequantize_arrow(module))
 
     def test_quantize_arrow_batch_matches_table(self, rng):
         t = layer_table({"a": rng.standard_normal((8, 128), np.float32)})
         quant = aq.ArrowQuantV2()
         b = quant.quantize_arrow_batch(t.to_batches()[0], bit_width=8)
         assert isinstance(b, pa.RecordBatch)
-        assert b.schema.names == QUANT_COLUMNS
+        assert b.schema.names == EARLIER_COLUMNS
         assert pa.Table.from_batches([b]).equals(quant.quantize_arrow(t, bit_width=8))
 
     def test_quantize_batch_from_numpy_dict(self, rng):
@@ -212,7 +245,7 @@ class TestArrowQuantV2:
         else:
             q = quant.quantize_arrow_batch(pa.RecordBatch.from_pylist([], schema=schema))
         assert q.num_rows == 0
-        assert q.schema.names == QUANT_COLUMNS
+        assert q.schema.names == EARLIER_COLUMNS
 
 
 def test_dequantize_decodes_rows_kept_in_high_precision(rng):
@@ -227,7 +260,8 @@ def test_dequantize_decodes_rows_kept_in_high_precision(rng):
             "scales": pa.array([[], []], pa.list_(pa.field("item", pa.float32(), nullable=False))),
             "zero_points": pa.array([[], []], pa.list_(pa.field("item", pa.float32(), nullable=False))),
             "shape": pa.array([[2, 3], [5]], pa.list_(pa.field("item", pa.int64(), nullable=False))),
-            "bit_width": pa.array([16, 32], pa.uint8()),
+            "bit_width": pa.array([16, 32], pa.int8()),
+            "group_size": pa.array([16, 16], pa.int64()),
         },
         schema=q.schema,
     )

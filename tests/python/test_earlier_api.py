@@ -199,8 +199,9 @@ def test_quantize_batch_arrow_returns_one_record_batch(rng):
     table = aq.layers_table(w)
     got = aq.ArrowQuantV2().quantize_batch_arrow(table, bit_width=8)
     assert isinstance(got, pa.RecordBatch)
-    want = aq.quantize_arrow(table, bit_width=8, device="cpu")
+    want = aq.ArrowQuantV2().quantize_arrow(table, bit_width=8)  # the earlier six columns
     assert pa.Table.from_batches([got]).equals(want.combine_chunks())
+    assert got.schema.field("bit_width").type == pa.uint8() and "group_size" not in got.schema.names
     # The earlier doc's example: lists of Python floats (list<double>).
     lists = pa.table({"layer_name": ["l1", "l2"], "weights": [rng.standard_normal(1000).tolist(), rng.standard_normal(2000).tolist()]})
     assert aq.ArrowQuantV2().quantize_batch_arrow(lists).num_rows == 2
@@ -216,9 +217,9 @@ def test_quantize_batch_arrow_continue_on_error(rng):
     with pytest.warns(RuntimeWarning, match="skipping layer 'bad'"):
         got = aq.ArrowQuantV2().quantize_batch_arrow(table, continue_on_error=True)
     assert got.column("layer_name").to_pylist() == ["a", "b"]
-    skipped = json.loads(got.schema.metadata[b"arrow_quant.skipped_layers"])
+    skipped = aq.quant_metadata(got)["skipped_layers"]
     assert list(skipped) == ["bad"] and "NaN or Inf" in skipped["bad"]
-    assert got.schema.metadata[b"arrow_quant.group_size"] == b"128"
+    assert aq.quant_metadata(got)["group_size"] == 128
     want = aq.quantize_arrow(table.filter(pa.array([True, False, True])), device="cpu")
     assert got.column("quantized_data").to_pylist() == want.column("quantized_data").to_pylist()
     # A missing column is the call's fault: raised even under continue_on_error.
@@ -293,7 +294,7 @@ def test_config_maps_to_converter_options():
     o = c.model_options(names)
     assert (o["bit_width"], o["group_size"], o["min_cosine"], o["cosine_policy"], o["num_threads"], o["read_ahead_mib"]) == (2, 64, 0.9, "raise", 3, 50)
     assert "keep" not in o
-    assert json.loads(o["metadata"]["arrow_quant.config"])["calibration_samples"] == 7
+    assert json.loads(o["metadata"]["config"])["calibration_samples"] == 7
     assert aq.DiffusionQuantConfig(fail_fast=True).model_options()["cosine_policy"] == "fail"
     assert "min_cosine" not in aq.DiffusionQuantConfig(min_accuracy=0.0).model_options()
     keep = aq.DiffusionQuantConfig(skip_sensitive_layers=True).model_options(names)["keep"]
@@ -339,8 +340,7 @@ def test_quantize_from_safetensors_returns_measured_values(checkpoint, tmp_path)
     aq.quantize_model(src, direct, **aq.DiffusionQuantConfig().model_options(tensors))
     assert direct.read_bytes() == out.read_bytes()
     # The config is recorded in the file; unimplemented settings are recorded, nothing more.
-    meta = aq.read_quantized(out).schema.metadata
-    assert json.loads(meta[b"arrow_quant.config"])["num_time_groups"] == 10
+    assert aq.quant_metadata(aq.read_quantized(out))["config"]["num_time_groups"] == 10
 
 
 def test_config_settings_change_the_conversion(checkpoint, tmp_path):

@@ -127,7 +127,7 @@ def test_bad_device():
 def test_not_arrow_input_is_a_type_error():
     with pytest.raises(TypeError, match="expects an Arrow table"):
         aq.quantize_arrow([1, 2, 3])
-    with pytest.raises(TypeError, match="expects an Arrow record batch"):
+    with pytest.raises(TypeError, match="quantize_arrow_batch expects an Arrow table"):
         aq.quantize_arrow_batch({"layer_name": ["a"]})
 
 

@@ -110,9 +110,10 @@ def test_arrow_output_round_trip(tmp_path, suffix):
     assert direct.equals(table) and direct.schema.metadata == table.schema.metadata
     formats = dict(zip(table.column("layer_name").to_pylist(), table.column("format").to_pylist()))
     assert formats == {"w": "affine", "b": "F32"}
-    meta = table.schema.metadata
-    assert json.loads(meta[b"arrow_quant.model.source_files"]) == ["m.safetensors"]
-    assert meta[b"arrow_quant.model.tool"].startswith(b"arrow_quant_v2")
+    meta = aq.quant_metadata(table)
+    assert meta["model.source_files"] == ["m.safetensors"]
+    assert meta["model.tool"].startswith("arrow_quant_v2") and meta["group_size"] == 128
+    assert table.column("group_size").to_pylist() == [128, 128]
     # The whole file dequantizes in one call: kept F32 rows come back bit for bit.
     back = aq.dequantize_arrow(table)
     rows = {name: np.asarray(back.column("weights")[i].values) for i, name in enumerate(back.column("layer_name").to_pylist())}
