@@ -63,7 +63,7 @@ def bench_ray(table, checkpoint, tmp, rows):
     t_identity, _ = timed(lambda: run(lambda t: t.select(["layer_name"])), 2)
     t_quant, _ = timed(lambda: run(aq.quantize_arrow_batch), 2)
     t_write, _ = timed(lambda: ds.map_batches(aq.quantize_arrow_batch, batch_format="pyarrow", batch_size=8, fn_kwargs=KW).write_parquet(f"{tmp}/ray_pq"))
-    t_ckpt, _ = timed(lambda: ray_quantize.quantize_checkpoint(str(checkpoint), f"{tmp}/ray_ckpt"))
+    t_ckpt, _ = timed(lambda: ray_quantize.quantize_checkpoint(str(checkpoint), f"{tmp}/ray_ckpt"), 3)
     ray.shutdown()
     rows += [
         ("ray: start (ray.init)", t_init, None),
@@ -74,15 +74,23 @@ def bench_ray(table, checkpoint, tmp, rows):
     ]
 
 
-def bench_spark(table, tmp, rows):
+def _quantize_shard(args):
+    shard, dst = args
+    return aq.quantize_model(shard, dst, bit_width=4, group_size=128, device="cpu", num_threads=1).num_rows
+
+
+def bench_spark(table, checkpoint, tmp, rows):
     import spark_quantize
 
-    t_start, spark = timed(lambda: spark_quantize.local_spark(2))
+    t_start, spark = timed(lambda: spark_quantize.local_spark(2, driver_memory="4g"))
     t_df, df = timed(lambda: spark.createDataFrame(table).repartition(2).cache())
     df.count()
     t_identity, _ = timed(lambda: df.mapInArrow(identity_batches, "layer_name string").count(), 2)
     t_quant, _ = timed(lambda: spark_quantize.quantize_dataframe(df).count(), 2)
     t_write, _ = timed(lambda: spark_quantize.quantize_dataframe(df).write.mode("overwrite").parquet(f"{tmp}/spark_pq"))
+    # A checkpoint: the shard paths are the data, one task per shard (as the Ray recipe does).
+    shards = [(str(checkpoint.parent / f"{s}.safetensors"), f"{tmp}/spark_{s}.parquet") for s in ("a", "b")]
+    t_ckpt, _ = timed(lambda: spark.sparkContext.parallelize(shards, len(shards)).map(_quantize_shard).collect(), 3)
     spark.stop()
     rows += [
         ("spark: start (local[2])", t_start, None),
@@ -90,6 +98,7 @@ def bench_spark(table, tmp, rows):
         ("spark: identity mapInArrow (engine only)", t_identity, "table"),
         ("spark: mapInArrow(quantize_batches)", t_quant, "table"),
         ("spark: mapInArrow + write.parquet", t_write, "table"),
+        ("spark: checkpoint, one task per shard -> Parquet", t_ckpt, "checkpoint"),
     ]
 
 
@@ -108,7 +117,7 @@ def main() -> None:
     single_ckpt, _ = timed(lambda: [aq.quantize_model(s, f"{tmp}/single_{s.stem}.parquet", device="cpu") for s in shards], 3)
     rows = [("one process: quantize_arrow(table)", single_table, "table"), ("one process: quantize_model per shard -> Parquet", single_ckpt, "checkpoint")]
     bench_ray(table, checkpoint, tmp, rows)
-    bench_spark(table, tmp, rows)
+    bench_spark(table, checkpoint, tmp, rows)
     base = {"table": single_table, "checkpoint": single_ckpt}
     mib = table["weights"].combine_chunks().values.nbytes / 2**20
     print(f"{a.layers} layers of 1024x1024 float32 ({mib:.0f} MiB), 4-bit g128, CPU")

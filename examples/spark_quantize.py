@@ -26,7 +26,7 @@ import pyarrow as pa
 import arrow_quant_v2 as aq
 
 
-def local_spark(cores: int = 2):
+def local_spark(cores: int = 2, driver_memory: str = "2g"):
     """A `local[cores]` session bound to loopback, without the UI, whose Python workers run this
     interpreter (the one that has arrow_quant_v2 installed)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -39,6 +39,7 @@ def local_spark(cores: int = 2):
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", driver_memory)
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .getOrCreate()
     )
