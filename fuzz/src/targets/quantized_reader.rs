@@ -13,6 +13,18 @@ fn scratch() -> &'static PathBuf {
     FILE.get_or_init(|| std::env::temp_dir().join(format!("aq-fuzz-quantized-{}.arrow", std::process::id())))
 }
 
+/// Removes the scratch file when the check ends (a panicking check, a finding, leaves it for
+/// inspection). A file per process would otherwise stay behind after every run.
+struct Remove<'a>(&'a PathBuf);
+
+impl Drop for Remove<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(self.0);
+        }
+    }
+}
+
 /// One input; panics (assertion failures included) are the findings.
 pub fn check(data: &[u8]) {
     // GGUF files take the GGUF reader, fuzzed by its own target.
@@ -21,6 +33,7 @@ pub fn check(data: &[u8]) {
     }
     let path = scratch();
     std::fs::write(path, data).unwrap();
+    let _remove = Remove(path);
     let Ok(q) = QuantFile::open(path) else { return };
     std::hint::black_box(q.metadata());
     for (i, e) in q.entries().iter().enumerate() {

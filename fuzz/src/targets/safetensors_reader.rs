@@ -8,14 +8,19 @@
 //! checkpoint's folder that an index must never reach.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use arrow_quant_v2::model::source::Source;
 
-/// A scratch folder per process (AFL runs targets in parallel processes).
-fn scratch() -> &'static (PathBuf, PathBuf) {
-    static DIR: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    DIR.get_or_init(|| {
+/// A scratch folder per process (AFL runs targets in parallel processes), made for one check
+/// and removed after it (a panicking check, a finding, leaves it for inspection).
+struct Scratch {
+    base: PathBuf,
+    single: PathBuf,
+    sharded: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Self {
         let base = std::env::temp_dir().join(format!("aq-fuzz-safetensors-{}", std::process::id()));
         let single = base.join("single");
         let sharded = base.join("sharded").join("ck");
@@ -23,8 +28,16 @@ fn scratch() -> &'static (PathBuf, PathBuf) {
         std::fs::create_dir_all(&sharded).unwrap();
         std::fs::write(sharded.join("a.safetensors"), shard()).unwrap();
         std::fs::write(base.join("sharded").join("outside.safetensors"), shard()).unwrap();
-        (single, sharded)
-    })
+        Scratch { base, single, sharded }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
 }
 
 /// A valid two-tensor safetensors file.
@@ -56,7 +69,8 @@ fn read_all(path: &Path) {
 /// One input; panics (assertion failures included) are the findings.
 pub fn check(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else { return };
-    let (single, sharded) = scratch();
+    let scratch = Scratch::new();
+    let (single, sharded) = (&scratch.single, &scratch.sharded);
     if mode % 2 == 0 {
         let file = single.join("model.safetensors");
         std::fs::write(&file, rest).unwrap();
