@@ -90,7 +90,8 @@ def seeds_quantized(out: Path, q):
             "scales": pa.array([[]], q.schema.field("scales").type),
             "zero_points": pa.array([[]], q.schema.field("zero_points").type),
             "shape": pa.array([[2, 3]], q.schema.field("shape").type),
-            "bit_width": pa.array([16], pa.uint8()),
+            "bit_width": pa.array([16], q.schema.field("bit_width").type),
+            "group_size": pa.array([q["group_size"][0].as_py()], q.schema.field("group_size").type),
         },
         schema=q.schema,
     )
