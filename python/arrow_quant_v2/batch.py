@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from ._native import ValidationError, quantize_arrow
-from .schemas import with_metadata
+from .schemas import earlier_columns, with_metadata
 
 CHUNK_BYTES = 64 << 20
 
@@ -196,8 +196,9 @@ def quantize_table(table: Any, *, bit_width: Optional[int], group_size: int, dev
         if not continue_on_error:
             raise
         rows = pa.table(table)
-        # Bad options and a missing column are the call's fault, not a layer's.
-        quantize_arrow(rows.slice(0, 0), bit_width=bits, group_size=group_size, device=device)
+        # Bad options and a missing column are the call's fault, not a layer's: this raises
+        # them, and gives the schema should every layer fail.
+        empty = quantize_arrow(rows.slice(0, 0), bit_width=bits, group_size=group_size, device=device)
         parts, skipped = [], {}
         for i in range(rows.num_rows):
             row = rows.slice(i, 1)
@@ -205,10 +206,7 @@ def quantize_table(table: Any, *, bit_width: Optional[int], group_size: int, dev
                 parts.append(quantize_arrow(row, bit_width=bits, group_size=group_size, device=device))
             except (TypeError, ValueError) as e:
                 _skip("quantize_batch_arrow", str(row.column("layer_name")[0].as_py()), str(e), skipped)
-        empty = quantize_arrow(rows.slice(0, 0), bit_width=bits, group_size=group_size, device=device)
         out = pa.concat_tables([empty, *parts], promote_options="permissive") if parts else empty
-    from .quantizer import earlier_columns
-
     out = earlier_columns(out.combine_chunks())
     batches = out.to_batches()
     batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=out.schema)

@@ -16,20 +16,10 @@ from . import batch as _batch
 from . import models as _models
 from ._native import dequantize_arrow, quantize_arrow, quantize_arrow_batch
 from .config import DiffusionQuantConfig
+from .schemas import earlier_columns
 
 # "time_aware" was the earlier alias of "diffusion".
 _MODES = {"diffusion": "diffusion", "base": "base", "time_aware": "diffusion"}
-
-
-def earlier_columns(q):
-    """The earlier six columns of a quantized table or batch: without the ``group_size`` column
-    (the group size stays in the schema metadata) and with ``bit_width`` as uint8."""
-    i = q.schema.get_field_index("group_size")
-    if i >= 0:
-        q = q.remove_column(i)
-    b = q.schema.get_field_index("bit_width")
-    field = pa.field("bit_width", pa.uint8(), nullable=False)
-    return q.set_column(b, field, q.column(b).cast(pa.uint8()))
 
 
 class ArrowQuantV2:

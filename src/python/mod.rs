@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::{PyRecordBatch, PySchema, PyTable};
 
-use crate::arrow::schema::{quantized_schema, dequantized_schema, LAYER_NAME, WEIGHTS};
+use crate::arrow::schema::{dequantized_schema, quantized_schema, read_metadata, schema_metadata, LAYER_NAME, WEIGHTS};
 use crate::arrow::quantize::unify_code_types;
 use crate::arrow::validate::validate_batch;
 use crate::arrow::{dequantize_batch, quantize_batch};
@@ -167,6 +167,28 @@ fn dequantized_schema_of(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     guarded("dequantized_schema", || PySchema::new(dequantized_schema()).into_pyarrow(py))
 }
 
+/// The arrow_quant entries of a schema's metadata (the JSON key and the keys of files written
+/// before 0.3), as a JSON object: `quant_metadata` in Python reads them with this, so the rule
+/// is the Rust one.
+#[pyfunction]
+fn read_quant_metadata(metadata: std::collections::HashMap<String, String>) -> PyResult<String> {
+    guarded("read_quant_metadata", || {
+        let entries: serde_json::Map<String, serde_json::Value> = read_metadata(&metadata)?.into_iter().collect();
+        Ok(serde_json::Value::Object(entries).to_string())
+    })
+}
+
+/// The (key, value) schema metadata pair that holds these entries (a JSON object), written as
+/// the Rust outputs write it.
+#[pyfunction]
+fn quant_metadata_entry(entries: &str) -> PyResult<(String, String)> {
+    guarded("quant_metadata_entry", || {
+        let map: std::collections::BTreeMap<String, serde_json::Value> =
+            serde_json::from_str(entries).map_err(|e| QuantError::value(format!("metadata entries are not a JSON object: {e}")))?;
+        Ok(schema_metadata(map).into_iter().next().expect("one key"))
+    })
+}
+
 /// Which backend `device` resolves to, e.g. "cpu (rayon, 2 threads, avx2)".
 #[pyfunction]
 #[pyo3(signature = (device = "auto"))]
@@ -185,6 +207,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantized_schema_of, m)?)?;
     m.add_function(wrap_pyfunction!(dequantized_schema_of, m)?)?;
     m.add_function(wrap_pyfunction!(backend_name, m)?)?;
+    m.add_function(wrap_pyfunction!(read_quant_metadata, m)?)?;
+    m.add_function(wrap_pyfunction!(quant_metadata_entry, m)?)?;
     errors::register(m)?;
     model::register(m)?;
     ggml::register(m)?;
