@@ -2,13 +2,14 @@
 
 mod common;
 
-use arrow_quant_v2::cpu::CpuBackend;
+use arrow_quant_v2::cpu::{CpuBackend, Isa};
 use arrow_quant_v2::{BitWidth, QuantError, QuantizedTensor};
 use common::*;
 use proptest::prelude::*;
 
-/// The dispatching backend (AVX2 where available) and the portable kernels alone.
-const BACKENDS: [CpuBackend; 2] = [CpuBackend::new(), CpuBackend::portable()];
+/// Every kernel flavour: AVX-512, AVX2 and portable (a flavour the CPU lacks runs the best
+/// one it has, so on an AVX2-only machine two entries test AVX2).
+const BACKENDS: [CpuBackend; 3] = [CpuBackend::up_to(Isa::Avx512), CpuBackend::up_to(Isa::Avx2), CpuBackend::portable()];
 
 #[test]
 fn exact_two_bit_bytes() {
@@ -81,7 +82,7 @@ fn overflowing_range_is_rejected_with_the_layer_name() {
 fn adversarial_layers_match_reference() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for bits in BITS {
-        for (rows, row_len, gs) in [(3, 9, 8), (2, 257, 16), (5, 128, 128), (1, 1000, 136), (4, 33, 8)] {
+        for (rows, row_len, gs) in [(3, 9, 8), (2, 257, 16), (5, 128, 128), (1, 1000, 136), (4, 33, 8), (2, 100, 24), (3, 70, 40)] {
             let l = layout(rows, row_len, bits, gs);
             let w = adversarial_layer(&mut rng, &l);
             for backend in BACKENDS {

@@ -2,8 +2,8 @@
 //! (checked at run time by `cpu::mod`). They compute exactly what `kernels` computes, eight
 //! lanes at a time; the tests compare both against the scalar reference.
 //!
-//! The only `unsafe` here is unaligned loads and stores through pointers into slices whose
-//! length was checked by `chunks_exact`.
+//! The only `unsafe` here is unaligned (or masked) loads and stores through pointers into
+//! slices whose length was checked by `chunks_exact`.
 
 use std::arch::x86_64::*;
 
@@ -35,22 +35,30 @@ pub fn scan(values: &[f32]) -> Scan {
         hi = _mm256_max_ps(v, hi);
         bad = _mm256_or_si256(bad, _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(v), exp_mask), exp_one));
     }
-    let (mut l, mut h, mut b) = ([0f32; 9], [0f32; 9], [0u32; 8]);
-    // SAFETY: each array has room for 8 lanes; storeu needs no alignment.
-    unsafe {
-        _mm256_storeu_ps(l.as_mut_ptr(), lo);
-        _mm256_storeu_ps(h.as_mut_ptr(), hi);
-        _mm256_storeu_si256(b.as_mut_ptr().cast(), bad);
+    if !rest.is_empty() {
+        // The tail in a masked load, its missing lanes filled with the group's first value,
+        // which changes neither the minimum, the maximum nor the non-finite flag.
+        let n = rest.len() as i32;
+        let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        // SAFETY: maskload reads only the lanes whose mask bit is set, the `rest.len()` values
+        // that `rest` holds; the others are not touched (no fault past the slice).
+        let loaded = unsafe { _mm256_maskload_ps(rest.as_ptr(), mask) };
+        let v = _mm256_blendv_ps(_mm256_set1_ps(values[0]), loaded, _mm256_castsi256_ps(mask));
+        lo = _mm256_min_ps(v, lo);
+        hi = _mm256_max_ps(v, hi);
+        bad = _mm256_or_si256(bad, _mm256_add_epi32(_mm256_and_si256(_mm256_castps_si256(v), exp_mask), exp_one));
     }
-    // Fold the scalar remainder into a ninth lane.
-    let (mut tl, mut th, mut tb) = (f32::INFINITY, f32::NEG_INFINITY, 0u32);
-    for &v in rest {
-        tl = if v < tl { v } else { tl };
-        th = if v > th { v } else { th };
-        tb |= (v.to_bits() & 0x7f80_0000) + 0x0080_0000;
-    }
-    (l[8], h[8]) = (tl, th);
-    finish_scan(&l, &h, b.iter().fold(tb, |a, &x| a | x), values)
+    // Tree reductions across the lanes (see `finish_scan` for why their order does not matter).
+    let lo4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+    let hi4 = _mm_max_ps(_mm256_castps256_ps128(hi), _mm256_extractf128_ps(hi, 1));
+    let lo2 = _mm_min_ps(lo4, _mm_movehl_ps(lo4, lo4));
+    let hi2 = _mm_max_ps(hi4, _mm_movehl_ps(hi4, hi4));
+    let l = _mm_cvtss_f32(_mm_min_ss(lo2, _mm_shuffle_ps(lo2, lo2, 1)));
+    let h = _mm_cvtss_f32(_mm_max_ss(hi2, _mm_shuffle_ps(hi2, hi2, 1)));
+    let b4 = _mm_or_si128(_mm256_castsi256_si128(bad), _mm256_extracti128_si256(bad, 1));
+    let b2 = _mm_or_si128(b4, _mm_unpackhi_epi64(b4, b4));
+    let b1 = _mm_or_si128(b2, _mm_srli_epi64(b2, 32));
+    finish_scan(l, h, _mm_cvtsi128_si32(b1) as u32, values)
 }
 
 /// Codes of eight values: `min((v - lo) * inv + 2^23 → bits − bits(2^23), L)`.

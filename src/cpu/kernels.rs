@@ -43,21 +43,29 @@ pub fn scan(values: &[f32]) -> Scan {
         hi[j] = if v > hi[j] { v } else { hi[j] };
         bad[j] |= (v.to_bits() & 0x7f80_0000) + 0x0080_0000;
     }
-    finish_scan(&lo, &hi, bad.iter().fold(0, |a, &b| a | b), values)
+    // A tree, not a running fold: the lanes reduce in parallel instead of one long chain of
+    // dependent compares (which cost as much as the scan itself for a group of 128).
+    let mut width = LANES / 2;
+    while width > 0 {
+        for j in 0..width {
+            lo[j] = if lo[j + width] < lo[j] { lo[j + width] } else { lo[j] };
+            hi[j] = if hi[j + width] > hi[j] { hi[j + width] } else { hi[j] };
+            bad[j] |= bad[j + width];
+        }
+        width /= 2;
+    }
+    finish_scan(lo[0], hi[0], bad[0], values)
 }
 
-/// Folds per-lane minima, maxima and non-finite flags into the group's scan result.
+/// The group's scan result from its reduced minimum, maximum and non-finite flags. The order
+/// in which lanes were reduced does not matter: the minimum and maximum of finite values are
+/// unique, except that -0.0 and +0.0 compare equal, which is settled here.
 #[inline(always)]
-pub fn finish_scan(lo: &[f32], hi: &[f32], bad: u32, values: &[f32]) -> Scan {
+pub fn finish_scan(lo: f32, hi: f32, bad: u32, values: &[f32]) -> Scan {
     if bad & 0x8000_0000 != 0 {
         return Scan::NonFinite;
     }
-    let mut l = lo[0];
-    let mut h = hi[0];
-    for j in 1..lo.len() {
-        l = if lo[j] < l { lo[j] } else { l };
-        h = if hi[j] > h { hi[j] } else { h };
-    }
+    let (mut l, h) = (lo, hi);
     if l == 0.0 {
         // -0.0 and +0.0 compare equal; the contract's minimum is the total-order one.
         l = values.iter().map(|&v| order_key(v)).min().map(crate::quant::params::from_order_key).unwrap_or(l);

@@ -9,13 +9,13 @@
 use rayon::prelude::*;
 
 use super::kernels::{with_bits, Scan};
-use super::{Invalid, Kernels, Portable};
+use super::{Invalid, Isa, Kernels, Portable};
 use crate::backend::MeasuredJob;
 use crate::error::Result;
 use crate::quant::metrics::{rows_per_chunk, ErrorStats, Lanes};
 use crate::quant::{reference, GroupLayout, GroupParams, Values};
 
-pub(super) fn quantize_measured(job: &mut MeasuredJob<'_>, simd: bool) -> Result<ErrorStats> {
+pub(super) fn quantize_measured(job: &mut MeasuredJob<'_>, isa: Isa) -> Result<ErrorStats> {
     let l = job.layout;
     if job.values.len() != l.n_elements() {
         return Err(crate::error::QuantError::layer_value(job.name, format!("{} values for a layout of {}", job.values.len(), l.n_elements())));
@@ -34,7 +34,7 @@ pub(super) fn quantize_measured(job: &mut MeasuredJob<'_>, simd: bool) -> Result
             .map(|(c, ((p, s), z))| {
                 let first_row = c * rows;
                 let chunk = GroupLayout { n_rows: rows.min(l.n_rows - first_row), ..l };
-                measure_chunk(&values, first_row * l.row_len, &chunk, p, s, z, simd)
+                measure_chunk(&values, first_row * l.row_len, &chunk, p, s, z, isa)
             })
             .collect()
     });
@@ -60,15 +60,22 @@ fn measure_chunk(
     p: &mut [u8],
     s: &mut [f32],
     z: &mut [f32],
-    simd: bool,
+    isa: Isa,
 ) -> std::result::Result<ErrorStats, Invalid> {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only true when the running CPU supports AVX2 (`has_avx2`).
-        return unsafe { chunk_avx2(values, start, l, p, s, z) };
+    // SAFETY (both calls): `isa` never exceeds what `Isa::detected` found on this CPU.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { chunk_avx512(values, start, l, p, s, z) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { chunk_avx2(values, start, l, p, s, z) },
+        _ => chunk::<Portable>(values, start, l, p, s, z),
     }
-    let _ = simd;
-    chunk::<Portable>(values, start, l, p, s, z)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+fn chunk_avx512(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut [u8], s: &mut [f32], z: &mut [f32]) -> std::result::Result<ErrorStats, Invalid> {
+    chunk::<super::Avx512>(values, start, l, p, s, z)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -103,8 +110,8 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
             with_bits!(l.bit_width, K::decode(packed, params.scale, params.lo, back));
             #[cfg(target_arch = "x86_64")]
             if K::AVX2 {
-                // SAFETY: only the `Avx2` kernels set `AVX2`, and they run after runtime
-                // detection of AVX2 (`chunk_avx2`).
+                // SAFETY: only the x86 kernels set `AVX2`, and they run after runtime
+                // detection of AVX2 or AVX-512 (`chunk_avx2`, `chunk_avx512`).
                 unsafe { lanes.push_avx2(w, back) };
                 continue;
             }
@@ -153,7 +160,7 @@ mod tests {
         (p, s, z, r)
     }
 
-    /// Fused (portable and AVX2) against plain, for one tensor stored as `dtype`.
+    /// Fused (every kernel flavour) against plain, for one tensor stored as `dtype`.
     fn check(w: &[f32], layout: GroupLayout, dtype: u8) {
         let bytes: Vec<u8> = match dtype {
             1 | 2 => w.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
@@ -167,8 +174,9 @@ mod tests {
             _ => Values::f32_bytes(&bytes[1..]),
         };
         let want = run(&Plain(CpuBackend::new()), values, layout);
-        assert_eq!(run(&CpuBackend::portable(), values, layout), want, "portable, dtype {dtype}");
-        assert_eq!(run(&CpuBackend::new(), values, layout), want, "simd, dtype {dtype}");
+        for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+            assert_eq!(run(&CpuBackend::up_to(isa), values, layout), want, "{isa:?}, dtype {dtype}");
+        }
     }
 
     fn layout(rows: usize, row_len: usize, bits: i64, group: i64) -> GroupLayout {

@@ -1,8 +1,11 @@
 //! The CPU backend: rayon across layers, rows and runs of groups; vectorized inner loops
-//! (`kernels`), compiled for AVX2 as well and picked at run time.
+//! (`kernels`, portable), with AVX2 and AVX-512 flavours (`avx2`, `avx512`) picked at run time
+//! ([`Isa`]). Every flavour computes the same bytes.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod kernels;
 mod measured;
 
@@ -12,31 +15,74 @@ use crate::backend::{Backend, DequantJob, MeasuredJob, QuantJob};
 use crate::quant::metrics::ErrorStats;
 use crate::error::Result;
 use crate::quant::{reference, GroupLayout, GroupParams};
-use kernels::{decode, with_bits, Scan};
+use kernels::{with_bits, Scan};
 
 /// Groups handed to one task: large enough to amortize scheduling, small enough to balance a
 /// single huge row over every core.
 const SPAN_ELEMENTS: usize = 1 << 15;
 
+/// The instruction sets the kernels come in, from the most portable up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain Rust that LLVM vectorizes for the build's baseline target.
+    Portable,
+    /// x86-64 with AVX2.
+    Avx2,
+    /// x86-64 with AVX-512F and AVX-512BW.
+    Avx512,
+}
+
+impl Isa {
+    /// The best set the running CPU supports.
+    pub fn detected() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
+                return Self::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable simd",
+            Self::Avx2 => "avx2",
+            Self::Avx512 => "avx512",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct CpuBackend {
-    portable_only: bool,
+    /// The best kernels this backend may use; the running CPU may allow fewer.
+    limit: Isa,
 }
 
 impl CpuBackend {
-    /// Uses the AVX2 kernels when the running CPU has them.
+    /// The best kernels the running CPU has (AVX-512, else AVX2, else portable).
     pub const fn new() -> Self {
-        Self { portable_only: false }
+        Self { limit: Isa::Avx512 }
     }
 
     /// Only the portable kernels: to test them on machines that have AVX2, and to measure
     /// what the runtime dispatch buys.
     pub const fn portable() -> Self {
-        Self { portable_only: true }
+        Self { limit: Isa::Portable }
     }
 
-    fn simd(&self) -> bool {
-        !self.portable_only && has_avx2()
+    /// At most the kernels of `isa` (fewer where the CPU lacks them): to test and measure each
+    /// flavour on one machine.
+    pub const fn up_to(isa: Isa) -> Self {
+        Self { limit: isa }
+    }
+
+    /// The kernels this backend runs on this CPU.
+    pub fn isa(&self) -> Isa {
+        self.limit.min(Isa::detected())
     }
 }
 
@@ -51,14 +97,13 @@ struct Invalid;
 
 impl Backend for CpuBackend {
     fn name(&self) -> String {
-        let kernels = if self.simd() { "avx2" } else { "portable simd" };
-        format!("cpu (rayon, {} threads, {kernels})", crate::threads::num_threads())
+        format!("cpu (rayon, {} threads, {})", crate::threads::num_threads(), self.isa().name())
     }
 
     fn quantize(&self, jobs: &mut [QuantJob<'_>]) -> Result<()> {
-        let simd = self.simd();
+        let isa = self.isa();
         let failed = crate::threads::install(|| {
-            jobs.par_iter_mut().enumerate().filter_map(|(i, job)| quantize_job(job, simd).is_err().then_some(i)).min()
+            jobs.par_iter_mut().enumerate().filter_map(|(i, job)| quantize_job(job, isa).is_err().then_some(i)).min()
         });
         match failed {
             Some(i) => Err(reference::first_error(jobs[i].name, &jobs[i].layout, jobs[i].weights).expect("a job that failed has an invalid group")),
@@ -67,20 +112,20 @@ impl Backend for CpuBackend {
     }
 
     fn dequantize(&self, jobs: &mut [DequantJob<'_>]) -> Result<()> {
-        let simd = self.simd();
-        crate::threads::install(|| jobs.par_iter_mut().for_each(|job| dequantize_job(job, simd)));
+        let isa = self.isa();
+        crate::threads::install(|| jobs.par_iter_mut().for_each(|job| dequantize_job(job, isa)));
         Ok(())
     }
 
     /// Fused: each group is scanned, encoded, decoded and measured while it is in L1, so the
     /// tensor is read from memory once (see [`measured`]).
     fn quantize_measured(&self, job: &mut MeasuredJob<'_>) -> Result<ErrorStats> {
-        measured::quantize_measured(job, self.simd())
+        measured::quantize_measured(job, self.isa())
     }
 }
 
 /// Splits a job into rows, and each row into spans of whole groups, for rayon.
-fn quantize_job(job: &mut QuantJob<'_>, simd: bool) -> std::result::Result<(), Invalid> {
+fn quantize_job(job: &mut QuantJob<'_>, isa: Isa) -> std::result::Result<(), Invalid> {
     let l = job.layout;
     if l.n_elements() == 0 {
         return Ok(());
@@ -97,13 +142,14 @@ fn quantize_job(job: &mut QuantJob<'_>, simd: bool) -> std::result::Result<(), I
                 .zip(p.par_chunks_mut(span_groups * l.group_bytes()))
                 .zip(s.par_chunks_mut(span_groups))
                 .zip(z.par_chunks_mut(span_groups))
-                .try_for_each(|(((w, p), s), z)| quantize_span(w, p, s, z, &l, simd))
+                .try_for_each(|(((w, p), s), z)| quantize_span(w, p, s, z, &l, isa))
         })
 }
 
-/// The group kernels, in a portable and an AVX2 flavour.
+/// The group kernels, in a portable, an AVX2 and an AVX-512 flavour.
 trait Kernels {
-    /// Whether [`crate::quant::metrics::Lanes`] may use AVX2 inside these kernels' callers.
+    /// Whether [`crate::quant::metrics::Lanes`] may use AVX2 inside these kernels' callers
+    /// (true for both x86 flavours: every AVX-512 CPU has AVX2).
     const AVX2: bool;
     fn scan(values: &[f32]) -> Scan;
     fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]);
@@ -152,21 +198,41 @@ impl Kernels for Avx2 {
     }
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx2");
-    #[allow(unreachable_code)]
-    false
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Kernels for Avx512 {
+    const AVX2: bool = true;
+    #[inline(always)]
+    fn scan(values: &[f32]) -> Scan {
+        // SAFETY: `Avx512` kernels only run inside `quantize_span_avx512` and
+        // `measured::chunk_avx512`, reached after runtime detection of AVX-512F/BW (`Isa`).
+        unsafe { avx512::scan(values) }
+    }
+    #[inline(always)]
+    fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
+        // SAFETY: as above.
+        unsafe { avx512::encode::<B>(values, p, out) }
+    }
+    #[inline(always)]
+    fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
+        // SAFETY: as above.
+        unsafe { avx512::decode::<B>(packed, scale, lo, out) }
+    }
 }
 
 /// A run of consecutive groups of one row.
-fn quantize_span(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, simd: bool) -> std::result::Result<(), Invalid> {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only true when the running CPU supports AVX2 (`has_avx2`).
-        return unsafe { quantize_span_avx2(w, p, s, z, l) };
+fn quantize_span(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, isa: Isa) -> std::result::Result<(), Invalid> {
+    // SAFETY (both calls): `isa` comes from `CpuBackend::isa`, which never exceeds what
+    // `Isa::detected` found on the running CPU.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { quantize_span_avx512(w, p, s, z, l) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { quantize_span_avx2(w, p, s, z, l) },
+        _ => quantize_groups::<Portable>(w, p, s, z, l),
     }
-    quantize_groups::<Portable>(w, p, s, z, l)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -175,21 +241,41 @@ fn quantize_span_avx2(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: 
     quantize_groups::<Avx2>(w, p, s, z, l)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+fn quantize_span_avx512(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
+    quantize_groups::<Avx512>(w, p, s, z, l)
+}
+
+/// Groups scanned before any of them is encoded. Scanning a group ends in a chain of
+/// dependent steps (the lane reduction, then the division for its parameters) that takes as
+/// long as the scan itself; scanning a batch first lets the CPU overlap those chains across
+/// groups instead of waiting on each. The batch (up to 16 × the group's values) stays in L1.
+const SCAN_BATCH: usize = 16;
+
 #[inline(always)]
 fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
     let max_code = l.bit_width.max_code();
-    let groups = w.chunks(l.group_size).zip(p.chunks_mut(l.group_bytes()));
-    for (((values, packed), scale), zero) in groups.zip(s.iter_mut()).zip(z.iter_mut()) {
-        let Scan::Range { lo, hi } = K::scan(values) else { return Err(Invalid) };
-        let params = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
-        with_bits!(l.bit_width, K::encode(values, &params, packed));
-        *scale = params.scale;
-        *zero = params.lo;
+    let batch = SCAN_BATCH * l.group_size;
+    let batches = w.chunks(batch).zip(p.chunks_mut(SCAN_BATCH * l.group_bytes())).zip(s.chunks_mut(SCAN_BATCH)).zip(z.chunks_mut(SCAN_BATCH));
+    for (((w, p), s), z) in batches {
+        let mut ranges = [(0f32, 0f32); SCAN_BATCH];
+        for (values, range) in w.chunks(l.group_size).zip(ranges.iter_mut()) {
+            let Scan::Range { lo, hi } = K::scan(values) else { return Err(Invalid) };
+            *range = (lo, hi);
+        }
+        let groups = w.chunks(l.group_size).zip(p.chunks_mut(l.group_bytes())).zip(ranges);
+        for (((values, packed), (lo, hi)), (scale, zero)) in groups.zip(s.iter_mut().zip(z.iter_mut())) {
+            let params = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
+            with_bits!(l.bit_width, K::encode(values, &params, packed));
+            *scale = params.scale;
+            *zero = params.lo;
+        }
     }
     Ok(())
 }
 
-fn dequantize_job(job: &mut DequantJob<'_>, simd: bool) {
+fn dequantize_job(job: &mut DequantJob<'_>, isa: Isa) {
     let l = job.layout;
     if l.n_elements() == 0 {
         return;
@@ -206,31 +292,37 @@ fn dequantize_job(job: &mut DequantJob<'_>, simd: bool) {
                 .zip(p.par_chunks(span_groups * l.group_bytes()))
                 .zip(s.par_chunks(span_groups))
                 .zip(z.par_chunks(span_groups))
-                .for_each(|(((o, p), s), z)| dequantize_span(o, p, s, z, &l, simd))
+                .for_each(|(((o, p), s), z)| dequantize_span(o, p, s, z, &l, isa))
         });
 }
 
-fn dequantize_span(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout, simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: `simd` is only true when the running CPU supports AVX2 (`has_avx2`).
-        return unsafe { dequantize_span_avx2(o, p, s, z, l) };
+fn dequantize_span(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout, isa: Isa) {
+    // SAFETY (both calls): as in `quantize_span`.
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { dequantize_span_avx512(o, p, s, z, l) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { dequantize_span_avx2(o, p, s, z, l) },
+        _ => dequantize_groups::<Portable>(o, p, s, z, l),
     }
-    dequantize_span_generic(o, p, s, z, l)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn dequantize_span_avx2(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
-    let groups = o.chunks_mut(l.group_size).zip(p.chunks(l.group_bytes()));
-    for (((out, packed), &scale), &lo) in groups.zip(s).zip(z) {
-        with_bits!(l.bit_width, avx2::decode(packed, scale, lo, out));
-    }
+    dequantize_groups::<Avx2>(o, p, s, z, l)
 }
 
-fn dequantize_span_generic(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+fn dequantize_span_avx512(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
+    dequantize_groups::<Avx512>(o, p, s, z, l)
+}
+
+#[inline(always)]
+fn dequantize_groups<K: Kernels>(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
     let groups = o.chunks_mut(l.group_size).zip(p.chunks(l.group_bytes()));
     for (((out, packed), &scale), &lo) in groups.zip(s).zip(z) {
-        with_bits!(l.bit_width, decode(packed, scale, lo, out));
+        with_bits!(l.bit_width, K::decode(packed, scale, lo, out));
     }
 }
