@@ -283,6 +283,73 @@ fn layers_larger_than_a_chunk() {
     check(&layers);
 }
 
+/// Groups longer than one tile of the fused kernel (2048 elements), reduced by a whole
+/// workgroup: alone, next to short tail groups, as a whole row, and as big as a chunk (the
+/// most loop iterations per invocation; llvmpipe ends an invocation's loops after 65,535
+/// iterations in all).
+#[test]
+fn groups_larger_than_a_tile() {
+    let mut r = Rng(2024);
+    let mut layers = Vec::new();
+    for bits in ALL_BITS {
+        for (rows, row_len, gs) in [(2, 8192, 8192), (3, 20000, 8192), (2, 9000, 8192), (2, 65536 + 24, 65536), (2, 100_000, 100_000), (1, 2049, 2056), (3, 2056 * 3 + 5, 2056)] {
+            layers.push(((0..rows * row_len).map(|_| r.normalish()).collect(), layout(rows, row_len, bits, gs)));
+        }
+    }
+    // The min and max at the very ends of a big group, and every other element equal.
+    let mut w = vec![0.5f32; 3 * 4104];
+    w[0] = -1.0;
+    w[4103] = 2.0;
+    w[4104 + 4103] = -3.0;
+    w[2 * 4104] = 7.0;
+    layers.push((w, layout(3, 4104, BitWidth::B4, 4104)));
+    // Groups as big as a chunk, the most loop iterations per invocation.
+    let n = 4 << 20;
+    for bits in ALL_BITS {
+        layers.push(((0..n).map(|_| r.any_bits()).collect(), layout(1, n, bits, n as i64)));
+    }
+    check(&layers);
+}
+
+/// Output words shared by two tiles (two workgroups): 2-bit groups of 8 and rows whose
+/// packed length is not a multiple of 4 bytes, so tiles start inside a word.
+#[test]
+fn tiles_that_share_an_output_word() {
+    let mut r = Rng(77);
+    let mut layers = Vec::new();
+    for (rows, row_len, bits, gs) in [
+        (5, 2051, BitWidth::B2, 8),
+        (4, 100_001, BitWidth::B2, 16),
+        (3, 1001, BitWidth::B4, 8),
+        (9, 333, BitWidth::B2, 8),
+        (2, 2056 * 3 + 5, BitWidth::B2, 2056),
+        (700, 3, BitWidth::B2, 8),
+        (1000, 13, BitWidth::B4, 8),
+    ] {
+        layers.push(((0..rows * row_len).map(|_| r.normalish()).collect(), layout(rows, row_len, bits, gs)));
+    }
+    check(&layers);
+    // The same layers one per call: each alone in its chunk.
+    for l in layers {
+        check(&[l]);
+    }
+}
+
+#[test]
+fn non_finite_in_a_big_group_matches_cpu() {
+    let Some(g) = gpu() else { return };
+    let ok: Vec<f32> = (0..20000).map(|i| (i % 97) as f32).collect();
+    for (at, bad) in [(5000, f32::NAN), (8191, f32::INFINITY), (19999, f32::NEG_INFINITY), (0, -f32::NAN)] {
+        let mut w = ok.clone();
+        w[at] = bad;
+        let layers = vec![(ok.clone(), layout(1, 20000, BitWidth::B4, 8192)), (w, layout(1, 20000, BitWidth::B4, 8192))];
+        let e_gpu = quantize_all(g, &layers).err().expect("gpu must fail").to_string();
+        let e_cpu = quantize_all(&CpuBackend::new(), &layers).err().expect("cpu must fail").to_string();
+        assert_eq!(e_gpu, e_cpu);
+        assert!(e_gpu.contains("layer1") && e_gpu.contains(&format!("index {at}")), "{e_gpu}");
+    }
+}
+
 #[test]
 fn non_finite_and_overflow_errors_match_cpu() {
     let Some(g) = gpu() else { return };

@@ -24,8 +24,7 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     pub timestamps: bool,
     pub quant_layout: wgpu::BindGroupLayout,
-    pub group_pipeline: wgpu::ComputePipeline,
-    pub pack_pipeline: wgpu::ComputePipeline,
+    pub quant_pipeline: wgpu::ComputePipeline,
     pub dequant_layout: wgpu::BindGroupLayout,
     pub dequant_pipeline: wgpu::ComputePipeline,
     /// The first uncaptured device error or the device-lost reason, if any.
@@ -167,7 +166,7 @@ fn create(adapter: &wgpu::Adapter) -> std::result::Result<GpuContext, String> {
     };
     let quant_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("quantize"),
-        entries: &[uniform, storage(1, true), storage(2, true), storage(3, false), storage(4, false), storage(5, false), storage(6, false), storage(7, false)],
+        entries: &[uniform, storage(1, true), storage(2, true), storage(3, true), storage(4, false), storage(5, false), storage(6, false), storage(7, false)],
     });
     let dequant_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("dequantize"),
@@ -186,13 +185,12 @@ fn create(adapter: &wgpu::Adapter) -> std::result::Result<GpuContext, String> {
         })
     };
     let qsrc = shaders::quantize_source();
-    let group_pipeline = pipeline(&quant_layout, &qsrc, "group_pass");
-    let pack_pipeline = pipeline(&quant_layout, &qsrc, "pack_pass");
+    let quant_pipeline = pipeline(&quant_layout, &qsrc, "quantize_pass");
     let dequant_pipeline = pipeline(&dequant_layout, &shaders::dequantize_source(), "dequant_pass");
     if let Some(e) = pollster::block_on(scope.pop()) {
         return Err(format!("building the GPU pipelines on {} failed: {e}", describe(&info)));
     }
-    Ok(GpuContext { info, device, queue, limits, timestamps, quant_layout, group_pipeline, pack_pipeline, dequant_layout, dequant_pipeline, failure })
+    Ok(GpuContext { info, device, queue, limits, timestamps, quant_layout, quant_pipeline, dequant_layout, dequant_pipeline, failure })
 }
 
 impl GpuContext {

@@ -1,5 +1,5 @@
-//! Quantize on the GPU: per chunk, pass 1 (`group_pass`, one invocation per group) then pass 2
-//! (`pack_pass`, one invocation per output u32 word), in one compute pass.
+//! Quantize on the GPU: per chunk, one dispatch of the fused kernel (`quantize_pass`, one
+//! workgroup per tile of whole groups; see `shaders/quantize.wgsl` and `plan::tiles`).
 
 use std::collections::VecDeque;
 
@@ -7,19 +7,20 @@ use crate::backend::QuantJob;
 use crate::error::Result;
 
 use super::context::GpuContext;
-use super::plan::{Caps, Chunk, Seg, Uniforms, PARAMS_BYTES};
-use super::staging::{self, buffer, InFlight, Timer, READBACK, STORAGE, UNIFORM_STRIDE};
+use super::plan::{self, Caps, Chunk, Seg, Tile, Uniforms};
+use super::staging::{self, buffer, InFlight, Timer, READBACK, STORAGE};
 
 pub struct QuantSet {
     uniform: wgpu::Buffer,
     segs: wgpu::Buffer,
+    tiles: wgpu::Buffer,
     input: wgpu::Buffer,
     errs: wgpu::Buffer,
     words: wgpu::Buffer,
     scales: wgpu::Buffer,
     zero_points: wgpu::Buffer,
     staging: wgpu::Buffer,
-    bind: [wgpu::BindGroup; 2],
+    bind: wgpu::BindGroup,
     timer: Option<Timer>,
 }
 
@@ -42,26 +43,23 @@ fn layout(caps: &Caps) -> Layout {
 
 impl QuantSet {
     pub fn new(ctx: &GpuContext, caps: &Caps) -> Self {
-        let uniform = buffer(ctx, "uniforms", 2 * UNIFORM_STRIDE, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+        let uniform = buffer(ctx, "uniforms", 16, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         let segs = buffer(ctx, "segments", caps.segs as u64 * 48, STORAGE);
-        let input = buffer(ctx, "weights", caps.elems as u64 * 4, STORAGE);
-        let params = buffer(ctx, "params", caps.groups as u64 * PARAMS_BYTES, STORAGE);
+        // Whole 16-byte words: the kernel reads the input as `array<vec4<u32>>`.
+        let input = buffer(ctx, "weights", caps.elems.next_multiple_of(4) as u64 * 4, STORAGE);
+        let tiles = buffer(ctx, "tiles", (plan::max_tiles(caps) * std::mem::size_of::<Tile>()) as u64, STORAGE);
         let words = buffer(ctx, "packed", caps.words as u64 * 4, STORAGE);
         let scales = buffer(ctx, "scales", caps.groups as u64 * 4, STORAGE);
         let zero_points = buffer(ctx, "zero points", caps.groups as u64 * 4, STORAGE);
         let errs = buffer(ctx, "errors", caps.segs as u64 * 4, STORAGE);
         let staging = buffer(ctx, "read-back", layout(caps).len, READBACK);
-        let bind = [0, 1].map(|i| {
-            let u = wgpu::BufferBinding { buffer: &uniform, offset: i * UNIFORM_STRIDE, size: wgpu::BufferSize::new(16) };
-            let entries: Vec<wgpu::BindGroupEntry> = [&segs, &input, &params, &words, &scales, &zero_points, &errs]
-                .iter()
-                .enumerate()
-                .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32 + 1, resource: buf.as_entire_binding() })
-                .chain([wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::Buffer(u) }])
-                .collect();
-            ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("quantize"), layout: &ctx.quant_layout, entries: &entries })
-        });
-        Self { uniform, segs, input, errs, words, scales, zero_points, staging, bind, timer: Timer::new(ctx) }
+        let entries: Vec<wgpu::BindGroupEntry> = [&uniform, &segs, &input, &tiles, &words, &scales, &zero_points, &errs]
+            .iter()
+            .enumerate()
+            .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
+            .collect();
+        let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("quantize"), layout: &ctx.quant_layout, entries: &entries });
+        Self { uniform, segs, tiles, input, errs, words, scales, zero_points, staging, bind, timer: Timer::new(ctx) }
     }
 }
 
@@ -108,23 +106,25 @@ pub fn run(ctx: &GpuContext, sets: &[QuantSet; 2], caps: &Caps, jobs: &mut [Quan
         let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
         let n_segs = segs.len() as u32;
         let q = &ctx.queue;
-        q.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs, n_units: chunk.n_groups as u32, zero_mask: 0, pad: 0 }));
-        q.write_buffer(&set.uniform, UNIFORM_STRIDE, bytemuck::bytes_of(&Uniforms { n_segs, n_units: chunk.n_words as u32, zero_mask: 0, pad: 0 }));
+        let (tiles, shared_words) = plan::tiles(chunk);
+        q.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs, n_units: tiles.len() as u32, zero_mask: 0, pad: 0 }));
         q.write_buffer(&set.segs, 0, bytemuck::cast_slice(&segs));
+        q.write_buffer(&set.tiles, 0, bytemuck::cast_slice(&tiles));
         for p in &chunk.pieces {
             q.write_buffer(&set.input, p.seg.elem_start as u64 * 4, bytemuck::cast_slice(&jobs[p.job].weights[p.elems.clone()]));
         }
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("quantize") });
         enc.clear_buffer(&set.errs, 0, Some(n_segs as u64 * 4));
+        if shared_words {
+            enc.clear_buffer(&set.words, 0, Some(chunk.n_words as u64 * 4));
+        }
         {
             let timer = set.timer.as_ref().filter(|_| kernel.is_some());
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("quantize"), timestamp_writes: timer.map(Timer::writes) });
-            pass.set_pipeline(&ctx.group_pipeline);
-            pass.set_bind_group(0, &set.bind[0], &[]);
-            staging::dispatch(ctx, &mut pass, chunk.n_groups);
-            pass.set_pipeline(&ctx.pack_pipeline);
-            pass.set_bind_group(0, &set.bind[1], &[]);
-            staging::dispatch(ctx, &mut pass, chunk.n_words);
+            pass.set_pipeline(&ctx.quant_pipeline);
+            pass.set_bind_group(0, &set.bind, &[]);
+            // `dispatch` counts invocations in workgroups of 256: one workgroup per tile.
+            staging::dispatch(ctx, &mut pass, tiles.len() * 256);
         }
         let (ng, nw) = (chunk.n_groups as u64 * 4, chunk.n_words as u64 * 4);
         enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, nw);

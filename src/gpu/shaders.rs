@@ -25,4 +25,24 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e:?}"));
         }
     }
+
+    /// The tile constants agree with `plan`, and the fused kernel's workgroup memory fits the
+    /// 16 KiB that WebGPU guarantees (and lavapipe gives).
+    #[test]
+    fn quantize_tile_matches_plan_and_fits_16_kib() {
+        use crate::gpu::plan::{Tile, TILE_ELEMS, TILE_GROUPS};
+        let src = super::quantize_source();
+        assert!(src.contains(&format!("const TILE_ELEMS: u32 = {TILE_ELEMS}u;")));
+        assert!(src.contains(&format!("const TILE_GROUPS: u32 = {TILE_GROUPS}u;")));
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        let bytes: u32 = module
+            .global_variables
+            .iter()
+            .filter(|(_, v)| v.space == naga::AddressSpace::WorkGroup)
+            .map(|(_, v)| module.types[v.ty].inner.size(module.to_ctx()))
+            .sum();
+        assert!(bytes <= 16384, "{bytes} bytes of workgroup memory");
+        let tile = module.types.iter().find(|(_, t)| t.name.as_deref() == Some("Tile")).unwrap().1;
+        assert_eq!(tile.inner.size(module.to_ctx()) as usize, std::mem::size_of::<Tile>());
+    }
 }

@@ -151,6 +151,22 @@ pub fn round_scaled(p: u32, k: u32, max_code: u32) -> u32 {
     q.min(max_code)
 }
 
+/// [`round_scaled`] without branches, for the per-element loop: the same round-half-even on
+/// the same integer mantissa, with the range tests folded into a clamp of the shift.
+/// `sh = 23 − ex` is the shift of the exact computation when −1 ≤ ex ≤ 7. Clamped to 15 when
+/// ex ≥ 8, the quotient is still ≥ 2^23 >> 15 = 256 > every `max_code`; clamped to 31, or
+/// anything ≥ 25 (ex ≤ −2, or e = 0 where ex ≤ −127), `m + 2^(sh−1) − 1 < 2^sh` and the quotient
+/// is 0. Adding `2^(sh−1) − 1` plus the quotient's low bit carries exactly when the remainder
+/// is above half, or at half with an odd quotient. Equal to `round_scaled` for every input
+/// (`round_scaled_fast_is_round_scaled`).
+pub fn round_scaled_fast(p: u32, k: u32, max_code: u32) -> u32 {
+    let e = (p >> 23) & 0xff;
+    let sh = (150 + k as i32 - e as i32).clamp(15, 31) as u32;
+    let m = (p & MANT) | HIDDEN;
+    let q = (m + (1 << (sh - 1)) - 1 + ((m >> sh) & 1)) >> sh;
+    q.min(max_code)
+}
+
 /// What pass 1 writes per group (all as bits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct GpuParams {
@@ -237,7 +253,7 @@ pub fn code(w: u32, p: &GpuParams, max_code: u32) -> u32 {
     // d·inv_s = t·2^k: correctly rounded when normal; if it is subnormal (or flushed), t is
     // below 2^-126 and its code is 0 either way.
     let prod = f(opaque(d.to_bits())) * f(p.inv_s);
-    round_scaled(prod.to_bits(), k, max_code)
+    round_scaled_fast(prod.to_bits(), k, max_code)
 }
 
 /// Dequantize one code: the bits of `q × scale + lo` (two roundings), for a positive finite
@@ -347,6 +363,22 @@ mod tests {
         }
     }
 
+    /// Every non-negative f32 pattern (both functions ignore bit 31), every `k` that `code`
+    /// passes, every width. Release builds only (about 2^31 × 3 evaluations per function).
+    #[test]
+    #[cfg_attr(debug_assertions, ignore = "exhaustive: run with --release")]
+    fn round_scaled_fast_is_round_scaled() {
+        use rayon::prelude::*;
+        for k in [0u32, 64, 128] {
+            // One exponent per task; the mantissa loop is plain sequential code.
+            let bad = (0u32..256).into_par_iter().find_map_any(|e| {
+                (e << 23..(e + 1) << 23).find(|&p| [3, 15, 255].iter().any(|&l| round_scaled(p, k, l) != round_scaled_fast(p, k, l)))
+            });
+            assert_eq!(bad, None, "k = {k}");
+        }
+        assert_eq!(round_scaled_fast(0x8000_0000 | 0x3fc0_0000, 0, 15), round_scaled(0x3fc0_0000, 0, 15));
+    }
+
     #[test]
     fn round_scaled_ties_to_even() {
         for k in [0u32, 64] {
@@ -354,6 +386,7 @@ mod tests {
             for (t, want) in [(0.5f32, 0u32), (1.5, 2), (2.5, 2), (0.49999997, 0), (0.50000006, 1), (14.5, 14), (15.5, 15), (300.0, 15), (3.0e-39, 0)] {
                 let p = t * s;
                 assert_eq!(round_scaled(p.to_bits(), k, 15), want, "t={t} k={k}");
+                assert_eq!(round_scaled_fast(p.to_bits(), k, 15), want, "t={t} k={k}");
             }
         }
     }
