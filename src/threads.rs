@@ -95,6 +95,24 @@ impl Scope {
     }
 }
 
+/// Replaces this process's pool with one of `n` threads; `n == 0` goes back to the default
+/// (`RAYON_NUM_THREADS` if set, else one per core). Calls already running finish on the pool
+/// they started on; calls inside [`with_threads`] keep their own.
+pub fn set_num_threads(n: usize) -> std::result::Result<(), String> {
+    let pool = ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("arrow-quant-{i}"))
+        .build()
+        .map_err(|e| format!("cannot start {n} worker threads: {e}"))?;
+    let mut slot = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((owner, inherited)) = slot.replace((std::process::id(), Arc::new(pool))) {
+        if owner != std::process::id() {
+            std::mem::forget(inherited); // a parent's pool: see `pool`
+        }
+    }
+    Ok(())
+}
+
 /// How many threads the pool runs.
 pub fn num_threads() -> usize {
     pool().current_num_threads()
@@ -117,6 +135,16 @@ mod tests {
                 .collect()
         });
         names.len()
+    }
+
+    #[test]
+    fn set_num_threads_replaces_the_process_pool() {
+        // The only test that changes the process's pool (tests run in parallel).
+        let default = num_threads();
+        set_num_threads(1).unwrap();
+        assert_eq!((num_threads(), workers_used()), (1, 1));
+        set_num_threads(0).unwrap();
+        assert_eq!(num_threads(), default);
     }
 
     #[test]

@@ -44,7 +44,17 @@ def dequantized_schema() -> pa.Schema:
     """The schema :func:`dequantize_arrow` returns."""
 
 def backend_name(device: Device = "auto") -> str:
-    """The backend `device` resolves to, e.g. ``"cpu (rayon, 2 threads, avx2)"``."""
+    """The backend `device` resolves to, e.g. ``"cpu (rayon, 2 threads, avx512)"``; for
+    ``"auto"`` followed by why (``"[auto: measured faster: cpu 41.2 GB/s, gpu (…) 9.8 GB/s …]"``).
+    The first ``"auto"`` in a process looks for a GPU and, if it finds a hardware one, times
+    both paths on a 16 MiB probe (cached for the process)."""
+
+def set_num_threads(n: int) -> None:
+    """Worker threads for every later call in this process; 0 restores the default
+    (``RAYON_NUM_THREADS`` when set, else one per core)."""
+
+def get_num_threads() -> int:
+    """The worker threads calls in this process use."""
 
 GgufFileType = Literal[
     "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q3_k",

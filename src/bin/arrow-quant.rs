@@ -193,6 +193,10 @@ fn run(cli: Cli) -> Result<()> {
                 ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
                     .expect("valid template"),
             );
+            if verbose {
+                // For "auto", also why: the first call decides (and may time both paths).
+                eprintln!("backend: {}", arrow_quant_v2::device::describe(opts.device)?);
+            }
             let mut progress = Bar { bar, verbose, stages: None };
             let started = std::time::Instant::now();
             let reports = convert(&model, &output, &opts, &mut progress)?;

@@ -1,7 +1,8 @@
 //! Instance, adapter, device and pipelines: created once per process and reused.
 //!
 //! Every failure (no loader, no driver, no adapter, a device error or a lost device) becomes
-//! [`QuantError::Device`]; wgpu's own panics during set-up are caught.
+//! [`QuantError::Device`]; wgpu's own panics during set-up are caught. A lost device is
+//! replaced on the next call ([`context`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -37,7 +38,7 @@ struct Probe {
 }
 
 static PROBE: OnceLock<std::result::Result<Probe, String>> = OnceLock::new();
-static CONTEXT: OnceLock<std::result::Result<GpuContext, String>> = OnceLock::new();
+static CONTEXT: Mutex<Option<&'static GpuContext>> = Mutex::new(None);
 /// The process that started wgpu (0: not started).
 static WGPU_PID: AtomicU32 = AtomicU32::new(0);
 
@@ -53,6 +54,7 @@ fn probe() -> std::result::Result<&'static Probe, String> {
     PROBE
         .get_or_init(|| {
             WGPU_PID.store(std::process::id(), Ordering::Relaxed);
+            quiet_vulkan_loader();
             catch_unwind(|| {
                 let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
                 let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
@@ -62,6 +64,19 @@ fn probe() -> std::result::Result<&'static Probe, String> {
         })
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// Keeps Mesa's implicit Vulkan layer `VK_LAYER_MESA_device_select` out of this process
+/// unless the user asked for it (by setting `NODEVICE_SELECT` themselves). The layer picks a
+/// default GPU for a display by connecting to Wayland and X11, and on a machine without a
+/// display session libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set` twice to
+/// stderr, on every start. We rank the adapters ourselves (`rank`) and never present, so the
+/// layer has nothing to do for us. The variable is the layer's own documented off switch
+/// (its manifest's `disable_environment`); it is set once, before the Vulkan loader starts.
+fn quiet_vulkan_loader() {
+    if std::env::var_os("NODEVICE_SELECT").is_none() {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
 }
 
 fn describe(info: &wgpu::AdapterInfo) -> String {
@@ -99,29 +114,58 @@ pub fn found_adapters() -> String {
     }
 }
 
-/// True when "auto" should use the GPU: a hardware adapter exists, or a software one and the
-/// environment allows it. Only enumerates adapters (no device is created when it says no).
-pub fn auto_wants_gpu() -> bool {
+/// Whether "auto" may consider the GPU at all: some adapter exists that is hardware, or
+/// software and allowed by the environment. Only enumerates adapters (no device is created).
+pub fn auto_candidate() -> AutoCandidate {
     let allow_sw = std::env::var(ALLOW_SOFTWARE_ENV).is_ok_and(|v| v == "1");
-    probe().is_ok_and(|p| p.adapters.iter().any(|a| allow_sw || !is_software(&a.get_info())))
+    let Ok(p) = probe() else { return AutoCandidate::None("wgpu found no usable GPU API".into()) };
+    let Some(best) = p.adapters.iter().map(|a| a.get_info()).max_by_key(rank) else {
+        return AutoCandidate::None("no GPU adapter".into());
+    };
+    if !is_software(&best) {
+        AutoCandidate::Hardware
+    } else if allow_sw {
+        AutoCandidate::AllowedSoftware
+    } else {
+        AutoCandidate::None(format!("only a software adapter ({}), slower than the CPU path; {ALLOW_SOFTWARE_ENV}=1 allows it", best.name))
+    }
 }
 
-/// The shared context, created on first use.
+/// What [`auto_candidate`] found.
+pub enum AutoCandidate {
+    /// A hardware adapter: "auto" measures it against the CPU.
+    Hardware,
+    /// A software adapter that `ARROW_QUANT_ALLOW_SOFTWARE_GPU=1` forces on "auto".
+    AllowedSoftware,
+    /// Nothing to consider, and why.
+    None(String),
+}
+
+/// The live context: created on first use, and created again after the device was lost or
+/// failed (a driver reset, a removed device, an uncaptured error), so a failure is never
+/// sticky. A context that failed is left in place, not freed: earlier callers may still hold
+/// references to it, and it is at most one per failure.
 pub fn context() -> Result<&'static GpuContext> {
-    CONTEXT
-        .get_or_init(|| {
-            let p = probe()?;
-            let adapter = p
-                .adapters
-                .iter()
-                .max_by_key(|a| rank(&a.get_info()))
-                .ok_or_else(|| "device='gpu': no GPU adapter found (wgpu found no Vulkan, Metal, DX12 or GL adapter; install a GPU driver, or mesa-vulkan-drivers for the software adapter lavapipe)".to_string())?;
-            let _ = &p.instance;
-            catch_unwind(AssertUnwindSafe(|| create(adapter)))
-                .map_err(|e| format!("creating the GPU device failed: {}", panic_message(e.as_ref())))?
-        })
-        .as_ref()
-        .map_err(|e| QuantError::Device(format!("{e} (adapters found: {})", found_adapters())))
+    let mut slot = CONTEXT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(ctx) = *slot {
+        if ctx.check().is_ok() {
+            return Ok(ctx);
+        }
+    }
+    let p = probe().map_err(|e| QuantError::Device(format!("{e} (adapters found: {})", found_adapters())))?;
+    let adapter = p.adapters.iter().max_by_key(|a| rank(&a.get_info())).ok_or_else(|| {
+        QuantError::Device(
+            "device='gpu': no GPU adapter found (wgpu found no Vulkan, Metal, DX12 or GL adapter; install a GPU driver, or mesa-vulkan-drivers for the software adapter lavapipe)".into(),
+        )
+    })?;
+    let _ = &p.instance;
+    let ctx = catch_unwind(AssertUnwindSafe(|| create(adapter)))
+        .map_err(|e| format!("creating the GPU device failed: {}", panic_message(e.as_ref())))
+        .and_then(|r| r)
+        .map_err(|e| QuantError::Device(format!("{e} (adapters found: {})", found_adapters())))?;
+    let ctx: &'static GpuContext = Box::leak(Box::new(ctx));
+    *slot = Some(ctx);
+    Ok(ctx)
 }
 
 fn create(adapter: &wgpu::Adapter) -> std::result::Result<GpuContext, String> {
@@ -212,9 +256,10 @@ impl GpuContext {
 
     /// Waits for a submission; a device error or a failed wait becomes `QuantError::Device`.
     pub fn wait(&self, index: wgpu::SubmissionIndex) -> Result<()> {
-        self.device
-            .poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None })
-            .map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e} (adapter {})", self.describe())))?;
-        self.check()
+        let polled = self.device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None });
+        // A lost device makes the wait fail too; its recorded reason says more than the wait.
+        self.check()?;
+        polled.map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e} (adapter {})", self.describe())))?;
+        Ok(())
     }
 }

@@ -1,9 +1,10 @@
 //! The GPU backend (wgpu + WGSL), byte-identical to [`crate::quant::reference`] on every driver.
 //!
-//! * `context`: instance/adapter/device/pipelines, once per process; adapter choice and the
-//!   `ARROW_QUANT_ALLOW_SOFTWARE_GPU` switch for `device="auto"`.
+//! * `context`: instance/adapter/device/pipelines, once per process (again after a lost
+//!   device); adapter choice and the `ARROW_QUANT_ALLOW_SOFTWARE_GPU` switch for `device="auto"`.
 //! * `plan`: layers → chunks of pieces (whole groups; many small layers per dispatch).
 //! * `staging`: fixed double-buffered device buffers, submit / wait / map.
+//! * `baseline`: device copy and mapped-ring upload, the ceilings the benchmark compares with.
 //! * `quantize`, `dequantize`: the passes.
 //! * `softfloat`: the integer division and the FTZ-proof math, in Rust, mirrored in
 //!   `shaders/common.wgsl` and tested against native `f32`.
@@ -11,6 +12,7 @@
 //! Jobs the kernels do not take (a group bigger than a chunk, rows over 2^30 elements,
 //! dequantize parameters outside the proven-exact range) run on the CPU backend.
 
+mod baseline;
 mod context;
 mod dequantize;
 mod plan;
@@ -20,14 +22,14 @@ pub mod softfloat;
 mod staging;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use crate::backend::{Backend, DequantJob, QuantJob};
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 use crate::quant::reference;
 
-pub use context::{auto_wants_gpu, found_adapters, inherited_from_parent, ALLOW_SOFTWARE_ENV};
+pub use context::{auto_candidate, found_adapters, inherited_from_parent, AutoCandidate, ALLOW_SOFTWARE_ENV};
 use plan::Caps;
 
 pub struct GpuBackend {
@@ -37,20 +39,29 @@ pub struct GpuBackend {
     dequant: Mutex<Option<[dequantize::DequantSet; 2]>>,
 }
 
-static SHARED: OnceLock<std::result::Result<GpuBackend, String>> = OnceLock::new();
+/// The backend on the live context (see [`context::context`]): replaced together with it.
+static SHARED: Mutex<Option<&'static GpuBackend>> = Mutex::new(None);
 
 impl GpuBackend {
     /// The process-wide GPU backend on the best adapter (software adapters included), created
-    /// on first use.
+    /// on first use, and again after its device was lost.
     pub fn shared() -> Result<&'static GpuBackend> {
-        if let Some(b) = SHARED.get() {
-            return b.as_ref().map_err(|e| QuantError::Device(e.clone()));
-        }
         let ctx = context::context()?;
-        SHARED
-            .get_or_init(|| Ok(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None) }))
-            .as_ref()
-            .map_err(|e| QuantError::Device(e.clone()))
+        let mut slot = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        match *slot {
+            Some(b) if std::ptr::eq(b.ctx, ctx) => Ok(b),
+            _ => {
+                let b: &'static GpuBackend = Box::leak(Box::new(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None) }));
+                *slot = Some(b);
+                Ok(b)
+            }
+        }
+    }
+
+    /// Destroys this backend's device, as a driver reset would: for tests of the recovery.
+    #[doc(hidden)]
+    pub fn lose_device_for_test(&self) {
+        self.ctx.device.destroy();
     }
 
     /// Adapter name, backend API and device type.
@@ -123,8 +134,24 @@ impl GpuBackend {
         r
     }
 
-    /// A plain host → device copy of `bytes` (write_buffer, submit, wait): the transfer
-    /// baseline for the benchmark. Returns seconds.
+    /// Bytes of f32 input the kernels take per chunk.
+    pub fn chunk_bytes(&self) -> usize {
+        self.caps.elems * 4
+    }
+
+    /// Seconds for a device-to-device copy of `bytes`, best of `reps` (see [`baseline`]).
+    pub fn device_copy_baseline(&self, bytes: u64, reps: usize) -> Result<f64> {
+        guarded(|| baseline::device_copy(self.ctx, bytes, reps))
+    }
+
+    /// Seconds to upload `data` through a ring of mapped staging buffers in chunks of the
+    /// kernels' size: the host → device ceiling for the end-to-end path (see [`baseline`]).
+    pub fn upload_baseline(&self, data: &[u8]) -> Result<f64> {
+        guarded(|| baseline::upload(self.ctx, data, self.caps.elems * 4))
+    }
+
+    /// A plain host → device copy of `bytes` (write_buffer, submit, wait): the serialized path
+    /// `Queue::write_buffer` gives. Returns seconds.
     pub fn copy_baseline(&self, bytes: &[u8]) -> Result<f64> {
         let chunk = self.caps.elems * 4;
         let buf = staging::buffer(self.ctx, "copy baseline", chunk as u64, staging::STORAGE);

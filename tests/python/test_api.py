@@ -272,3 +272,19 @@ def test_dequantize_decodes_rows_kept_in_high_precision(rng):
     short = kept.slice(0, 1).set_column(1, "quantized_data", pa.array([b"\x00" * 5], pa.binary()))
     with pytest.raises(ValueError, match="Layer 'h': has 5 quantized_data bytes, but .* need 12"):
         aq.dequantize_arrow(short)
+
+
+def test_set_num_threads_is_module_wide_and_restorable():
+    default = aq.get_num_threads()
+    t = pa.table({"layer_name": ["x"], "weights": pa.array([np.arange(4096, dtype=np.float32)], pa.list_(pa.float32()))})
+    want = aq.quantize_arrow(t, device="cpu")
+    try:
+        aq.set_num_threads(1)
+        assert aq.get_num_threads() == 1
+        assert "(rayon, 1 threads" in aq.backend_name("cpu")
+        assert aq.quantize_arrow(t, device="cpu").equals(want)
+    finally:
+        aq.set_num_threads(0)
+    assert aq.get_num_threads() == default
+    with pytest.raises(ValueError, match="num_threads must be 0"):
+        aq.set_num_threads(-1)

@@ -71,14 +71,14 @@ def test_many_small_layers_on_gpu(rng):
     assert aq.quantize_arrow(t, device="gpu", group_size=16).equals(aq.quantize_arrow(t, device="cpu", group_size=16))
 
 
-def backend_in_subprocess(**env):
-    full = {k: v for k, v in os.environ.items() if k != "ARROW_QUANT_ALLOW_SOFTWARE_GPU"}
+def run_in_subprocess(code, **env):
+    full = {k: v for k, v in os.environ.items() if k not in ("ARROW_QUANT_ALLOW_SOFTWARE_GPU", "NODEVICE_SELECT")}
     full.update(env)
-    out = subprocess.run(
-        [sys.executable, "-c", "import arrow_quant_v2 as aq; print(aq.backend_name('auto'))"],
-        env=full, capture_output=True, text=True, check=True,
-    )
-    return out.stdout.strip()
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True)
+
+
+def backend_in_subprocess(**env):
+    return run_in_subprocess("import arrow_quant_v2 as aq; print(aq.backend_name('auto'))", **env).stdout.strip()
 
 
 def software_only():
@@ -89,6 +89,26 @@ def test_auto_never_picks_a_software_adapter_by_itself():
     if not software_only():
         pytest.skip("a hardware GPU is present; auto rightly picks it")
     assert backend_in_subprocess().startswith("cpu")
+
+
+def test_auto_says_why():
+    name = aq.backend_name("auto")
+    assert "[auto: " in name, name
+    if software_only() and os.environ.get("ARROW_QUANT_ALLOW_SOFTWARE_GPU") != "1":
+        assert "software adapter" in name, name
+
+
+def test_starting_the_gpu_prints_nothing():
+    # Mesa's device-select layer used to print "XDG_RUNTIME_DIR is invalid" twice per process
+    # on machines without a display session (CI has none: XDG_RUNTIME_DIR is unset here).
+    out = run_in_subprocess(
+        "import arrow_quant_v2 as aq, numpy as np, pyarrow as pa\n"
+        "t = pa.table({'layer_name': ['x'], 'weights': pa.array([np.ones(256, np.float32)], pa.list_(pa.float32()))})\n"
+        "aq.quantize_arrow(t, device='gpu'); aq.quantize_arrow(t, device='auto'); print(aq.backend_name('auto'))",
+        XDG_RUNTIME_DIR="",
+    )
+    assert out.stderr == "", out.stderr
+    assert out.stdout.strip()
 
 
 def test_software_adapter_can_be_allowed_for_auto():
