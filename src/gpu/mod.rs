@@ -35,7 +35,7 @@ use plan::Caps;
 pub struct GpuBackend {
     ctx: &'static context::GpuContext,
     caps: Caps,
-    quant: Mutex<Option<[quantize::QuantSet; 2]>>,
+    quant: Mutex<Option<[quantize::QuantSet; quantize::SETS]>>,
     dequant: Mutex<Option<[dequantize::DequantSet; 2]>>,
 }
 
@@ -93,7 +93,7 @@ impl GpuBackend {
             let layouts: Vec<_> = gpu.iter().map(|&i| (i, jobs[i].layout)).collect();
             let chunks = plan::plan(&layouts, &self.caps);
             let mut guard = self.quant.lock().unwrap_or_else(|p| p.into_inner());
-            let sets = guard.get_or_insert_with(|| [0, 1].map(|_| quantize::QuantSet::new(self.ctx, &self.caps)));
+            let sets = guard.get_or_insert_with(|| std::array::from_fn(|_| quantize::QuantSet::new(self.ctx, &self.caps)));
             let r = guarded(|| quantize::run(self.ctx, sets, &self.caps, jobs, &chunks, true));
             match r {
                 Ok((f, k)) => {

@@ -8,10 +8,16 @@ use crate::error::Result;
 
 use super::context::GpuContext;
 use super::plan::{self, Caps, Chunk, Seg, Tile, Uniforms};
-use super::staging::{self, buffer, InFlight, Timer, READBACK, STORAGE};
+use super::staging::{self, buffer, InFlight, Timer, Upload, READBACK, STORAGE};
+
+/// Buffer sets used in turn: one being filled by the host while up to two are on the device
+/// or being read back.
+pub const SETS: usize = 3;
 
 pub struct QuantSet {
     uniform: wgpu::Buffer,
+    /// The chunk's weights, filled by the host in place of `Queue::write_buffer`.
+    upload: Upload,
     segs: wgpu::Buffer,
     tiles: wgpu::Buffer,
     input: wgpu::Buffer,
@@ -47,6 +53,7 @@ impl QuantSet {
         let segs = buffer(ctx, "segments", caps.segs as u64 * 48, STORAGE);
         // Whole 16-byte words: the kernel reads the input as `array<vec4<u32>>`.
         let input = buffer(ctx, "weights", caps.elems.next_multiple_of(4) as u64 * 4, STORAGE);
+        let upload = Upload::new(ctx, "weights upload", caps.elems.next_multiple_of(4) as u64 * 4);
         let tiles = buffer(ctx, "tiles", (plan::max_tiles(caps) * std::mem::size_of::<Tile>()) as u64, STORAGE);
         let words = buffer(ctx, "packed", caps.words as u64 * 4, STORAGE);
         let scales = buffer(ctx, "scales", caps.groups as u64 * 4, STORAGE);
@@ -59,13 +66,13 @@ impl QuantSet {
             .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
             .collect();
         let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("quantize"), layout: &ctx.quant_layout, entries: &entries });
-        Self { uniform, segs, tiles, input, errs, words, scales, zero_points, staging, bind, timer: Timer::new(ctx) }
+        Self { uniform, upload, segs, tiles, input, errs, words, scales, zero_points, staging, bind, timer: Timer::new(ctx) }
     }
 }
 
 /// Runs every job of `chunks` (built from `jobs`). Returns the jobs with an invalid group
 /// (NaN/Inf or overflowing range) and the summed kernel time when `timed` and supported.
-pub fn run(ctx: &GpuContext, sets: &[QuantSet; 2], caps: &Caps, jobs: &mut [QuantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<(Vec<usize>, Option<f64>)> {
+pub fn run(ctx: &GpuContext, sets: &[QuantSet; SETS], caps: &Caps, jobs: &mut [QuantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<(Vec<usize>, Option<f64>)> {
     let lay = layout(caps);
     let mut failed = Vec::new();
     let mut kernel = (timed && ctx.timestamps).then_some(0.0);
@@ -98,9 +105,9 @@ pub fn run(ctx: &GpuContext, sets: &[QuantSet; 2], caps: &Caps, jobs: &mut [Quan
         Ok(())
     };
     for (ci, chunk) in chunks.iter().enumerate() {
-        let si = ci % 2;
-        if inflight.len() == 2 {
-            finish(inflight.pop_front().expect("two in flight"), jobs, &mut failed, &mut kernel)?;
+        let si = ci % SETS;
+        if inflight.len() == SETS {
+            finish(inflight.pop_front().expect("a set in flight"), jobs, &mut failed, &mut kernel)?;
         }
         let set = &sets[si];
         let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
@@ -110,10 +117,25 @@ pub fn run(ctx: &GpuContext, sets: &[QuantSet; 2], caps: &Caps, jobs: &mut [Quan
         q.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs, n_units: tiles.len() as u32, zero_mask: 0, pad: 0 }));
         q.write_buffer(&set.segs, 0, bytemuck::cast_slice(&segs));
         q.write_buffer(&set.tiles, 0, bytemuck::cast_slice(&tiles));
-        for p in &chunk.pieces {
-            q.write_buffer(&set.input, p.seg.elem_start as u64 * 4, bytemuck::cast_slice(&jobs[p.job].weights[p.elems.clone()]));
-        }
+        // The pieces lie back to back in the input buffer (`plan`): every core copies its
+        // blocks of it straight from the jobs' slices.
+        let bytes = chunk.n_elems * 4;
+        let starts: Vec<usize> = chunk.pieces.iter().map(|p| p.seg.elem_start as usize * 4).collect();
+        let weights = |i: usize| -> &[u8] { bytemuck::cast_slice(&jobs[chunk.pieces[i].job].weights[chunk.pieces[i].elems.clone()]) };
+        set.upload.fill(ctx, bytes, |block, at| {
+            let end = at + block.len();
+            let mut i = starts.partition_point(|&s| s <= at).saturating_sub(1);
+            while i < starts.len() && starts[i] < end {
+                let w = weights(i);
+                let (a, b) = (starts[i].max(at), (starts[i] + w.len()).min(end));
+                if a < b {
+                    block.slice(a - at..b - at).copy_from_slice(&w[a - starts[i]..b - starts[i]]);
+                }
+                i += 1;
+            }
+        })?;
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("quantize") });
+        enc.copy_buffer_to_buffer(&set.upload.buffer, 0, &set.input, 0, bytes.next_multiple_of(4) as u64);
         enc.clear_buffer(&set.errs, 0, Some(n_segs as u64 * 4));
         if shared_words {
             enc.clear_buffer(&set.words, 0, Some(chunk.n_words as u64 * 4));
@@ -135,6 +157,7 @@ pub fn run(ctx: &GpuContext, sets: &[QuantSet; 2], caps: &Caps, jobs: &mut [Quan
             t.resolve(&mut enc, &set.staging, lay.time);
         }
         inflight.push_back(staging::submit(ctx, enc, &set.staging, lay.len, si, ci));
+        set.upload.remap();
     }
     while let Some(f) = inflight.pop_front() {
         finish(f, jobs, &mut failed, &mut kernel)?;

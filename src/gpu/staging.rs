@@ -1,8 +1,9 @@
 //! Buffers and the submit/wait/read-back cycle shared by both directions.
 //!
-//! Memory is bounded: each direction owns two fixed sets of buffers (sized by [`Caps`]), used in
-//! turn, so chunk k+1 is uploaded and queued while chunk k runs, and chunk k is read back
-//! (mapped and copied straight into the jobs' output slices) while chunk k+1 runs.
+//! Memory is bounded: each direction owns a few fixed sets of buffers (sized by [`Caps`]), used
+//! in turn, so chunk k+1 is uploaded and queued while chunk k runs, and chunk k is read back
+//! (mapped and copied straight into the jobs' output slices) while chunk k+1 runs. Quantize
+//! uploads through persistent mapped buffers ([`Upload`]) filled by every core.
 
 use std::sync::mpsc;
 
@@ -94,6 +95,99 @@ pub fn wait_mapped(ctx: &GpuContext, f: &InFlight) -> Result<()> {
         }
     };
     r.map_err(|e| QuantError::Device(format!("reading back from the GPU failed: {e} (adapter {})", ctx.describe())))?;
+    ctx.check()
+}
+
+/// A persistent host-visible buffer the host fills and the device copies from: it replaces
+/// `Queue::write_buffer`, which allocates a new staging buffer per call and fills it on one
+/// thread. It stays mapped while the host owns it; after its copy is submitted it is mapped
+/// again in the background, and [`Upload::view`] waits for that only if it has not finished.
+pub struct Upload {
+    pub buffer: wgpu::Buffer,
+    /// The pending re-map (None: mapped, ready to fill).
+    remap: std::sync::Mutex<Option<mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>>,
+}
+
+/// Bytes each worker copies into an upload buffer at a time.
+pub const FILL_BLOCK: usize = 1 << 20;
+
+impl Upload {
+    pub fn new(ctx: &GpuContext, label: &str, size: u64) -> Self {
+        let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_WRITE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        Self { buffer, remap: std::sync::Mutex::new(None) }
+    }
+
+    /// Fills bytes `..len` with `fill(block, offset)` for blocks of [`FILL_BLOCK`] bytes (the
+    /// last one shorter), on as many threads as the pool has, then unmaps the buffer for the
+    /// device's copy.
+    pub fn fill(&self, ctx: &GpuContext, len: usize, fill: impl Fn(&mut wgpu::WriteOnly<'_, [u8]>, usize) + Sync) -> Result<()> {
+        if let Some(rx) = self.remap.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            wait_map(ctx, &rx)?;
+        }
+        {
+            let mut view = self.buffer.slice(..len as u64).get_mapped_range_mut().map_err(|e| QuantError::Device(format!("mapping an upload buffer failed: {e}")))?;
+            // Mapped memory may be write-combined, so wgpu hands it out write-only; whole
+            // fixed-size blocks may cross threads, the tail is filled here.
+            let (blocks, mut rest) = view.slice(..).into_chunks::<FILL_BLOCK>();
+            let blocks: Vec<wgpu::WriteOnly<'_, [u8; FILL_BLOCK]>> = blocks.into_iter().collect();
+            let tail_at = blocks.len() * FILL_BLOCK;
+            // Plain scoped threads, not the rayon pool: the caller holds the GPU backend's
+            // lock, and a rayon worker waiting for its fill tasks would steal other work (say
+            // another tensor of the converter) that waits for that same lock: a deadlock.
+            let threads = crate::threads::num_threads().min(blocks.len());
+            if threads > 1 {
+                let per = blocks.len().div_ceil(threads);
+                let mut blocks = blocks.into_iter().enumerate();
+                let fill = &fill;
+                std::thread::scope(|s| loop {
+                    let mine: Vec<_> = blocks.by_ref().take(per).collect();
+                    if mine.is_empty() {
+                        break;
+                    }
+                    s.spawn(move || {
+                        for (k, b) in mine {
+                            let mut b: wgpu::WriteOnly<'_, [u8]> = b.into();
+                            fill(&mut b, k * FILL_BLOCK)
+                        }
+                    });
+                });
+            } else {
+                for (k, b) in blocks.into_iter().enumerate() {
+                    let mut b: wgpu::WriteOnly<'_, [u8]> = b.into();
+                    fill(&mut b, k * FILL_BLOCK)
+                }
+            }
+            fill(&mut rest, tail_at);
+        }
+        self.buffer.unmap();
+        Ok(())
+    }
+
+    /// Asks for the buffer to be mapped again once the submitted copy from it has run.
+    pub fn remap(&self) {
+        let (tx, rx) = mpsc::channel();
+        self.buffer.slice(..).map_async(wgpu::MapMode::Write, move |r| {
+            let _ = tx.send(r);
+        });
+        *self.remap.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+    }
+}
+
+/// Blocks until a `map_async` reports, polling the device.
+pub fn wait_map(ctx: &GpuContext, rx: &mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>) -> Result<()> {
+    let r = match rx.try_recv() {
+        Ok(r) => r,
+        Err(_) => {
+            ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e}")))?;
+            rx.recv().map_err(|_| QuantError::Device("a staging buffer's mapping was dropped".into()))?
+        }
+    };
+    r.map_err(|e| QuantError::Device(format!("mapping a staging buffer failed: {e} (adapter {})", ctx.describe())))?;
     ctx.check()
 }
 
