@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float32Array, ListArray, RecordBatch, StringArray};
 use arrow_buffer::OffsetBuffer;
 use arrow_quant_v2::arrow::validate::validate_batch;
-use arrow_quant_v2::cpu::CpuBackend;
+use arrow_quant_v2::cpu::{CpuBackend, Isa};
 use arrow_quant_v2::backend::measure_decoded;
 use arrow_quant_v2::{Backend, BitWidth, DequantJob, GroupLayout, MeasuredJob, QuantConfig, QuantJob, Values};
 use criterion::{Criterion, Throughput};
@@ -170,7 +170,7 @@ fn main() {
 
     // Interleaved runs, so both sides see the same machine state.
     let table = layer_table(&case.weights);
-    let (mut read, mut quant, mut portable, mut dequant, mut validate) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut read, mut quant, mut avx2, mut portable, mut dequant, mut validate) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut fused, mut fused_bf16, mut separate) = (vec![], vec![], vec![]);
     for _ in 0..15 {
         fused.push(Duration::from_secs_f64(case.measured(false)));
@@ -188,6 +188,9 @@ fn main() {
         case.quantize();
         quant.push(t.elapsed());
         let t = Instant::now();
+        case.quantize_with(CpuBackend::up_to(Isa::Avx2));
+        avx2.push(t.elapsed());
+        let t = Instant::now();
         case.quantize_with(CpuBackend::portable());
         portable.push(t.elapsed());
         let t = Instant::now();
@@ -195,10 +198,14 @@ fn main() {
         dequant.push(t.elapsed());
     }
     let gbs = |d: Duration| case.bytes() as f64 / d.as_secs_f64() / 1e9;
-    let (r, q, p, d, v) = (median(read), median(quant), median(portable), median(dequant), median(validate));
+    // Bimodal runs (some calls keeping one core busy) would show as a wide spread.
+    let spread = |xs: &[Duration]| xs.iter().max().unwrap().as_secs_f64() / xs.iter().min().unwrap().as_secs_f64();
+    let quant_spread = spread(&quant);
+    let (r, q, a, p, d, v) = (median(read), median(quant), median(avx2), median(portable), median(dequant), median(validate));
     println!("\n{} ({} threads), median of 15 interleaved runs, f32 input GB/s:", CpuBackend::new().name(), rayon::current_num_threads());
     println!("  read baseline     {:6.2} GB/s", gbs(r));
-    println!("  quantize          {:6.2} GB/s   ratio to read {:.2}x", gbs(q), r.as_secs_f64() / q.as_secs_f64());
+    println!("  quantize          {:6.2} GB/s   ratio to read {:.2}x   (slowest/fastest of 15: {quant_spread:.2})", gbs(q), r.as_secs_f64() / q.as_secs_f64());
+    println!("  quantize avx2     {:6.2} GB/s   ratio to read {:.2}x", gbs(a), r.as_secs_f64() / a.as_secs_f64());
     println!("  quantize portable {:6.2} GB/s   ratio to read {:.2}x", gbs(p), r.as_secs_f64() / p.as_secs_f64());
     println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
     let (f, fb, s) = (median(fused), median(fused_bf16), median(separate));

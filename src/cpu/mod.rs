@@ -124,6 +124,14 @@ impl Backend for CpuBackend {
     }
 }
 
+/// Rows handed to one task at most: about [`SPAN_ELEMENTS`]. Without a bound, rayon splits a
+/// layer of many short rows only as often as it sees steals, and a worker that woke late
+/// (common in VMs) found little to take: one core sat idle for much of a call, and throughput
+/// jumped between two levels from one call to the next.
+fn rows_per_task(row_len: usize) -> usize {
+    (SPAN_ELEMENTS / row_len.max(1)).max(1)
+}
+
 /// Splits a job into rows, and each row into spans of whole groups, for rayon.
 fn quantize_job(job: &mut QuantJob<'_>, isa: Isa) -> std::result::Result<(), Invalid> {
     let l = job.layout;
@@ -137,6 +145,7 @@ fn quantize_job(job: &mut QuantJob<'_>, isa: Isa) -> std::result::Result<(), Inv
         .zip(job.packed.par_chunks_mut(l.row_bytes()))
         .zip(job.scales.par_chunks_mut(gpr))
         .zip(job.zero_points.par_chunks_mut(gpr))
+        .with_max_len(rows_per_task(l.row_len))
         .try_for_each(|(((w, p), s), z)| {
             w.par_chunks(span_groups * l.group_size)
                 .zip(p.par_chunks_mut(span_groups * l.group_bytes()))
