@@ -3,7 +3,8 @@
 //! * `context`: instance/adapter/device/pipelines, once per process (again after a lost
 //!   device); adapter choice and the `ARROW_QUANT_ALLOW_SOFTWARE_GPU` switch for `device="auto"`.
 //! * `plan`: layers → chunks of pieces (whole groups; many small layers per dispatch).
-//! * `staging`: fixed double-buffered device buffers, submit / wait / map.
+//! * `staging`: fixed sets of device buffers used in turn, persistent mapped uploads, submit /
+//!   wait / map.
 //! * `baseline`: device copy and mapped-ring upload, the ceilings the benchmark compares with.
 //! * `quantize`, `dequantize`: the passes.
 //! * `softfloat`: the integer division and the FTZ-proof math, in Rust, mirrored in
@@ -147,13 +148,13 @@ impl GpuBackend {
     /// Seconds to upload `data` through a ring of mapped staging buffers in chunks of the
     /// kernels' size: the host → device ceiling for the end-to-end path (see [`baseline`]).
     pub fn upload_baseline(&self, data: &[u8]) -> Result<f64> {
-        guarded(|| baseline::upload(self.ctx, data, self.caps.elems * 4))
+        guarded(|| baseline::upload(self.ctx, data, self.chunk_bytes()))
     }
 
     /// A plain host → device copy of `bytes` (write_buffer, submit, wait): the serialized path
     /// `Queue::write_buffer` gives. Returns seconds.
     pub fn copy_baseline(&self, bytes: &[u8]) -> Result<f64> {
-        let chunk = self.caps.elems * 4;
+        let chunk = self.chunk_bytes();
         let buf = staging::buffer(self.ctx, "copy baseline", chunk as u64, staging::STORAGE);
         let t = std::time::Instant::now();
         for c in bytes.chunks(chunk) {

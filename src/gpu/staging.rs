@@ -85,23 +85,13 @@ pub fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder, staging: &wgpu::Buffe
 /// Waits for `f` to finish and for its staging buffer to be mapped.
 pub fn wait_mapped(ctx: &GpuContext, f: &InFlight) -> Result<()> {
     ctx.wait(f.index.clone())?;
-    let r = match f.mapped.try_recv() {
-        Ok(r) => r,
-        Err(_) => {
-            ctx.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e}")))?;
-            f.mapped.recv().map_err(|_| QuantError::Device("the GPU read-back was dropped".into()))?
-        }
-    };
-    r.map_err(|e| QuantError::Device(format!("reading back from the GPU failed: {e} (adapter {})", ctx.describe())))?;
-    ctx.check()
+    wait_map(ctx, &f.mapped, "reading back from the GPU")
 }
 
 /// A persistent host-visible buffer the host fills and the device copies from: it replaces
 /// `Queue::write_buffer`, which allocates a new staging buffer per call and fills it on one
 /// thread. It stays mapped while the host owns it; after its copy is submitted it is mapped
-/// again in the background, and [`Upload::view`] waits for that only if it has not finished.
+/// again in the background, and [`Upload::fill`] waits for that only if it has not finished.
 pub struct Upload {
     pub buffer: wgpu::Buffer,
     /// The pending re-map (None: mapped, ready to fill).
@@ -127,7 +117,7 @@ impl Upload {
     /// device's copy.
     pub fn fill(&self, ctx: &GpuContext, len: usize, fill: impl Fn(&mut wgpu::WriteOnly<'_, [u8]>, usize) + Sync) -> Result<()> {
         if let Some(rx) = self.remap.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            wait_map(ctx, &rx)?;
+            wait_map(ctx, &rx, "mapping an upload buffer")?;
         }
         {
             let mut view = self.buffer.slice(..len as u64).get_mapped_range_mut().map_err(|e| QuantError::Device(format!("mapping an upload buffer failed: {e}")))?;
@@ -178,16 +168,16 @@ impl Upload {
     }
 }
 
-/// Blocks until a `map_async` reports, polling the device.
-pub fn wait_map(ctx: &GpuContext, rx: &mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>) -> Result<()> {
+/// Blocks until a `map_async` reports, polling the device; `what` names the mapping in errors.
+fn wait_map(ctx: &GpuContext, rx: &mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>, what: &str) -> Result<()> {
     let r = match rx.try_recv() {
         Ok(r) => r,
         Err(_) => {
             ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e}")))?;
-            rx.recv().map_err(|_| QuantError::Device("a staging buffer's mapping was dropped".into()))?
+            rx.recv().map_err(|_| QuantError::Device(format!("{what}: the mapping was dropped")))?
         }
     };
-    r.map_err(|e| QuantError::Device(format!("mapping a staging buffer failed: {e} (adapter {})", ctx.describe())))?;
+    r.map_err(|e| QuantError::Device(format!("{what} failed: {e} (adapter {})", ctx.describe())))?;
     ctx.check()
 }
 
