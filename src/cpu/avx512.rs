@@ -1,5 +1,5 @@
 //! AVX-512 versions of the hot group kernels (`scan`, `encode`, `decode`), sixteen lanes at a
-//! time, for x86-64 CPUs that have AVX-512F and AVX-512BW (checked at run time by `cpu::mod`).
+//! time, for x86-64 CPUs that have AVX-512F (checked at run time by `cpu::mod`).
 //! They compute exactly what `kernels` computes (same comparisons, same `2^23` rounding trick,
 //! no FMA); the tests compare every flavour against the scalar reference.
 //!
@@ -111,7 +111,7 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
 /// Expands one group's codes back to `f32`, sixteen codes (`2·B` bytes) per step: each lane
 /// gets the byte that holds its code (a byte shuffle), then shifts its own code down. The
 /// product and the sum are separate instructions (two roundings, as the contract says).
-#[target_feature(enable = "avx512f,avx512bw")]
+#[target_feature(enable = "avx512f")]
 pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
     let scale_v = _mm512_set1_ps(scale);
     let lo_v = _mm512_set1_ps(lo);

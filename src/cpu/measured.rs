@@ -73,7 +73,7 @@ fn measure_chunk(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[target_feature(enable = "avx2,avx512f")]
 fn chunk_avx512(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut [u8], s: &mut [f32], z: &mut [f32]) -> std::result::Result<ErrorStats, Invalid> {
     chunk::<super::Avx512>(values, start, l, p, s, z)
 }

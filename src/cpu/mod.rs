@@ -28,23 +28,20 @@ pub enum Isa {
     Portable,
     /// x86-64 with AVX2.
     Avx2,
-    /// x86-64 with AVX-512F and AVX-512BW.
+    /// x86-64 with AVX-512F.
     Avx512,
 }
 
 impl Isa {
-    /// The best set the running CPU supports.
+    /// The best set the running CPU supports, from the one feature check the crate has
+    /// ([`crate::quant::ggml::Simd::available`]).
     pub fn detected() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw") {
-                return Self::Avx512;
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                return Self::Avx2;
-            }
+        use crate::quant::ggml::Simd;
+        match Simd::available().last() {
+            Some(Simd::Avx512) => Self::Avx512,
+            Some(Simd::Avx2) => Self::Avx2,
+            _ => Self::Portable,
         }
-        Self::Portable
     }
 
     pub fn name(self) -> &'static str {
@@ -216,7 +213,7 @@ impl Kernels for Avx512 {
     #[inline(always)]
     fn scan(values: &[f32]) -> Scan {
         // SAFETY: `Avx512` kernels only run inside `quantize_span_avx512` and
-        // `measured::chunk_avx512`, reached after runtime detection of AVX-512F/BW (`Isa`).
+        // `measured::chunk_avx512`, reached after runtime detection of AVX-512F (`Isa`).
         unsafe { avx512::scan(values) }
     }
     #[inline(always)]
@@ -251,7 +248,7 @@ fn quantize_span_avx2(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: 
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[target_feature(enable = "avx2,avx512f")]
 fn quantize_span_avx512(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
     quantize_groups::<Avx512>(w, p, s, z, l)
 }
@@ -323,7 +320,7 @@ fn dequantize_span_avx2(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &Group
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,avx512f,avx512bw")]
+#[target_feature(enable = "avx2,avx512f")]
 fn dequantize_span_avx512(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], l: &GroupLayout) {
     dequantize_groups::<Avx512>(o, p, s, z, l)
 }
