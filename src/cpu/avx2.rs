@@ -7,7 +7,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::{decode_tail, encode_tail, finish_scan, Scan, MAGIC, MAGIC_BITS};
+use super::kernels::{decode_tail, encode_tail, finish_scan, Scan};
 use crate::quant::GroupParams;
 
 #[target_feature(enable = "avx2")]
@@ -61,12 +61,17 @@ pub fn scan(values: &[f32]) -> Scan {
     finish_scan(l, h, _mm_cvtsi128_si32(b1) as u32, values)
 }
 
-/// Codes of eight values: `min((v - lo) * inv + 2^23 → bits − bits(2^23), L)`.
+/// Codes of eight values: `min(round_half_even((v - lo) * inv), L)`, clamped as unsigned.
 #[target_feature(enable = "avx2")]
 #[inline]
 fn codes8(v: __m256, lo: __m256, inv: __m256, max_code: __m256i) -> __m256i {
     let t = _mm256_mul_ps(_mm256_sub_ps(v, lo), inv);
-    let q = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(t, _mm256_set1_ps(MAGIC))), _mm256_set1_epi32(MAGIC_BITS as i32));
+    // `t` is finite and ≥ +0 (v ≥ lo, inv finite and ≥ 0: `GroupParams::from_range`). There
+    // `cvtps2dq` rounds half to even (Rust never changes MXCSR's mode), exactly what the 2^23
+    // trick of `kernels::encode` does below 2^23; above, both give a number ≥ L as unsigned
+    // (`cvtps2dq` gives 0x8000_0000 past 2^31), which the clamp turns into L. One instruction
+    // less than the trick.
+    let q = _mm256_cvtps_epi32(t);
     _mm256_min_epu32(q, max_code)
 }
 

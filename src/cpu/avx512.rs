@@ -1,6 +1,6 @@
 //! AVX-512 versions of the hot group kernels (`scan`, `encode`, `decode`), sixteen lanes at a
 //! time, for x86-64 CPUs that have AVX-512F (checked at run time by `cpu::mod`).
-//! They compute exactly what `kernels` computes (same comparisons, same `2^23` rounding trick,
+//! They compute exactly what `kernels` computes (same comparisons, the same round-half-even,
 //! no FMA); the tests compare every flavour against the scalar reference.
 //!
 //! What AVX-512 buys over AVX2 here, besides the width: the narrowing moves (`vpmovdb`,
@@ -12,7 +12,7 @@
 
 use std::arch::x86_64::*;
 
-use super::kernels::{decode_tail, encode_tail, finish_scan, Scan, MAGIC, MAGIC_BITS};
+use super::kernels::{decode_tail, encode_tail, finish_scan, Scan};
 use crate::quant::GroupParams;
 
 #[target_feature(enable = "avx512f")]
@@ -56,12 +56,17 @@ pub fn scan(values: &[f32]) -> Scan {
     finish_scan(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi), _mm512_reduce_or_epi32(bad) as u32, values)
 }
 
-/// Codes of sixteen values: `min((v - lo) * inv + 2^23 → bits − bits(2^23), L)`.
+/// Codes of sixteen values: `min(round_half_even((v - lo) * inv), L)`, clamped as unsigned.
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn codes16(v: __m512, lo: __m512, inv: __m512, max_code: __m512i) -> __m512i {
     let t = _mm512_mul_ps(_mm512_sub_ps(v, lo), inv);
-    let q = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(t, _mm512_set1_ps(MAGIC))), _mm512_set1_epi32(MAGIC_BITS as i32));
+    // `t` is finite and ≥ +0 (v ≥ lo, inv finite and ≥ 0: `GroupParams::from_range`). There
+    // `cvtps2dq` rounds half to even (Rust never changes MXCSR's mode), exactly what the 2^23
+    // trick of `kernels::encode` does below 2^23; above, both give a number ≥ L as unsigned
+    // (`cvtps2dq` gives 0x8000_0000 past 2^31), which the clamp turns into L. One instruction
+    // less than the trick.
+    let q = _mm512_cvtps_epi32(t);
     _mm512_min_epu32(q, max_code)
 }
 

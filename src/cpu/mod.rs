@@ -332,3 +332,90 @@ fn dequantize_groups<K: Kernels>(o: &mut [f32], p: &[u8], s: &[f32], z: &[f32], 
         with_bits!(l.bit_width, K::decode(packed, scale, lo, out));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIMD encoders round with `cvtps2dq` where the scalar one adds 2^23. A group's
+    /// parameters make every product `t = (v − lo)·inv` finite and ≥ +0 (`v ≥ lo`, and `inv`
+    /// is finite and ≥ 0); over that whole domain, up to and past 2^23 and 2^31 where the
+    /// clamp takes over, both must give the same codes.
+    #[test]
+    fn every_flavour_encodes_like_the_scalar_one_over_the_whole_product_range() {
+        let values: Vec<f32> = [
+            0.0,
+            1.0e-45,
+            0.25,
+            0.5,
+            0.75,
+            1.5,
+            2.5,
+            3.49,
+            3.5,
+            254.5,
+            255.5,
+            8_388_607.5,
+            8_388_608.0,
+            1.0e9,
+            2.2e9,
+            3.0e38,
+        ]
+        .iter()
+        .cycle()
+        .take(64 + 7)
+        .copied()
+        .collect();
+        let params = [
+            GroupParams {
+                lo: 0.0,
+                scale: 1.0,
+                inv: 1.0,
+            },
+            GroupParams {
+                lo: 0.0,
+                scale: 1.0,
+                inv: 0.0,
+            },
+            GroupParams {
+                lo: 0.0,
+                scale: 1.0,
+                inv: 3.0,
+            },
+            GroupParams {
+                lo: 0.0,
+                scale: 1.0,
+                inv: 1.0e-38,
+            },
+            GroupParams {
+                lo: 0.0,
+                scale: 1.0,
+                inv: f32::MAX,
+            },
+            GroupParams::from_range(0.0, 3.0e38, 15).unwrap(),
+        ];
+        for p in &params {
+            macro_rules! check {
+                ($b:literal) => {{
+                    let mut want = vec![0u8; (values.len() * $b).div_ceil(8)];
+                    Portable::encode::<$b>(&values, p, &mut want);
+                    #[cfg(target_arch = "x86_64")]
+                    for isa in [Isa::Avx2, Isa::Avx512]
+                        .into_iter()
+                        .filter(|&i| i <= Isa::detected())
+                    {
+                        let mut got = vec![0u8; want.len()];
+                        match isa {
+                            Isa::Avx512 => Avx512::encode::<$b>(&values, p, &mut got),
+                            _ => Avx2::encode::<$b>(&values, p, &mut got),
+                        }
+                        assert_eq!(got, want, "{isa:?}, {} bits, {p:?}", $b);
+                    }
+                }};
+            }
+            check!(2);
+            check!(4);
+            check!(8);
+        }
+    }
+}
