@@ -121,9 +121,9 @@ fn decide() -> AutoChoice {
     AutoChoice { backend: &CPU, reason: "built without the 'gpu' feature".into(), gpu: false }
 }
 
-/// The GPU under "auto": calls too small to amortize a GPU round trip, and calls the device
-/// fails (a lost device, an out-of-memory), run on the CPU backend instead, with the same
-/// bytes. The device itself is re-created by the next call ([`GpuBackend::shared`]).
+/// The GPU under "auto": calls too small to amortize a GPU round trip, calls the device
+/// fails (a lost device, an out-of-memory) and work it has no exact kernel for (`lsq`), run on
+/// the CPU backend instead, with the same bytes. The device itself is re-created by the next call ([`GpuBackend::shared`]).
 #[cfg(feature = "gpu")]
 struct AutoGpu;
 
@@ -142,7 +142,7 @@ impl AutoGpu {
             return f(&CPU, jobs);
         }
         match GpuBackend::shared().and_then(|g| f(g, jobs)) {
-            Err(QuantError::Device(_)) => f(&CPU, jobs),
+            Err(QuantError::Device(_) | QuantError::Unsupported(_)) => f(&CPU, jobs),
             r => r,
         }
     }

@@ -42,6 +42,11 @@ pub enum QuantError {
     #[error("{0}")]
     Device(String),
 
+    /// The chosen device has no exact implementation of what was asked (a method or type):
+    /// refused rather than run differently. `auto` runs such work on the CPU.
+    #[error("{0}")]
+    Unsupported(String),
+
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
 }

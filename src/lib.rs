@@ -24,4 +24,4 @@ mod python;
 pub use backend::{Backend, DequantJob, MeasuredJob, QuantJob, QuantizedTensor};
 pub use device::Device;
 pub use error::{QuantError, Result};
-pub use quant::{BitWidth, GroupLayout, QuantConfig, Values};
+pub use quant::{BitWidth, GroupLayout, Method, QuantConfig, Values};

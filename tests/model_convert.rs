@@ -104,3 +104,63 @@ fn failed_conversion_leaves_no_file() {
     assert!(convert(&src, &dir.path().join("x.gguf"), &Options::default(), &mut NoProgress).is_err());
     assert!(!dir.path().join("x.gguf").exists());
 }
+
+/// `--method lsq`: the model file holds exactly the table API's lsq bytes, says so per tensor,
+/// and every quantized tensor's error falls; `min_cosine` takes lsq at a width where min/max
+/// misses, before adding bits; GGUF refuses the option.
+#[test]
+fn lsq_conversion_matches_the_table_path_and_min_cosine_tries_it_first() {
+    use arrow_quant_v2::arrow::schema::METHOD;
+    use arrow_quant_v2::cpu::CpuBackend;
+    use arrow_quant_v2::model::quantized::read_batches;
+    use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantConfig, QuantizedTensor};
+    use arrow_array::{Array, BinaryArray, StringArray};
+
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.safetensors");
+    let model = small_model();
+    write(&src, &model);
+    let (minmax_dst, lsq_dst) = (dir.path().join("minmax.arrow"), dir.path().join("lsq.arrow"));
+    let minmax = convert(&src, &minmax_dst, &Options::default(), &mut NoProgress).unwrap();
+    let lsq_opts = Options { config: QuantConfig::default().with_method(Method::Lsq), ..Options::default() };
+    let lsq = convert(&src, &lsq_dst, &lsq_opts, &mut NoProgress).unwrap();
+    let (_, batches) = read_batches(&lsq_dst).unwrap();
+    let mut affine = 0;
+    for b in &batches {
+        let name = b.column_by_name("layer_name").unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
+        let method = b.column_by_name(METHOD).unwrap().as_any().downcast_ref::<StringArray>().unwrap().value(0).to_string();
+        let r = lsq.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(method, r.method, "{name}");
+        if r.format != "affine" {
+            assert_eq!(method, "", "{name}");
+            continue;
+        }
+        affine += 1;
+        assert_eq!(method, "lsq");
+        let m = model.iter().find(|m| m.name == name).unwrap();
+        if m.dtype == Dtype::F32 {
+            let layout = GroupLayout::from_shape(&m.shape, QuantConfig::default().with_method(Method::Lsq));
+            let want = QuantizedTensor::quantize(&CpuBackend::new(), &name, &m.values, layout).unwrap();
+            let data = b.column_by_name("quantized_data").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap().value(0).to_vec();
+            assert_eq!(data, want.packed, "{name}");
+        }
+        let before = minmax.iter().find(|r| r.name == name).unwrap();
+        assert!(r.stats.snr_db() > before.stats.snr_db(), "{name}: lsq {} dB vs minmax {} dB", r.stats.snr_db(), before.stats.snr_db());
+    }
+    assert!(affine >= 2);
+
+    // A threshold 2-bit min/max misses on proj.weight but 2-bit lsq reaches.
+    let proj = |reports: &[arrow_quant_v2::model::TensorReport]| reports.iter().find(|r| r.name == "proj.weight").unwrap().clone();
+    let two = |m: Method| {
+        let o = Options { config: QuantConfig::new(BitWidth::B2, 128).unwrap().with_method(m), ..Options::default() };
+        proj(&convert(&src, &dir.path().join("two.arrow"), &o, &mut NoProgress).unwrap()).stats.cosine()
+    };
+    let (c_minmax, c_lsq) = (two(Method::MinMax), two(Method::Lsq));
+    assert!(c_lsq > c_minmax, "{c_lsq} vs {c_minmax}");
+    let threshold = (c_minmax + c_lsq) / 2.0;
+    let picked = proj(&convert(&src, &dir.path().join("pick.arrow"), &Options { min_cosine: Some(threshold), ..Options::default() }, &mut NoProgress).unwrap());
+    assert_eq!((picked.bit_width, picked.method.as_str()), (2, "lsq"), "{}", picked.reason);
+
+    let e = convert(&src, &dir.path().join("x.gguf"), &Options { qtype: Some(QuantType::Gguf(FileType::Q4_0)), ..lsq_opts }, &mut NoProgress).unwrap_err();
+    assert!(e.to_string().contains("method 'lsq'"), "{e}");
+}

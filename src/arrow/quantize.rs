@@ -11,12 +11,12 @@ use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::DataType;
 
 use super::input::{read_layers, Layer};
-use super::schema::{list_field, quantized_schema};
+use super::schema::{list_field, quantized_schema, with_method};
 use super::alloc::zeroed;
 use super::split_mut;
 use crate::backend::{Backend, QuantJob};
 use crate::error::{QuantError, Result};
-use crate::quant::{GroupLayout, QuantConfig};
+use crate::quant::{GroupLayout, Method, QuantConfig};
 
 /// Quantizes every layer of `batch` with `backend`.
 pub fn quantize_batch(batch: &RecordBatch, config: QuantConfig, backend: &dyn Backend) -> Result<RecordBatch> {
@@ -67,11 +67,12 @@ pub fn quantize_layers(layers: &[Layer<'_>], config: QuantConfig, backend: &dyn 
     let shapes = int64_lists(layers.iter().map(|l| l.shape.iter().map(|&d| d as i64)));
     let bits = Int8Array::from_iter_values(layouts.iter().map(|l| l.bit_width.bits() as i8));
     let group_sizes = Int64Array::from_value(config.group_size as i64, layers.len());
-    let schema = quantized_schema(config.group_size, large);
-    RecordBatch::try_new(
-        schema,
-        vec![Arc::new(names), data, Arc::new(scales), Arc::new(zero_points), Arc::new(shapes), Arc::new(bits), Arc::new(group_sizes)],
-    )
+    let schema = with_method(&quantized_schema(config.group_size, large), config.method)?;
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(names), data, Arc::new(scales), Arc::new(zero_points), Arc::new(shapes), Arc::new(bits), Arc::new(group_sizes)];
+    if config.method != Method::MinMax {
+        columns.push(Arc::new(StringArray::from_iter_values(std::iter::repeat_n(config.method.name(), layers.len()))));
+    }
+    RecordBatch::try_new(schema, columns)
     .map_err(|e| QuantError::value(format!("could not assemble the output batch: {e}")))
 }
 

@@ -14,6 +14,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde_json::Value;
 
 use crate::error::{QuantError, Result};
+use crate::quant::Method;
 
 pub const LAYER_NAME: &str = "layer_name";
 pub const WEIGHTS: &str = "weights";
@@ -23,6 +24,10 @@ pub const SCALES: &str = "scales";
 pub const ZERO_POINTS: &str = "zero_points";
 pub const BIT_WIDTH: &str = "bit_width";
 pub const GROUP_SIZE: &str = "group_size";
+/// Present only when the scales were not chosen by min/max (`lsq`): how they were chosen.
+/// Dequantizing never needs it; it tells a reader what the numbers are worth, and, being a
+/// column, it survives the engines that drop schema metadata.
+pub const METHOD: &str = "method";
 
 /// The schema metadata key; its value is a JSON object (see the module doc).
 pub const META_KEY: &str = "arrow_quant";
@@ -31,6 +36,7 @@ pub const META_SCHEME: &str = "scheme";
 pub const META_GROUP_SIZE: &str = "group_size";
 pub const META_PACKING: &str = "packing";
 pub const META_VERSION: &str = "version";
+pub const META_METHOD: &str = "method";
 
 pub const SCHEME: &str = "affine-minmax-v1";
 pub const PACKING: &str = "lsb-first; each group starts on a byte boundary; groups, then rows, in order";
@@ -92,6 +98,20 @@ pub fn quantized_schema(group_size: usize, large: bool) -> SchemaRef {
         ])
         .with_metadata(schema_metadata(quantized_metadata(group_size))),
     )
+}
+
+/// `schema` with the [`METHOD`] column appended and the method in its metadata, for a table
+/// quantized by a method other than min/max (min/max tables keep the seven columns they always
+/// had, so their readers see no change).
+pub fn with_method(schema: &SchemaRef, method: Method) -> Result<SchemaRef> {
+    if method == Method::MinMax {
+        return Ok(schema.clone());
+    }
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(METHOD, DataType::Utf8, false));
+    let mut entries = read_metadata(schema.metadata())?;
+    entries.insert(META_METHOD.to_string(), Value::from(method.name()));
+    Ok(Arc::new(Schema::new(fields).with_metadata(schema_metadata(entries))))
 }
 
 /// `layer_name`, `weights` (list<float32>), `shape`: what dequantization gives back.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use arrow_quant_v2::model::pipeline::{Limits, Timings};
 use arrow_quant_v2::model::{convert, Options, OutputFormat, Progress, QuantType};
 use arrow_quant_v2::quant::ggml::GgmlType;
-use arrow_quant_v2::{BitWidth, Device, QuantConfig, QuantError, Result};
+use arrow_quant_v2::{BitWidth, Device, Method, QuantConfig, QuantError, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -45,6 +45,10 @@ enum Command {
         bit_width: i64,
         #[arg(long, default_value_t = 128)]
         group_size: i64,
+        /// How affine scales are chosen: minmax, or lsq (least-squares refinement: lower error,
+        /// ~6x the compute, same format)
+        #[arg(long, default_value = "minmax")]
+        method: String,
         #[arg(long, default_value = "auto")]
         device: String,
         /// Keep tensors matching this glob in F16/F32 (GGUF input: copy them unchanged) (repeatable)
@@ -53,7 +57,8 @@ enum Command {
         /// Quantize tensors matching this glob even when the default rules keep them (repeatable)
         #[arg(long)]
         quantize: Vec<String>,
-        /// Per tensor, the lowest of 2/4/8 bits whose cosine similarity reaches this (affine)
+        /// Per tensor, the lowest of 2/4/8 bits whose cosine similarity reaches this (affine);
+        /// at each width the --method, then lsq, is tried before more bits
         #[arg(long)]
         min_cosine: Option<f64>,
         /// GGUF: an importance matrix (llama-imatrix's .gguf or legacy .dat), used as llama-quantize uses it
@@ -149,6 +154,7 @@ fn run(cli: Cli) -> Result<()> {
             qtype,
             bit_width,
             group_size,
+            method,
             device,
             keep,
             quantize,
@@ -167,7 +173,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = Options {
                 format: format.as_deref().map(str::parse::<OutputFormat>).transpose()?,
                 qtype: qtype.map(|t| t.parse::<QuantType>()).transpose()?,
-                config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?,
+                config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?.with_method(Method::parse(&method)?),
                 device: device.parse::<Device>()?,
                 keep,
                 quantize,

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::kernels::{with_bits, Scan};
-use super::{Invalid, Isa, Kernels, Portable};
+use super::{encode_group, Invalid, Isa, Kernels, Portable};
 use crate::backend::MeasuredJob;
 use crate::error::Result;
 use crate::quant::metrics::{rows_per_chunk, ErrorStats, Lanes};
@@ -92,6 +92,7 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
     // One group converted from the stored dtype, and one group decoded back.
     let mut input = vec![0f32; l.group_size];
     let mut back = vec![0f32; l.group_size];
+    let mut scratch = Vec::new();
     let gpr = l.groups_per_row();
     let rows = p.chunks_mut(l.row_bytes()).zip(s.chunks_mut(gpr)).zip(z.chunks_mut(gpr));
     for (r, ((p, s), z)) in rows.enumerate() {
@@ -103,11 +104,9 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
             let w = values.get(at..at + n, &mut input);
             let Scan::Range { lo, hi } = K::scan(w) else { return Err(Invalid) };
             let params = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
-            with_bits!(l.bit_width, K::encode(w, &params, packed));
-            *scale = params.scale;
-            *zero = params.lo;
+            (*scale, *zero) = encode_group::<K>(w, params, l, packed, &mut scratch);
             let back = &mut back[..n];
-            with_bits!(l.bit_width, K::decode(packed, params.scale, params.lo, back));
+            with_bits!(l.bit_width, K::decode(packed, *scale, *zero, back));
             #[cfg(target_arch = "x86_64")]
             if K::AVX2 {
                 // SAFETY: only the x86 kernels set `AVX2`, and they run after runtime

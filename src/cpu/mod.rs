@@ -14,7 +14,8 @@ use rayon::prelude::*;
 use crate::backend::{Backend, DequantJob, MeasuredJob, QuantJob};
 use crate::quant::metrics::ErrorStats;
 use crate::error::Result;
-use crate::quant::{reference, GroupLayout, GroupParams};
+use crate::quant::pack::pack_codes;
+use crate::quant::{lsq, reference, GroupLayout, GroupParams, Method};
 use kernels::{with_bits, Scan};
 
 /// Groups handed to one task: large enough to amortize scheduling, small enough to balance a
@@ -263,6 +264,7 @@ const SCAN_BATCH: usize = 16;
 fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
     let max_code = l.bit_width.max_code();
     let batch = SCAN_BATCH * l.group_size;
+    let mut scratch = Vec::new();
     let batches = w.chunks(batch).zip(p.chunks_mut(SCAN_BATCH * l.group_bytes())).zip(s.chunks_mut(SCAN_BATCH)).zip(z.chunks_mut(SCAN_BATCH));
     for (((w, p), s), z) in batches {
         let mut ranges = [(0f32, 0f32); SCAN_BATCH];
@@ -273,12 +275,32 @@ fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [
         let groups = w.chunks(l.group_size).zip(p.chunks_mut(l.group_bytes())).zip(ranges);
         for (((values, packed), (lo, hi)), (scale, zero)) in groups.zip(s.iter_mut().zip(z.iter_mut())) {
             let params = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
-            with_bits!(l.bit_width, K::encode(values, &params, packed));
-            *scale = params.scale;
-            *zero = params.lo;
+            (*scale, *zero) = encode_group::<K>(values, params, l, packed, &mut scratch);
         }
     }
     Ok(())
+}
+
+/// One group's packed codes, and its scale and zero point, by the layout's method, from its
+/// min/max parameters. `scratch` holds `lsq`'s codes before packing.
+#[inline(always)]
+fn encode_group<K: Kernels>(values: &[f32], params: GroupParams, l: &GroupLayout, packed: &mut [u8], scratch: &mut Vec<u8>) -> (f32, f32) {
+    match l.method {
+        Method::MinMax => {
+            with_bits!(l.bit_width, K::encode(values, &params, packed));
+            (params.scale, params.lo)
+        }
+        Method::Lsq => {
+            // The definition's own code, compiled here under the caller's target features
+            // (`#[inline(always)]` all the way down), so its lane sums vectorize.
+            let max_code = l.bit_width.max_code();
+            let grid = lsq::refine(values, params, max_code);
+            scratch.resize(values.len(), 0);
+            lsq::codes(values, &grid, max_code, scratch);
+            pack_codes(scratch, l.bit_width, packed);
+            (grid.scale, grid.zero)
+        }
+    }
 }
 
 fn dequantize_job(job: &mut DequantJob<'_>, isa: Isa) {

@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use crate::backend::{Backend, DequantJob, QuantJob};
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
-use crate::quant::reference;
+use crate::quant::{reference, Method};
 
 pub use context::{auto_candidate, found_adapters, inherited_from_parent, AutoCandidate, ALLOW_SOFTWARE_ENV};
 use plan::Caps;
@@ -82,6 +82,13 @@ impl GpuBackend {
     /// [`Backend::quantize`], also returning the summed kernel time in seconds when timestamps
     /// are supported.
     pub fn quantize_timed(&self, jobs: &mut [QuantJob<'_>]) -> Result<Option<f64>> {
+        if let Some(job) = jobs.iter().find(|j| j.layout.method != Method::MinMax) {
+            return Err(QuantError::Unsupported(format!(
+                "device='gpu': method '{}' (layer '{}') has no GPU kernel yet; use device='cpu', or 'auto', which runs it on the CPU",
+                job.layout.method.name(),
+                job.name
+            )));
+        }
         let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len()).filter(|&i| jobs[i].layout.n_elements() > 0).partition(|&i| plan::fits(&jobs[i].layout, &self.caps));
         let mut failed = Vec::new();
         for &i in &cpu {

@@ -4,7 +4,8 @@
 //! (`layer_name`, `quantized_data`, `scales`, `zero_points`, `shape`, `bit_width`, `group_size`) plus
 //! `source_dtype`, `format` ("affine", or "F16"/"F32" for tensors kept in high precision, whose
 //! `quantized_data` is then the raw little-endian values, `scales`/`zero_points` empty and
-//! `bit_width` 16 or 32) and the tensor's `cosine`, `relative_mse`, `snr_db`. The schema
+//! `bit_width` 16 or 32), the tensor's `cosine`, `relative_mse`, `snr_db`, and `method` (how an
+//! affine tensor's scales were chosen: "minmax" or "lsq"; empty for kept tensors). The schema
 //! metadata's JSON object adds the source files, each tensor's source dtype and format, the tool
 //! version and the caller's entries (`Options::metadata`).
 
@@ -22,7 +23,7 @@ use parquet::schema::types::ColumnPath;
 use super::atomic::AtomicFile;
 use super::convert::TensorReport;
 use crate::arrow::quantize::int64_lists;
-use crate::arrow::schema::{list_field, quantized_metadata, quantized_schema, schema_metadata};
+use crate::arrow::schema::{list_field, quantized_metadata, quantized_schema, schema_metadata, METHOD};
 use crate::backend::QuantizedTensor;
 use crate::error::{QuantError, Result};
 use crate::gguf::GgmlType;
@@ -59,6 +60,7 @@ pub fn model_schema(group_size: usize, large: bool, meta: &ModelMeta) -> SchemaR
     for s in ["cosine", "relative_mse", "snr_db"] {
         fields.push(Field::new(s, DataType::Float64, false));
     }
+    fields.push(Field::new(METHOD, DataType::Utf8, false));
     let mut entries = quantized_metadata(group_size);
     entries.insert(META_SOURCE_FILES.into(), serde_json::json!(meta.source_files));
     let tensors: Vec<serde_json::Value> = meta
@@ -142,6 +144,7 @@ impl ArrowSink {
             Arc::new(Float64Array::from(vec![r.stats.cosine()])),
             Arc::new(Float64Array::from(vec![r.stats.relative_mse()])),
             Arc::new(Float64Array::from(vec![r.stats.snr_db()])),
+            Arc::new(StringArray::from(vec![r.method.as_str()])),
         ];
         let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_err)?;
         match &mut self.writer {
@@ -190,6 +193,7 @@ pub fn report_batch(reports: &[TensorReport]) -> RecordBatch {
         Field::new("source_dtype", DataType::Utf8, false),
         Field::new("shape", DataType::List(list_field(DataType::Int64)), false),
         Field::new("format", DataType::Utf8, false),
+        Field::new("method", DataType::Utf8, false),
         Field::new("bit_width", DataType::UInt8, false),
         Field::new("reason", DataType::Utf8, false),
         Field::new("n_elements", DataType::UInt64, false),
@@ -205,6 +209,7 @@ pub fn report_batch(reports: &[TensorReport]) -> RecordBatch {
         strs(|r| &r.source_dtype),
         Arc::new(int64_lists(reports.iter().map(|r| r.shape.iter().map(|&d| d as i64)))),
         strs(|r| &r.format),
+        strs(|r| &r.method),
         Arc::new(UInt8Array::from_iter_values(reports.iter().map(|r| r.bit_width))),
         strs(|r| &r.reason),
         u64s(|r| r.shape.iter().product::<usize>() as u64),

@@ -24,7 +24,7 @@ use crate::gguf::mix::{FileType, MixOptions};
 use crate::gguf::writer::{GgufWriter, TensorPlan};
 use crate::gguf::{self, GgmlType, MetaValue};
 use crate::quant::metrics::ErrorStats;
-use crate::quant::{BitWidth, GroupLayout, QuantConfig};
+use crate::quant::{BitWidth, GroupLayout, Method, QuantConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputFormat {
@@ -194,6 +194,8 @@ pub struct TensorReport {
     pub shape: Vec<usize>,
     /// "affine", a GGUF type ("Q4_K", "Q8_0", "F16", "F32", …) or "skipped".
     pub format: String,
+    /// How an affine tensor's scales were chosen ("minmax" or "lsq"); empty for other formats.
+    pub method: String,
     /// Bits per code for quantized tensors, 16/32 for kept ones, 0 for skipped ones.
     pub bit_width: u8,
     pub reason: String,
@@ -277,6 +279,10 @@ fn resolve_type(opts: &Options, format: OutputFormat) -> Result<QuantType> {
         (OutputFormat::Gguf, _) if opts.min_cosine.is_some() => {
             Err(QuantError::value("min_cosine picks an affine bit width per tensor; it needs type 'affine'"))
         }
+        (OutputFormat::Gguf, _) if opts.config.method != Method::MinMax => Err(QuantError::value(format!(
+            "method '{}' chooses affine scales; GGUF block types have their own search (write Arrow or Parquet for it)",
+            opts.config.method.name()
+        ))),
         (OutputFormat::Arrow | OutputFormat::Parquet, _)
             if opts.pure || opts.imatrix.is_some() || opts.leave_output_tensor || opts.output_tensor_type.is_some() || opts.token_embedding_type.is_some() =>
         {
@@ -346,6 +352,7 @@ fn new_report(t: &SourceTensor, reason: &str) -> TensorReport {
         source_dtype: t.stored.name(),
         shape: t.shape.clone(),
         format: "skipped".into(),
+        method: String::new(),
         bit_width: 0,
         reason: reason.to_string(),
         source_bytes: t.bytes,
@@ -584,13 +591,9 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
             match decisions[i].action {
                 Action::Keep(k) => Ok(ArrowTensor::Kept(k, gguf_out::encode(&t.name, k, values, &t.shape, None)?)),
                 Action::Quantize => {
-                    let widths: Vec<BitWidth> = match opts.min_cosine {
-                        Some(_) => opts.cosine_policy.widths(opts.config.bit_width),
-                        None => vec![opts.config.bit_width],
-                    };
                     let mut chosen = None;
-                    for bw in widths {
-                        let layout = GroupLayout::from_shape(&t.shape, QuantConfig { bit_width: bw, ..opts.config });
+                    for config in candidates(opts) {
+                        let layout = GroupLayout::from_shape(&t.shape, config);
                         let (q, stats) = QuantizedTensor::quantize_measured(backend, &t.name, values, layout)?;
                         let ok = opts.min_cosine.is_none_or(|m| stats.cosine() >= m);
                         chosen = Some((q, stats));
@@ -626,6 +629,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                         }
                     }
                     report.written("affine", q.layout.bit_width.bits() as u8, q.packed.len() + 8 * q.scales.len(), stats);
+                    report.method = q.layout.method.name().into();
                     sink.write_affine(&report, q)?;
                 }
             }
@@ -638,9 +642,34 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
     Ok((staged, reports))
 }
 
+/// The affine configurations a tensor tries, in order, until one reaches `min_cosine`: the
+/// option's alone without it; with it, each width of the policy, and at each width the
+/// option's method, then `lsq` (a search at the same size before more bits).
+fn candidates(opts: &Options) -> Vec<QuantConfig> {
+    let Some(_) = opts.min_cosine else { return vec![opts.config] };
+    let mut methods = vec![opts.config.method];
+    if opts.config.method != Method::Lsq {
+        methods.push(Method::Lsq);
+    }
+    let widths = opts.cosine_policy.widths(opts.config.bit_width);
+    widths.into_iter().flat_map(|bw| methods.iter().map(move |&m| QuantConfig { bit_width: bw, method: m, ..opts.config })).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn min_cosine_tries_lsq_before_more_bits() {
+        use BitWidth::*;
+        let opts = Options { min_cosine: Some(0.99), cosine_policy: CosinePolicy::Raise, ..Options::default() };
+        let got: Vec<(BitWidth, Method)> = candidates(&opts).iter().map(|c| (c.bit_width, c.method)).collect();
+        assert_eq!(got, vec![(B4, Method::MinMax), (B4, Method::Lsq), (B8, Method::MinMax), (B8, Method::Lsq)]);
+        let lsq = Options { config: opts.config.with_method(Method::Lsq), ..opts.clone() };
+        assert_eq!(candidates(&lsq).iter().map(|c| (c.bit_width, c.method)).collect::<Vec<_>>(), vec![(B4, Method::Lsq), (B8, Method::Lsq)]);
+        let plain = Options::default();
+        assert_eq!(candidates(&plain), vec![plain.config]);
+    }
 
     #[test]
     fn cosine_policy_widths() {

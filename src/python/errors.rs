@@ -5,7 +5,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use std::io::ErrorKind;
 
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyFileNotFoundError, PyNotImplementedError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::{create_exception, PyErr, PyResult};
 
@@ -32,6 +32,7 @@ impl From<QuantError> for PyErr {
             QuantError::ShapeMismatch { .. } => ShapeMismatchError::new_err(message),
             QuantError::InvalidType { .. } => PyTypeError::new_err(message),
             QuantError::Device(_) => PyRuntimeError::new_err(message),
+            QuantError::Unsupported(_) => PyNotImplementedError::new_err(message),
             QuantError::Io { source, .. } if source.kind() == ErrorKind::NotFound => ModelNotFoundError::new_err(message),
             QuantError::Io { .. } => PyOSError::new_err(message),
             QuantError::MissingColumn(_) | QuantError::InvalidValue { .. } => PyValueError::new_err(message),

@@ -15,17 +15,17 @@ use pyo3::prelude::*;
 use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::{PyRecordBatch, PySchema, PyTable};
 
-use crate::arrow::schema::{dequantized_schema, quantized_schema, read_metadata, schema_metadata, LAYER_NAME, WEIGHTS};
+use crate::arrow::schema::{dequantized_schema, quantized_schema, with_method, read_metadata, schema_metadata, LAYER_NAME, WEIGHTS};
 use crate::arrow::quantize::unify_code_types;
 use crate::arrow::validate::validate_batch;
 use crate::arrow::{dequantize_batch, quantize_batch};
 use errors::{guarded, importing};
 use crate::device::{backend, Device};
 use crate::error::{QuantError, Result};
-use crate::quant::{BitWidth, QuantConfig};
+use crate::quant::{BitWidth, Method, QuantConfig};
 
-fn config(bit_width: i64, group_size: i64) -> Result<QuantConfig> {
-    QuantConfig::new(BitWidth::new(bit_width)?, group_size)
+fn config(bit_width: i64, group_size: i64, method: &str) -> Result<QuantConfig> {
+    Ok(QuantConfig::new(BitWidth::new(bit_width)?, group_size)?.with_method(Method::parse(method)?))
 }
 
 fn arrow_input(data: &Bound<'_, PyAny>, what: &str) -> PyResult<AnyRecordBatch> {
@@ -75,7 +75,10 @@ fn map_batches(
 fn quantize_table<'py>(py: Python<'py>, input: AnyRecordBatch, config: QuantConfig, device: Device) -> PyResult<Bound<'py, PyAny>> {
     let backend = backend(device)?;
     let batches = unify_code_types(map_batches(py, input, &[LAYER_NAME, WEIGHTS], |b| quantize_batch(b, config, backend))?)?;
-    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| quantized_schema(config.group_size, false));
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => with_method(&quantized_schema(config.group_size, false), config.method)?,
+    };
     PyTable::try_new(batches, schema)?.into_pyarrow(py)
 }
 
@@ -94,10 +97,10 @@ fn one_batch(batch: PyRecordBatch, required: &[&str]) -> Result<RecordBatch> {
 }
 
 #[pyfunction]
-#[pyo3(signature = (table, *, bit_width = 4, group_size = 128, device = "auto"))]
-fn quantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str) -> PyResult<Bound<'py, PyAny>> {
+#[pyo3(signature = (table, *, bit_width = 4, group_size = 128, device = "auto", method = "minmax"))]
+fn quantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str, method: &str) -> PyResult<Bound<'py, PyAny>> {
     guarded("quantize_arrow", || {
-        let config = config(bit_width, group_size)?;
+        let config = config(bit_width, group_size, method)?;
         let device: Device = device.parse()?;
         quantize_table(py, arrow_input(table, "quantize_arrow")?, config, device)
     })
@@ -106,10 +109,10 @@ fn quantize_arrow<'py>(py: Python<'py>, table: &Bound<'py, PyAny>, bit_width: i6
 /// `quantize_arrow` that returns the kind it was given: a RecordBatch for a RecordBatch, a
 /// Table for a Table or any stream (what Ray's `map_batches` and `datasets.map` pass).
 #[pyfunction]
-#[pyo3(signature = (batch, *, bit_width = 4, group_size = 128, device = "auto"))]
-fn quantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str) -> PyResult<Bound<'py, PyAny>> {
+#[pyo3(signature = (batch, *, bit_width = 4, group_size = 128, device = "auto", method = "minmax"))]
+fn quantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, bit_width: i64, group_size: i64, device: &str, method: &str) -> PyResult<Bound<'py, PyAny>> {
     guarded("quantize_arrow_batch", || {
-        let config = config(bit_width, group_size)?;
+        let config = config(bit_width, group_size, method)?;
         let device: Device = device.parse()?;
         match arrow_input(batch, "quantize_arrow_batch")? {
             AnyRecordBatch::RecordBatch(b) => {
@@ -155,7 +158,7 @@ fn dequantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, devic
 #[pyo3(name = "quantized_schema", signature = (group_size = 128))]
 fn quantized_schema_of(py: Python<'_>, group_size: i64) -> PyResult<Bound<'_, PyAny>> {
     guarded("quantized_schema", || {
-        let config = config(4, group_size)?;
+        let config = config(4, group_size, "minmax")?;
         PySchema::new(quantized_schema(config.group_size, false)).into_pyarrow(py)
     })
 }

@@ -15,7 +15,7 @@ use crate::model::pipeline::Limits;
 use crate::model::quantized::read_batches;
 use crate::model::{convert, Checkpoint, Options, OutputFormat, Progress, QuantType};
 use crate::quant::ggml::GgmlType;
-use crate::quant::{BitWidth, QuantConfig};
+use crate::quant::{BitWidth, Method, QuantConfig};
 
 /// Reports progress to a Python callable and/or an indicatif bar; checks for Ctrl-C between
 /// tensors. A Python exception is kept and re-raised once the conversion has cleaned up.
@@ -62,7 +62,7 @@ fn strings(v: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Vec<String>> {
 /// GGUF file) into an Arrow IPC, Parquet or GGUF file; returns the per-tensor quality report as
 /// a pyarrow.Table.
 #[pyfunction]
-#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, device = "auto", keep = None, quantize = None, min_cosine = None, cosine_policy = "lowest", num_threads = 0, metadata = None, progress = None, imatrix = None, pure = false, allow_requantize = false, leave_output_tensor = false, output_tensor_type = None, token_embedding_type = None, read_ahead_mib = 256))]
+#[pyo3(signature = (src, dst, *, format = None, r#type = None, bit_width = 4, group_size = 128, method = "minmax", device = "auto", keep = None, quantize = None, min_cosine = None, cosine_policy = "lowest", num_threads = 0, metadata = None, progress = None, imatrix = None, pure = false, allow_requantize = false, leave_output_tensor = false, output_tensor_type = None, token_embedding_type = None, read_ahead_mib = 256))]
 #[allow(clippy::too_many_arguments)]
 fn quantize_model<'py>(
     py: Python<'py>,
@@ -72,6 +72,7 @@ fn quantize_model<'py>(
     r#type: Option<&str>,
     bit_width: i64,
     group_size: i64,
+    method: &str,
     device: &str,
     keep: Option<&Bound<'py, PyAny>>,
     quantize: Option<&Bound<'py, PyAny>>,
@@ -92,7 +93,7 @@ fn quantize_model<'py>(
         let opts = Options {
             format: format.map(str::parse::<OutputFormat>).transpose()?,
             qtype: r#type.map(str::parse::<QuantType>).transpose()?,
-            config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?,
+            config: QuantConfig::new(BitWidth::new(bit_width)?, group_size)?.with_method(Method::parse(method)?),
             device: device.parse::<Device>()?,
             keep: strings(keep, "keep")?,
             quantize: strings(quantize, "quantize")?,

@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use super::spec::{BitWidth, QuantConfig};
+use super::spec::{BitWidth, Method, QuantConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupLayout {
@@ -15,13 +15,14 @@ pub struct GroupLayout {
     pub row_len: usize,
     pub group_size: usize,
     pub bit_width: BitWidth,
+    pub method: Method,
 }
 
 impl GroupLayout {
     /// A layout of `n_rows × row_len` elements. `row_len` must be at least 1.
     pub fn new(n_rows: usize, row_len: usize, config: QuantConfig) -> Self {
         debug_assert!(row_len > 0 || n_rows == 0);
-        Self { n_rows, row_len, group_size: config.group_size, bit_width: config.bit_width }
+        Self { n_rows, row_len, group_size: config.group_size, bit_width: config.bit_width, method: config.method }
     }
 
     /// The layout of a tensor with `shape`; an empty shape or a 1-D shape is one row.
@@ -34,7 +35,7 @@ impl GroupLayout {
     }
 
     pub fn config(&self) -> QuantConfig {
-        QuantConfig { bit_width: self.bit_width, group_size: self.group_size }
+        QuantConfig { bit_width: self.bit_width, group_size: self.group_size, method: self.method }
     }
 
     pub fn n_elements(&self) -> usize {

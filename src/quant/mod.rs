@@ -5,6 +5,7 @@
 //! * [`layout`]: how a tensor's elements are cut into groups and where each group's bytes go.
 //! * [`params`]: per-group min/max → `lo`, `scale`, `inv` (the only divisions).
 //! * [`codes`]: per-element code and its inverse.
+//! * [`lsq`]: `method="lsq"`, the min/max grid refined by alternating least squares.
 //! * [`pack`]: bit packing of codes into bytes.
 //! * [`reference`]: the plain scalar quantizer built from the pieces above; the backends are
 //!   tested against it.
@@ -15,6 +16,7 @@
 pub mod codes;
 pub mod ggml;
 pub mod layout;
+pub mod lsq;
 pub mod metrics;
 pub mod pack;
 pub mod params;
@@ -24,5 +26,5 @@ pub mod values;
 
 pub use layout::GroupLayout;
 pub use params::GroupParams;
-pub use spec::{BitWidth, QuantConfig};
+pub use spec::{BitWidth, Method, QuantConfig};
 pub use values::Values;

@@ -3,6 +3,8 @@
 
 use super::codes::{dequantize_value, quantize_value};
 use super::layout::GroupLayout;
+use super::lsq;
+use super::spec::Method;
 use super::pack::{pack_codes, unpack_code};
 use super::params::{from_order_key, is_non_finite_bits, order_key, GroupParams};
 use crate::error::{QuantError, Result};
@@ -47,7 +49,7 @@ pub fn first_error(name: &str, layout: &GroupLayout, weights: &[f32]) -> Option<
 }
 
 /// Quantizes one layer into `packed` (`layout.packed_len()` bytes) and one scale and zero point
-/// per group.
+/// per group, by the layout's method.
 pub fn quantize_layer(
     name: &str,
     weights: &[f32],
@@ -60,10 +62,18 @@ pub fn quantize_layer(
     for g in 0..layout.n_groups() {
         let values = &weights[layout.group_elements(g)];
         let p = checked_group_params(name, layout, g, values)?;
-        let codes: Vec<u8> = values.iter().map(|&w| quantize_value(w, p.lo, p.inv, max_code)).collect();
+        let (codes, scale, zero) = match layout.method {
+            Method::MinMax => (values.iter().map(|&w| quantize_value(w, p.lo, p.inv, max_code)).collect::<Vec<u8>>(), p.scale, p.lo),
+            Method::Lsq => {
+                let grid = lsq::refine(values, p, max_code);
+                let mut codes = vec![0u8; values.len()];
+                lsq::codes(values, &grid, max_code, &mut codes);
+                (codes, grid.scale, grid.zero)
+            }
+        };
         pack_codes(&codes, layout.bit_width, &mut packed[layout.group_byte_range(g)]);
-        scales[g] = p.scale;
-        zero_points[g] = p.lo;
+        scales[g] = scale;
+        zero_points[g] = zero;
     }
     Ok(())
 }

@@ -36,6 +36,36 @@ impl BitWidth {
     }
 }
 
+/// How each group's scale and zero point are chosen. Both give the same format (packed codes,
+/// f32 scale, f32 zero point) and dequantize the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// The group's min and max span the grid (`params`): one pass, memory-bound.
+    #[default]
+    MinMax,
+    /// Min/max refined by alternating least squares (`lsq`): six more passes over each group
+    /// while it is in cache, never worse than min/max.
+    Lsq,
+}
+
+impl Method {
+    /// `"minmax"` or `"lsq"`, as the CLI, Python and the table metadata spell them.
+    pub fn parse(name: &str) -> Result<Self, QuantError> {
+        match name {
+            "minmax" => Ok(Self::MinMax),
+            "lsq" => Ok(Self::Lsq),
+            other => Err(QuantError::value(format!("unknown method '{other}': expected 'minmax' or 'lsq'"))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MinMax => "minmax",
+            Self::Lsq => "lsq",
+        }
+    }
+}
+
 /// Default group size when a caller gives none.
 pub const DEFAULT_GROUP_SIZE: usize = 128;
 
@@ -44,6 +74,7 @@ pub const DEFAULT_GROUP_SIZE: usize = 128;
 pub struct QuantConfig {
     pub bit_width: BitWidth,
     pub group_size: usize,
+    pub method: Method,
 }
 
 impl QuantConfig {
@@ -53,12 +84,16 @@ impl QuantConfig {
         if group_size < 8 || group_size % 8 != 0 || group_size > u32::MAX as i64 {
             return Err(QuantError::InvalidGroupSize(group_size));
         }
-        Ok(Self { bit_width, group_size: group_size as usize })
+        Ok(Self { bit_width, group_size: group_size as usize, method: Method::MinMax })
+    }
+
+    pub fn with_method(self, method: Method) -> Self {
+        Self { method, ..self }
     }
 }
 
 impl Default for QuantConfig {
     fn default() -> Self {
-        Self { bit_width: BitWidth::B4, group_size: DEFAULT_GROUP_SIZE }
+        Self { bit_width: BitWidth::B4, group_size: DEFAULT_GROUP_SIZE, method: Method::MinMax }
     }
 }

@@ -115,3 +115,12 @@ def test_software_adapter_can_be_allowed_for_auto():
     if not software_only():
         pytest.skip("a hardware GPU is present")
     assert not backend_in_subprocess(ARROW_QUANT_ALLOW_SOFTWARE_GPU="1").startswith("cpu")
+
+
+def test_gpu_refuses_lsq_and_auto_runs_it_on_the_cpu(rng):
+    # Large enough (2^20 weights) that auto's GPU would take the call if it had the kernel.
+    t = layer_table({"big.weight": (rng.standard_normal((256, 4096)) * 0.02).astype(np.float32)})
+    with pytest.raises(NotImplementedError, match="lsq.*big.weight|big.weight.*lsq"):
+        aq.quantize_arrow(t, device="gpu", method="lsq")
+    cpu = aq.quantize_arrow(t, device="cpu", method="lsq")
+    assert aq.quantize_arrow(t, device="auto", method="lsq").equals(cpu)

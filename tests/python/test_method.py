@@ -1,0 +1,73 @@
+"""method="lsq" through the table API: what the table records, that dequantize needs nothing
+more, what it gains, and the errors for bad options."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import arrow_quant_v2 as aq
+from conftest import layer_table
+
+
+def snr_db(w, back):
+    w = np.asarray(w, np.float64).ravel()
+    return 10 * np.log10(np.sum(w**2) / np.sum((w - np.asarray(back, np.float64)) ** 2))
+
+
+def test_lsq_tables_record_the_method_and_minmax_tables_are_unchanged(rng):
+    t = layer_table({"a.weight": (rng.standard_normal((8, 256)) * 0.02).astype(np.float32)})
+    minmax = aq.quantize_arrow(t, device="cpu")
+    assert minmax.equals(aq.quantize_arrow(t, device="cpu", method="minmax"))
+    assert "method" not in minmax.column_names
+    lsq = aq.quantize_arrow(t, device="cpu", method="lsq")
+    assert lsq.column_names == minmax.column_names + ["method"]
+    assert lsq.column("method").to_pylist() == ["lsq"]
+    meta = json.loads(lsq.schema.metadata[b"arrow_quant"])
+    assert meta["method"] == "lsq" and meta["group_size"] == 128
+    # Same codes' layout and sizes; other scales.
+    assert lsq.column("quantized_data")[0].as_py().__len__() == minmax.column("quantized_data")[0].as_py().__len__()
+    assert lsq.column("scales").to_pylist() != minmax.column("scales").to_pylist()
+
+
+def test_dequantize_needs_nothing_more_and_lsq_gains(rng):
+    w = (rng.standard_normal((64, 512)) * 0.02).astype(np.float32)
+    t = layer_table({"w": w})
+    gains = {}
+    for bits, gs in [(2, 64), (4, 128)]:
+        back = {}
+        for method in ["minmax", "lsq"]:
+            q = aq.quantize_arrow(t, bit_width=bits, group_size=gs, device="cpu", method=method)
+            # Without the method column, and without metadata: the same values come back.
+            bare = pa.table({c: q.column(c) for c in q.column_names if c != "method"})
+            out = aq.dequantize_arrow(bare, device="cpu")
+            back[method] = np.asarray(out.column("weights")[0].as_py(), np.float32)
+            assert np.array_equal(back[method], np.asarray(aq.dequantize_arrow(q, device="cpu").column("weights")[0].as_py(), np.float32))
+        gains[bits] = snr_db(w, back["lsq"]) - snr_db(w, back["minmax"])
+    assert gains[2] > 2.0, gains
+    assert gains[4] > 0.3, gains
+
+
+def test_batch_api_takes_the_method_and_empty_tables_keep_its_schema(rng):
+    t = layer_table({"w": (rng.standard_normal(300) * 0.02).astype(np.float32)})
+    batch = t.to_batches()[0]
+    out = aq.quantize_arrow_batch(batch, device="cpu", method="lsq")
+    assert isinstance(out, pa.RecordBatch)
+    assert out.column(out.schema.get_field_index("method")).to_pylist() == ["lsq"]
+    assert pa.Table.from_batches([out]).equals(aq.quantize_arrow(t, device="cpu", method="lsq"))
+    empty = aq.quantize_arrow(t.slice(0, 0), device="cpu", method="lsq")
+    assert empty.num_rows == 0 and "method" in empty.column_names
+
+
+def test_unknown_method_is_a_value_error_naming_the_choices(rng):
+    t = layer_table({"w": np.ones(16, np.float32)})
+    with pytest.raises(ValueError, match="unknown method 'lsqq'.*'minmax' or 'lsq'"):
+        aq.quantize_arrow(t, method="lsqq")
+
+
+def test_lsq_keeps_the_minmax_errors(rng):
+    w = np.ones(64, np.float32)
+    w[9] = np.nan
+    with pytest.raises(aq.ValidationError, match="Layer 'bad'.*index 9"):
+        aq.quantize_arrow(layer_table({"bad": w}), device="cpu", method="lsq")
