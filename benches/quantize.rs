@@ -21,7 +21,7 @@ use arrow_buffer::OffsetBuffer;
 use arrow_quant_v2::arrow::validate::validate_batch;
 use arrow_quant_v2::cpu::{CpuBackend, Isa};
 use arrow_quant_v2::backend::measure_decoded;
-use arrow_quant_v2::{Backend, BitWidth, DequantJob, GroupLayout, MeasuredJob, QuantConfig, QuantJob, Values};
+use arrow_quant_v2::{Backend, BitWidth, DequantJob, GroupLayout, MeasuredJob, Method, QuantConfig, QuantJob, Values};
 use criterion::{Criterion, Throughput};
 use rayon::prelude::*;
 
@@ -82,11 +82,15 @@ impl Case {
     }
 
     fn quantize_with(&mut self, backend: CpuBackend) {
+        self.quantize_by(backend, Method::MinMax)
+    }
+
+    fn quantize_by(&mut self, backend: CpuBackend, method: Method) {
         backend
             .quantize(&mut [QuantJob {
                 name: "bench",
                 weights: &self.weights,
-                layout: self.layout,
+                layout: GroupLayout { method, ..self.layout },
                 packed: &mut self.packed,
                 scales: &mut self.scales,
                 zero_points: &mut self.zero_points,
@@ -165,6 +169,7 @@ fn main() {
     group.bench_function("read baseline", |b| b.iter(|| black_box(case.read())));
     group.bench_function("quantize 4-bit g128", |b| b.iter(|| case.quantize()));
     group.bench_function("dequantize 4-bit g128", |b| b.iter(|| case.dequantize()));
+    group.bench_function("quantize lsq 4-bit g128", |b| b.iter(|| case.quantize_by(CpuBackend::new(), Method::Lsq)));
     group.finish();
     c.final_summary();
 
@@ -172,6 +177,9 @@ fn main() {
     let table = layer_table(&case.weights);
     let (mut read, mut quant, mut avx2, mut portable, mut dequant, mut validate) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut fused, mut fused_bf16, mut separate) = (vec![], vec![], vec![]);
+    let (mut lsq, mut lsq2, mut minmax2) = (vec![], vec![], vec![]);
+    let two_bit = GroupLayout::new(case.layout.n_rows, case.layout.row_len, QuantConfig::new(BitWidth::B2, 64).unwrap());
+    let mut buffers2 = (vec![0u8; two_bit.packed_len()], vec![0f32; two_bit.n_groups()], vec![0f32; two_bit.n_groups()]);
     for _ in 0..15 {
         fused.push(Duration::from_secs_f64(case.measured(false)));
         fused_bf16.push(Duration::from_secs_f64(case.measured(true)));
@@ -196,6 +204,24 @@ fn main() {
         let t = Instant::now();
         case.dequantize();
         dequant.push(t.elapsed());
+        let t = Instant::now();
+        case.quantize_by(CpuBackend::new(), Method::Lsq);
+        lsq.push(t.elapsed());
+        // 2-bit g64, where lsq gains the most (its own output buffers, swapped in).
+        let layout = std::mem::replace(&mut case.layout, two_bit);
+        std::mem::swap(&mut case.packed, &mut buffers2.0);
+        std::mem::swap(&mut case.scales, &mut buffers2.1);
+        std::mem::swap(&mut case.zero_points, &mut buffers2.2);
+        let t = Instant::now();
+        case.quantize_by(CpuBackend::new(), Method::MinMax);
+        minmax2.push(t.elapsed());
+        let t = Instant::now();
+        case.quantize_by(CpuBackend::new(), Method::Lsq);
+        lsq2.push(t.elapsed());
+        case.layout = layout;
+        std::mem::swap(&mut case.packed, &mut buffers2.0);
+        std::mem::swap(&mut case.scales, &mut buffers2.1);
+        std::mem::swap(&mut case.zero_points, &mut buffers2.2);
     }
     let gbs = |d: Duration| case.bytes() as f64 / d.as_secs_f64() / 1e9;
     // Bimodal runs (some calls keeping one core busy) would show as a wide spread.
@@ -208,6 +234,10 @@ fn main() {
     println!("  quantize avx2     {:6.2} GB/s   ratio to read {:.2}x", gbs(a), r.as_secs_f64() / a.as_secs_f64());
     println!("  quantize portable {:6.2} GB/s   ratio to read {:.2}x", gbs(p), r.as_secs_f64() / p.as_secs_f64());
     println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
+    let (l, l2, m2) = (median(lsq), median(lsq2), median(minmax2));
+    println!("method=\"lsq\" (search-refined scales), f32 input GB/s:");
+    println!("  lsq 4-bit g128    {:6.2} GB/s   cost vs minmax {:.2}x", gbs(l), l.as_secs_f64() / q.as_secs_f64());
+    println!("  lsq 2-bit g64     {:6.2} GB/s   cost vs minmax 2-bit g64 ({:.2} GB/s) {:.2}x", gbs(l2), gbs(m2), l2.as_secs_f64() / m2.as_secs_f64());
     let (f, fb, s) = (median(fused), median(fused_bf16), median(separate));
     println!("converter kernel (quantize + error statistics), f32-equivalent GB/s:");
     println!("  fused, f32 in      {:6.2} GB/s   ratio to quantize {:.2}x", gbs(f), q.as_secs_f64() / f.as_secs_f64());

@@ -111,7 +111,7 @@ pub fn encode_tail<const B: usize>(rest: &[f32], p: &GroupParams, tail: &mut [u8
 /// Packs 32 codes into `4·B` bytes. Neighbouring codes are read as one little-endian word
 /// and folded with shifts, which vectorizes (no strided gathers).
 #[inline(always)]
-fn pack32<const B: usize>(q: &[u8; 32], out: &mut [u8]) {
+pub fn pack32<const B: usize>(q: &[u8; 32], out: &mut [u8]) {
     match B {
         8 => out.copy_from_slice(q),
         4 => {

@@ -9,11 +9,11 @@
 use rayon::prelude::*;
 
 use super::kernels::{with_bits, Scan};
-use super::{encode_group, Invalid, Isa, Kernels, Portable};
+use super::{pack_lsq, Invalid, Isa, Kernels, Portable};
 use crate::backend::MeasuredJob;
 use crate::error::Result;
 use crate::quant::metrics::{rows_per_chunk, ErrorStats, Lanes};
-use crate::quant::{reference, GroupLayout, GroupParams, Values};
+use crate::quant::{lsq, reference, GroupLayout, GroupParams, Method, Values};
 
 pub(super) fn quantize_measured(job: &mut MeasuredJob<'_>, isa: Isa) -> Result<ErrorStats> {
     let l = job.layout;
@@ -97,6 +97,10 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
     let rows = p.chunks_mut(l.row_bytes()).zip(s.chunks_mut(gpr)).zip(z.chunks_mut(gpr));
     for (r, ((p, s), z)) in rows.enumerate() {
         let row_start = start + r * l.row_len;
+        if l.method == Method::Lsq {
+            lsq_row::<K>(values, row_start, l, p, s, z, &mut lanes, &mut input, &mut back, &mut scratch)?;
+            continue;
+        }
         let groups = p.chunks_mut(l.group_bytes()).zip(s.iter_mut()).zip(z.iter_mut());
         for (g, ((packed, scale), zero)) in groups.enumerate() {
             let at = row_start + g * l.group_size;
@@ -104,7 +108,9 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
             let w = values.get(at..at + n, &mut input);
             let Scan::Range { lo, hi } = K::scan(w) else { return Err(Invalid) };
             let params = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
-            (*scale, *zero) = encode_group::<K>(w, params, l, packed, &mut scratch);
+            with_bits!(l.bit_width, K::encode(w, &params, packed));
+            *scale = params.scale;
+            *zero = params.lo;
             let back = &mut back[..n];
             with_bits!(l.bit_width, K::decode(packed, *scale, *zero, back));
             #[cfg(target_arch = "x86_64")]
@@ -118,6 +124,59 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
         }
     }
     Ok(lanes.finish())
+}
+
+/// One row of a measured chunk by `lsq`: its groups are scanned and refined [`lsq::BATCH`] at
+/// a time (`lsq::refine_batch`, as `CpuBackend::quantize` does), then packed, decoded and
+/// measured one by one.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn lsq_row<K: Kernels>(
+    values: &Values<'_>,
+    row_start: usize,
+    l: &GroupLayout,
+    p: &mut [u8],
+    s: &mut [f32],
+    z: &mut [f32],
+    lanes: &mut Lanes,
+    input: &mut Vec<f32>,
+    back: &mut [f32],
+    scratch: &mut Vec<u8>,
+) -> std::result::Result<(), Invalid> {
+    const EMPTY: &[f32] = &[];
+    let max_code = l.bit_width.max_code();
+    input.resize(lsq::BATCH * l.group_size, 0.0);
+    let batch_len = lsq::BATCH * l.group_size;
+    let batches = p.chunks_mut(lsq::BATCH * l.group_bytes()).zip(s.chunks_mut(lsq::BATCH)).zip(z.chunks_mut(lsq::BATCH));
+    for (b, ((p, s), z)) in batches.enumerate() {
+        let at = row_start + b * batch_len;
+        let n = batch_len.min(l.row_len - b * batch_len);
+        let w = values.get(at..at + n, input);
+        let mut groups = [EMPTY; lsq::BATCH];
+        let mut starts = [GroupParams { lo: 0.0, scale: 0.0, inv: 0.0 }; lsq::BATCH];
+        for (i, g) in w.chunks(l.group_size).enumerate() {
+            let Scan::Range { lo, hi } = K::scan(g) else { return Err(Invalid) };
+            groups[i] = g;
+            starts[i] = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
+        }
+        let k = s.len();
+        let mut grids = [lsq::Grid { scale: 0.0, zero: 0.0, inv: 0.0 }; lsq::BATCH];
+        lsq::refine_batch(&groups[..k], &starts[..k], max_code, &mut grids[..k]);
+        for (((g, packed), grid), (scale, zero)) in groups[..k].iter().zip(p.chunks_mut(l.group_bytes())).zip(&grids).zip(s.iter_mut().zip(z.iter_mut())) {
+            pack_lsq(g, grid, l, packed, scratch);
+            (*scale, *zero) = (grid.scale, grid.zero);
+            let back = &mut back[..g.len()];
+            with_bits!(l.bit_width, K::decode(packed, *scale, *zero, back));
+            #[cfg(target_arch = "x86_64")]
+            if K::AVX2 {
+                // SAFETY: as in `chunk`.
+                unsafe { lanes.push_avx2(g, back) };
+                continue;
+            }
+            lanes.push(g, back);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -272,35 +272,64 @@ fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [
             let Scan::Range { lo, hi } = K::scan(values) else { return Err(Invalid) };
             *range = (lo, hi);
         }
+        if l.method == Method::Lsq {
+            lsq_batch(w, p, s, z, l, &ranges, &mut scratch)?;
+            continue;
+        }
         let groups = w.chunks(l.group_size).zip(p.chunks_mut(l.group_bytes())).zip(ranges);
         for (((values, packed), (lo, hi)), (scale, zero)) in groups.zip(s.iter_mut().zip(z.iter_mut())) {
             let params = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
-            (*scale, *zero) = encode_group::<K>(values, params, l, packed, &mut scratch);
+            with_bits!(l.bit_width, K::encode(values, &params, packed));
+            *scale = params.scale;
+            *zero = params.lo;
         }
     }
     Ok(())
 }
 
-/// One group's packed codes, and its scale and zero point, by the layout's method, from its
-/// min/max parameters. `scratch` holds `lsq`'s codes before packing.
+/// `lsq` for one scanned batch of groups: refined together (`lsq::refine_batch`), then coded
+/// and packed one by one.
 #[inline(always)]
-fn encode_group<K: Kernels>(values: &[f32], params: GroupParams, l: &GroupLayout, packed: &mut [u8], scratch: &mut Vec<u8>) -> (f32, f32) {
-    match l.method {
-        Method::MinMax => {
-            with_bits!(l.bit_width, K::encode(values, &params, packed));
-            (params.scale, params.lo)
-        }
-        Method::Lsq => {
-            // The definition's own code, compiled here under the caller's target features
-            // (`#[inline(always)]` all the way down), so its lane sums vectorize.
-            let max_code = l.bit_width.max_code();
-            let grid = lsq::refine(values, params, max_code);
-            scratch.resize(values.len(), 0);
-            lsq::codes(values, &grid, max_code, scratch);
-            pack_codes(scratch, l.bit_width, packed);
-            (grid.scale, grid.zero)
-        }
+fn lsq_batch(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, ranges: &[(f32, f32)], scratch: &mut Vec<u8>) -> std::result::Result<(), Invalid> {
+    const EMPTY: &[f32] = &[];
+    let max_code = l.bit_width.max_code();
+    let n = s.len();
+    let mut groups = [EMPTY; lsq::BATCH];
+    let mut starts = [GroupParams { lo: 0.0, scale: 0.0, inv: 0.0 }; lsq::BATCH];
+    for (i, values) in w.chunks(l.group_size).enumerate() {
+        groups[i] = values;
+        starts[i] = GroupParams::from_range(ranges[i].0, ranges[i].1, max_code).map_err(|_| Invalid)?;
     }
+    let mut grids = [lsq::Grid { scale: 0.0, zero: 0.0, inv: 0.0 }; lsq::BATCH];
+    lsq::refine_batch(&groups[..n], &starts[..n], max_code, &mut grids[..n]);
+    for (((values, packed), grid), (scale, zero)) in groups[..n].iter().zip(p.chunks_mut(l.group_bytes())).zip(&grids).zip(s.iter_mut().zip(z.iter_mut())) {
+        pack_lsq(values, grid, l, packed, scratch);
+        (*scale, *zero) = (grid.scale, grid.zero);
+    }
+    Ok(())
+}
+
+/// A group's `lsq` codes under its kept grid, packed.
+#[inline(always)]
+fn pack_lsq(values: &[f32], grid: &lsq::Grid, l: &GroupLayout, packed: &mut [u8], scratch: &mut Vec<u8>) {
+    scratch.resize(values.len(), 0);
+    lsq::codes(values, grid, l.bit_width.max_code(), scratch);
+    with_bits!(l.bit_width, pack_codes_fast(scratch, packed));
+}
+
+/// `pack::pack_codes`, 32 codes at a time where it can.
+#[inline(always)]
+fn pack_codes_fast<const B: usize>(codes: &[u8], out: &mut [u8]) {
+    let full = codes.len() / 32;
+    for (q, o) in codes.chunks_exact(32).zip(out.chunks_exact_mut(4 * B)) {
+        kernels::pack32::<B>(q.try_into().expect("chunks_exact(32)"), o);
+    }
+    let bits = match B {
+        2 => crate::quant::BitWidth::B2,
+        4 => crate::quant::BitWidth::B4,
+        _ => crate::quant::BitWidth::B8,
+    };
+    pack_codes(&codes[full * 32..], bits, &mut out[full * 4 * B..]);
 }
 
 fn dequantize_job(job: &mut DequantJob<'_>, isa: Isa) {

@@ -63,12 +63,19 @@ impl From<GroupParams> for Grid {
 /// Step 2's code of one value, as an `f32` integer in `0..=L`.
 #[inline(always)]
 pub fn code(w: f32, g: &Grid, max_code: f32) -> f32 {
+    (shifted_code(w, g, max_code)) - MAGIC
+}
+
+/// The code plus 2^23: the addition rounds the clamped product to an integer, half to even,
+/// and the code is then also the low byte of the sum's bits (2^23's mantissa bits are 0).
+#[inline(always)]
+fn shifted_code(w: f32, g: &Grid, max_code: f32) -> f32 {
     let t = (w - g.zero) * g.inv;
     // `t` is never NaN: `w − zero` is finite or ±inf and `inv` is finite and > 0 (or 0 with
     // `w − zero` finite, for a constant min/max group).
     let t = if t > 0.0 { t } else { 0.0 };
     let t = if t < max_code { t } else { max_code };
-    (t + MAGIC) - MAGIC
+    t + MAGIC
 }
 
 /// A sum over [`LANES`] lanes, folded as a tree.
@@ -93,39 +100,71 @@ pub struct Evaluation {
     pub sqw: f32,
 }
 
+/// Step 2's per-lane partial sums.
+struct Partials {
+    sse: [f32; LANES],
+    sq: [f32; LANES],
+    sqq: [f32; LANES],
+    sqw: [f32; LANES],
+}
+
+impl Partials {
+    /// Adds one value per lane, for the first `active` lanes (the other lanes add `+0.0`,
+    /// which leaves a partial sum unchanged: none is ever `−0.0`). Only fixed indices, so the
+    /// compiler keeps the lanes in vector registers and the loop becomes vector operations (one
+    /// 16-wide, or two 8-wide), in the same order.
+    #[inline(always)]
+    fn add(&mut self, c: &[f32; LANES], active: usize, g: &Grid, max_code: f32) {
+        for j in 0..LANES {
+            let w = c[j];
+            let q = code(w, g, max_code);
+            let e = (q * g.scale + g.zero) - w;
+            let on = j < active;
+            self.sse[j] += if on { e * e } else { 0.0 };
+            self.sq[j] += if on { q } else { 0.0 };
+            self.sqq[j] += if on { q * q } else { 0.0 };
+            self.sqw[j] += if on { q * w } else { 0.0 };
+        }
+    }
+}
+
+/// `values` cut into whole lanes' worth: full chunks, then the tail padded (with its length).
+#[inline(always)]
+fn lane_chunks(values: &[f32]) -> (std::slice::ChunksExact<'_, f32>, [f32; LANES], usize) {
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    let mut tail = [0f32; LANES];
+    tail[..rest.len()].copy_from_slice(rest);
+    (chunks, tail, rest.len())
+}
+
 /// Step 2 for one grid.
 #[inline(always)]
 pub fn evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
-    let (mut sse, mut sq, mut sqq, mut sqw) = ([0f32; LANES], [0f32; LANES], [0f32; LANES], [0f32; LANES]);
-    let mut add = |j: usize, w: f32| {
-        let q = code(w, g, max_code);
-        let e = (q * g.scale + g.zero) - w;
-        sse[j] += e * e;
-        sq[j] += q;
-        sqq[j] += q * q;
-        sqw[j] += q * w;
-    };
-    let chunks = values.chunks_exact(LANES);
-    let rest = chunks.remainder();
+    let mut p = Partials { sse: [0.0; LANES], sq: [0.0; LANES], sqq: [0.0; LANES], sqw: [0.0; LANES] };
+    let (chunks, tail, n_tail) = lane_chunks(values);
     for c in chunks {
-        for (j, &w) in c.iter().enumerate() {
-            add(j, w);
-        }
+        p.add(c.try_into().expect("chunks_exact(LANES)"), LANES, g, max_code);
     }
-    for (j, &w) in rest.iter().enumerate() {
-        add(j, w);
+    if n_tail > 0 {
+        p.add(&tail, n_tail, g, max_code);
     }
-    Evaluation { sse: fold(sse), sq: fold(sq), sqq: fold(sqq), sqw: fold(sqw) }
+    Evaluation { sse: fold(p.sse), sq: fold(p.sq), sqq: fold(p.sqq), sqw: fold(p.sqw) }
 }
 
 /// `Σ w` in the lane order.
 #[inline(always)]
 pub fn sum(values: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
-    for c in values.chunks(LANES) {
-        for (j, &w) in c.iter().enumerate() {
-            lanes[j] += w;
+    let (chunks, tail, _) = lane_chunks(values);
+    for c in chunks {
+        for j in 0..LANES {
+            lanes[j] += c[j];
         }
+    }
+    // The padding is +0.0: adding it changes no lane.
+    for j in 0..LANES {
+        lanes[j] += tail[j];
     }
     fold(lanes)
 }
@@ -148,22 +187,71 @@ pub fn fit(n: usize, e: &Evaluation, sw: f32) -> Option<Grid> {
 /// Steps 1–4: the grid a group keeps, from its min/max parameters.
 #[inline(always)]
 pub fn refine(values: &[f32], start: GroupParams, max_code: u32) -> Grid {
-    let start = Grid::from(start);
-    if start.scale == 0.0 {
-        return start;
-    }
+    let mut out = [Grid::from(start)];
+    refine_batch(&[values], &[start], max_code, &mut out);
+    out[0]
+}
+
+/// The most groups [`refine_batch`] takes at once.
+pub const BATCH: usize = 16;
+
+/// One group's search between rounds.
+#[derive(Clone, Copy)]
+struct Search {
+    best: Grid,
+    best_sse: f32,
+    last: Evaluation,
+    sw: f32,
+    running: bool,
+}
+
+/// [`refine`] for up to [`BATCH`] groups at once, round by round across the groups, with the
+/// same results. One group's rounds form a chain (evaluate, fold the lanes, three divisions,
+/// evaluate again) that leaves the CPU waiting on latency; the rounds of different groups are
+/// independent, so interleaving them lets it overlap one group's fit with another's pass.
+///
+/// A group also stops at a fixed point: when an evaluation's code sums (`sq`, `sqq`, `sqw`)
+/// equal the previous evaluation's, the next fit is the grid just evaluated, whose `sse` is
+/// already known — every later round would repeat it, and the kept grid cannot change. This
+/// stops most groups after two or three rounds and gives exactly the result of all
+/// [`ROUNDS`].
+#[inline(always)]
+pub fn refine_batch(groups: &[&[f32]], starts: &[GroupParams], max_code: u32, out: &mut [Grid]) {
+    debug_assert!(groups.len() <= BATCH && starts.len() == groups.len() && out.len() == groups.len());
     let max_code = max_code as f32;
-    let sw = sum(values);
-    let mut last = evaluate(values, &start, max_code);
-    let (mut best, mut best_sse) = (start, last.sse);
+    let idle = Search { best: Grid { scale: 0.0, zero: 0.0, inv: 0.0 }, best_sse: 0.0, last: Evaluation { sse: 0.0, sq: 0.0, sqq: 0.0, sqw: 0.0 }, sw: 0.0, running: false };
+    let mut state = [idle; BATCH];
+    for ((s, values), &p) in state.iter_mut().zip(groups).zip(starts) {
+        let start = Grid::from(p);
+        s.best = start;
+        if start.scale == 0.0 {
+            continue;
+        }
+        s.last = evaluate(values, &start, max_code);
+        *s = Search { best: start, best_sse: s.last.sse, last: s.last, sw: sum(values), running: true };
+    }
     for _ in 0..ROUNDS {
-        let Some(g) = fit(values.len(), &last, sw) else { break };
-        last = evaluate(values, &g, max_code);
-        if last.sse < best_sse {
-            (best, best_sse) = (g, last.sse);
+        // All fits first, then all passes: the fits' divisions are independent of each other
+        // and overlap, instead of each stalling the pass that needs its result.
+        let mut grids = [None; BATCH];
+        for ((s, values), grid) in state.iter_mut().zip(groups).zip(grids.iter_mut()).filter(|((s, _), _)| s.running) {
+            *grid = fit(values.len(), &s.last, s.sw);
+            s.running = grid.is_some();
+        }
+        for ((s, values), grid) in state.iter_mut().zip(groups).zip(grids) {
+            let Some(g) = grid else { continue };
+            let e = evaluate(values, &g, max_code);
+            if e.sse < s.best_sse {
+                (s.best, s.best_sse) = (g, e.sse);
+            }
+            let same_codes = (e.sq, e.sqq, e.sqw) == (s.last.sq, s.last.sqq, s.last.sqw);
+            s.last = e;
+            s.running = !same_codes;
         }
     }
-    best
+    for (o, s) in out.iter_mut().zip(&state) {
+        *o = s.best;
+    }
 }
 
 /// Step 5's codes of a group under its kept grid, as bytes (one code per byte).
@@ -171,7 +259,9 @@ pub fn refine(values: &[f32], start: GroupParams, max_code: u32) -> Grid {
 pub fn codes(values: &[f32], g: &Grid, max_code: u32, out: &mut [u8]) {
     let max_code = max_code as f32;
     for (o, &w) in out.iter_mut().zip(values) {
-        *o = code(w, g, max_code) as u8;
+        // The low byte of the shifted code's bits: integer moves the compiler vectorizes, where
+        // a float-to-u8 conversion would be a saturating one per element.
+        *o = shifted_code(w, g, max_code).to_bits() as u8;
     }
 }
 
