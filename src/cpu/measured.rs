@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::kernels::{with_bits, Scan};
-use super::{pack_lsq, Invalid, Isa, Kernels, Portable};
+use super::{refine_and_pack, Invalid, Isa, Kernels, Portable};
 use crate::backend::MeasuredJob;
 use crate::error::Result;
 use crate::quant::metrics::{rows_per_chunk, ErrorStats, Lanes};
@@ -111,19 +111,24 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
             with_bits!(l.bit_width, K::encode(w, &params, packed));
             *scale = params.scale;
             *zero = params.lo;
-            let back = &mut back[..n];
-            with_bits!(l.bit_width, K::decode(packed, *scale, *zero, back));
-            #[cfg(target_arch = "x86_64")]
-            if K::AVX2 {
-                // SAFETY: only the x86 kernels set `AVX2`, and they run after runtime
-                // detection of AVX2 or AVX-512 (`chunk_avx2`, `chunk_avx512`).
-                unsafe { lanes.push_avx2(w, back) };
-                continue;
-            }
-            lanes.push(w, back);
+            measure_group::<K>(w, packed, *scale, *zero, l, &mut back[..n], &mut lanes);
         }
     }
     Ok(lanes.finish())
+}
+
+/// Decodes one packed group into `back` and adds the pair to the chunk's statistics.
+#[inline(always)]
+fn measure_group<K: Kernels>(w: &[f32], packed: &[u8], scale: f32, zero: f32, l: &GroupLayout, back: &mut [f32], lanes: &mut Lanes) {
+    with_bits!(l.bit_width, K::decode(packed, scale, zero, back));
+    #[cfg(target_arch = "x86_64")]
+    if K::AVX2 {
+        // SAFETY: only the x86 kernels set `AVX2`, and they run after runtime detection of
+        // AVX2 or AVX-512 (`chunk_avx2`, `chunk_avx512`).
+        unsafe { lanes.push_avx2(w, back) };
+        return;
+    }
+    lanes.push(w, back);
 }
 
 /// One row of a measured chunk by `lsq`: its groups are scanned and refined [`lsq::BATCH`] at
@@ -160,20 +165,9 @@ fn lsq_row<K: Kernels>(
             starts[i] = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
         }
         let k = s.len();
-        let mut grids = [lsq::Grid { scale: 0.0, zero: 0.0, inv: 0.0 }; lsq::BATCH];
-        lsq::refine_batch(&groups[..k], &starts[..k], max_code, &mut grids[..k]);
-        for (((g, packed), grid), (scale, zero)) in groups[..k].iter().zip(p.chunks_mut(l.group_bytes())).zip(&grids).zip(s.iter_mut().zip(z.iter_mut())) {
-            pack_lsq(g, grid, l, packed, scratch);
-            (*scale, *zero) = (grid.scale, grid.zero);
-            let back = &mut back[..g.len()];
-            with_bits!(l.bit_width, K::decode(packed, *scale, *zero, back));
-            #[cfg(target_arch = "x86_64")]
-            if K::AVX2 {
-                // SAFETY: as in `chunk`.
-                unsafe { lanes.push_avx2(g, back) };
-                continue;
-            }
-            lanes.push(g, back);
+        refine_and_pack(&groups[..k], &starts[..k], l, p, s, z, scratch);
+        for ((g, packed), (&scale, &zero)) in groups[..k].iter().zip(p.chunks(l.group_bytes())).zip(s.iter().zip(z.iter())) {
+            measure_group::<K>(g, packed, scale, zero, l, &mut back[..g.len()], lanes);
         }
     }
     Ok(())

@@ -287,26 +287,33 @@ fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [
     Ok(())
 }
 
-/// `lsq` for one scanned batch of groups: refined together (`lsq::refine_batch`), then coded
-/// and packed one by one.
+/// `lsq` for one scanned batch of groups.
 #[inline(always)]
 fn lsq_batch(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, ranges: &[(f32, f32)], scratch: &mut Vec<u8>) -> std::result::Result<(), Invalid> {
     const EMPTY: &[f32] = &[];
     let max_code = l.bit_width.max_code();
-    let n = s.len();
     let mut groups = [EMPTY; lsq::BATCH];
     let mut starts = [GroupParams { lo: 0.0, scale: 0.0, inv: 0.0 }; lsq::BATCH];
     for (i, values) in w.chunks(l.group_size).enumerate() {
         groups[i] = values;
         starts[i] = GroupParams::from_range(ranges[i].0, ranges[i].1, max_code).map_err(|_| Invalid)?;
     }
+    let n = s.len();
+    refine_and_pack(&groups[..n], &starts[..n], l, p, s, z, scratch);
+    Ok(())
+}
+
+/// Up to [`lsq::BATCH`] groups with their min/max parameters: refined together
+/// (`lsq::refine_batch`), then each packed into `p`, with its scale and zero point.
+#[inline(always)]
+fn refine_and_pack(groups: &[&[f32]], starts: &[GroupParams], l: &GroupLayout, p: &mut [u8], s: &mut [f32], z: &mut [f32], scratch: &mut Vec<u8>) {
     let mut grids = [lsq::Grid { scale: 0.0, zero: 0.0, inv: 0.0 }; lsq::BATCH];
-    lsq::refine_batch(&groups[..n], &starts[..n], max_code, &mut grids[..n]);
-    for (((values, packed), grid), (scale, zero)) in groups[..n].iter().zip(p.chunks_mut(l.group_bytes())).zip(&grids).zip(s.iter_mut().zip(z.iter_mut())) {
+    let grids = &mut grids[..groups.len()];
+    lsq::refine_batch(groups, starts, l.bit_width.max_code(), grids);
+    for (((values, packed), grid), (scale, zero)) in groups.iter().zip(p.chunks_mut(l.group_bytes())).zip(grids.iter()).zip(s.iter_mut().zip(z.iter_mut())) {
         pack_lsq(values, grid, l, packed, scratch);
         (*scale, *zero) = (grid.scale, grid.zero);
     }
-    Ok(())
 }
 
 /// A group's `lsq` codes under its kept grid, packed.
