@@ -16,6 +16,7 @@
 mod baseline;
 mod context;
 mod dequantize;
+mod lsq;
 mod plan;
 mod quantize;
 mod shaders;
@@ -38,6 +39,8 @@ pub struct GpuBackend {
     caps: Caps,
     quant: Mutex<Option<[quantize::QuantSet; quantize::SETS]>>,
     dequant: Mutex<Option<[dequantize::DequantSet; 2]>>,
+    /// What `lsq::probe_subnormals` found on this device (run on first need).
+    subnormals: std::sync::OnceLock<std::result::Result<Option<String>, String>>,
 }
 
 /// The backend on the live context (see [`context::context`]): replaced together with it.
@@ -52,7 +55,7 @@ impl GpuBackend {
         match *slot {
             Some(b) if std::ptr::eq(b.ctx, ctx) => Ok(b),
             _ => {
-                let b: &'static GpuBackend = Box::leak(Box::new(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None) }));
+                let b: &'static GpuBackend = Box::leak(Box::new(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None), subnormals: Default::default() }));
                 *slot = Some(b);
                 Ok(b)
             }
@@ -72,6 +75,15 @@ impl GpuBackend {
 
     pub fn is_software(&self) -> bool {
         self.ctx.is_software()
+    }
+
+    /// `None` when the device keeps subnormal floats in `+ - *` (what the lsq kernel needs to
+    /// be exact), else what its probe computed instead. Probed once per device.
+    pub fn subnormal_flush(&self) -> Result<Option<String>> {
+        self.subnormals
+            .get_or_init(|| guarded(|| lsq::probe_subnormals(self.ctx)).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(QuantError::Device)
     }
 
     /// Whether kernel timestamps are available (`Features::TIMESTAMP_QUERY`).
