@@ -94,14 +94,10 @@ impl GpuBackend {
     /// [`Backend::quantize`], also returning the summed kernel time in seconds when timestamps
     /// are supported.
     pub fn quantize_timed(&self, jobs: &mut [QuantJob<'_>]) -> Result<Option<f64>> {
-        if let Some(job) = jobs.iter().find(|j| j.layout.method != Method::MinMax) {
-            return Err(QuantError::Unsupported(format!(
-                "device='gpu': method '{}' (layer '{}') has no GPU kernel yet; use device='cpu', or 'auto', which runs it on the CPU",
-                job.layout.method.name(),
-                job.name
-            )));
+        if let Some(job) = jobs.iter().find(|j| j.layout.method == Method::Lsq) {
+            self.check_lsq(job.name)?;
         }
-        let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len()).filter(|&i| jobs[i].layout.n_elements() > 0).partition(|&i| plan::fits(&jobs[i].layout, &self.caps));
+        let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len()).filter(|&i| jobs[i].layout.n_elements() > 0).partition(|&i| self.takes(&jobs[i].layout));
         let mut failed = Vec::new();
         for &i in &cpu {
             if CpuBackend::new().quantize(std::slice::from_mut(&mut jobs[i])).is_err() {
@@ -109,16 +105,27 @@ impl GpuBackend {
             }
         }
         let mut kernel = None;
-        if !gpu.is_empty() {
-            let layouts: Vec<_> = gpu.iter().map(|&i| (i, jobs[i].layout)).collect();
+        // One run per method: each has its own pipeline.
+        for method in [Method::MinMax, Method::Lsq] {
+            let mine: Vec<usize> = gpu.iter().copied().filter(|&i| jobs[i].layout.method == method).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let pipeline = match method {
+                Method::MinMax => &self.ctx.quant_pipeline,
+                Method::Lsq => self.ctx.lsq_pipeline(),
+            };
+            let layouts: Vec<_> = mine.iter().map(|&i| (i, jobs[i].layout)).collect();
             let chunks = plan::plan(&layouts, &self.caps);
             let mut guard = self.quant.lock().unwrap_or_else(|p| p.into_inner());
             let sets = guard.get_or_insert_with(|| std::array::from_fn(|_| quantize::QuantSet::new(self.ctx, &self.caps)));
-            let r = guarded(|| quantize::run(self.ctx, sets, &self.caps, jobs, &chunks, true));
+            let r = guarded(|| quantize::run(self.ctx, pipeline, sets, &self.caps, jobs, &chunks, true));
             match r {
                 Ok((f, k)) => {
                     failed.extend(f);
-                    kernel = k;
+                    if let Some(k) = k {
+                        kernel = Some(kernel.unwrap_or(0.0) + k);
+                    }
                 }
                 Err(e) => {
                     *guard = None; // buffers may still be mapped or in use: rebuild next time
@@ -129,6 +136,26 @@ impl GpuBackend {
         match failed.into_iter().min() {
             Some(i) => Err(first_error(&jobs[i])),
             None => Ok(kernel),
+        }
+    }
+
+    /// Whether the kernels take this layout; others run on the CPU backend. The lsq pipeline
+    /// runs one invocation per group over the group in workgroup memory, so it takes groups
+    /// up to a tile (`plan::TILE_ELEMS`; 8 passes over such a group stay far below
+    /// llvmpipe's 65,535 loop iterations per invocation).
+    fn takes(&self, l: &crate::quant::GroupLayout) -> bool {
+        plan::fits(l, &self.caps) && (l.method == Method::MinMax || l.group_size <= plan::TILE_ELEMS)
+    }
+
+    /// lsq's kernel does plain f32 arithmetic, exact only where subnormals are kept: refused
+    /// (so `auto` runs it on the CPU) on a device that flushes them.
+    fn check_lsq(&self, layer: &str) -> Result<()> {
+        match self.subnormal_flush()? {
+            None => Ok(()),
+            Some(got) => Err(QuantError::Unsupported(format!(
+                "device='gpu': method 'lsq' (layer '{layer}') needs a device that keeps subnormal floats, and adapter {} flushes them ({got}); use device='cpu', or 'auto', which runs it on the CPU",
+                self.ctx.describe()
+            ))),
         }
     }
 
