@@ -79,11 +79,34 @@ impl GpuBackend {
 
     /// `None` when the device keeps subnormal floats in `+ - *` (what the lsq kernel needs to
     /// be exact), else what its probe computed instead. Probed once per device.
+    /// Then the lsq kernel itself must give the reference's bytes on a known layer (its
+    /// compiled code, not only the probe's, must keep subnormals and avoid FMA).
     pub fn subnormal_flush(&self) -> Result<Option<String>> {
         self.subnormals
-            .get_or_init(|| guarded(|| lsq::probe_subnormals(self.ctx)).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                let probed = guarded(|| lsq::probe_subnormals(self.ctx));
+                match probed {
+                    Ok(None) => self.lsq_self_test(),
+                    other => other,
+                }
+                .map_err(|e| e.to_string())
+            })
             .clone()
             .map_err(QuantError::Device)
+    }
+
+    /// The lsq kernel against the reference on `lsq::self_test_layer`: `Some(why)` if a byte
+    /// differs.
+    fn lsq_self_test(&self) -> Result<Option<String>> {
+        let (weights, layout) = lsq::self_test_layer();
+        let (mut packed, mut scales, mut zero_points) = (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]);
+        let mut job = QuantJob { name: "lsq self-test", weights: &weights, layout, packed: &mut packed, scales: &mut scales, zero_points: &mut zero_points };
+        let (failed, _) = self.run_kernel(std::slice::from_mut(&mut job), &[0], Method::Lsq)?;
+        let (mut want_p, mut want_s, mut want_z) = (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]);
+        reference::quantize_layer("lsq self-test", &weights, &layout, &mut want_p, &mut want_s, &mut want_z)?;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let same = failed.is_empty() && packed == want_p && bits(&scales) == bits(&want_s) && bits(&zero_points) == bits(&want_z);
+        Ok((!same).then(|| "the lsq kernel's bytes differ from the reference on its self-test layer".to_string()))
     }
 
     /// Whether kernel timestamps are available (`Features::TIMESTAMP_QUERY`).
@@ -108,28 +131,11 @@ impl GpuBackend {
         // One run per method: each has its own pipeline.
         for method in [Method::MinMax, Method::Lsq] {
             let mine: Vec<usize> = gpu.iter().copied().filter(|&i| jobs[i].layout.method == method).collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let pipeline = match method {
-                Method::MinMax => &self.ctx.quant_pipeline,
-                Method::Lsq => self.ctx.lsq_pipeline(),
-            };
-            let layouts: Vec<_> = mine.iter().map(|&i| (i, jobs[i].layout)).collect();
-            let chunks = plan::plan(&layouts, &self.caps);
-            let mut guard = self.quant.lock().unwrap_or_else(|p| p.into_inner());
-            let sets = guard.get_or_insert_with(|| std::array::from_fn(|_| quantize::QuantSet::new(self.ctx, &self.caps)));
-            let r = guarded(|| quantize::run(self.ctx, pipeline, sets, &self.caps, jobs, &chunks, true));
-            match r {
-                Ok((f, k)) => {
-                    failed.extend(f);
-                    if let Some(k) = k {
-                        kernel = Some(kernel.unwrap_or(0.0) + k);
-                    }
-                }
-                Err(e) => {
-                    *guard = None; // buffers may still be mapped or in use: rebuild next time
-                    return Err(e);
+            if !mine.is_empty() {
+                let (f, k) = self.run_kernel(jobs, &mine, method)?;
+                failed.extend(f);
+                if let Some(k) = k {
+                    kernel = Some(kernel.unwrap_or(0.0) + k);
                 }
             }
         }
@@ -137,6 +143,24 @@ impl GpuBackend {
             Some(i) => Err(first_error(&jobs[i])),
             None => Ok(kernel),
         }
+    }
+
+    /// Runs `jobs[i]` for every `i` in `which` (all taken by [`Self::takes`], all with
+    /// `method`) on the GPU. Returns the jobs with an invalid group, and the kernel time.
+    fn run_kernel(&self, jobs: &mut [QuantJob<'_>], which: &[usize], method: Method) -> Result<(Vec<usize>, Option<f64>)> {
+        let pipeline = match method {
+            Method::MinMax => &self.ctx.quant_pipeline,
+            Method::Lsq => self.ctx.lsq_pipeline(),
+        };
+        let layouts: Vec<_> = which.iter().map(|&i| (i, jobs[i].layout)).collect();
+        let chunks = plan::plan(&layouts, &self.caps);
+        let mut guard = self.quant.lock().unwrap_or_else(|p| p.into_inner());
+        let sets = guard.get_or_insert_with(|| std::array::from_fn(|_| quantize::QuantSet::new(self.ctx, &self.caps)));
+        let r = guarded(|| quantize::run(self.ctx, pipeline, sets, &self.caps, jobs, &chunks, true));
+        if r.is_err() {
+            *guard = None; // buffers may still be mapped or in use: rebuild next time
+        }
+        r
     }
 
     /// Whether the kernels take this layout; others run on the CPU backend. The lsq pipeline
