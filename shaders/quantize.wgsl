@@ -1,5 +1,6 @@
 // Quantize: one fused pass, one workgroup per tile (planned by `plan::tiles`). Appended to
-// common.wgsl.
+// common.wgsl and lsq.wgsl. The pipeline built with LSQ = true runs method="lsq" (stage B
+// refines each group's grid), on tiles of groups no longer than TILE_ELEMS.
 //
 // A tile is a run of whole groups of one piece, at most TILE_ELEMS elements and TILE_GROUPS
 // groups. Stage A copies it into workgroup memory with coalesced 16-byte loads, so the input is
@@ -150,7 +151,15 @@ fn small_tile(t: Tile, s: Seg, lid: u32) {
         for (var i = 0u; i < len; i = i + 1u) {
             m = add(m, data[start + i]);
         }
-        gparams[gi] = finish_group(m, max_code, t.group0 + gi, t.seg);
+        var p = finish_group(m, max_code, t.group0 + gi, t.seg);
+        if LSQ && (p.flags & (FLAG_NON_FINITE | FLAG_OVERFLOW)) == 0u {
+            // lsq.wgsl: refine the min/max grid; stage C codes with it (`tile_code`).
+            let g = lsq_refine(start, len, p, max_code);
+            scales[t.group0 + gi] = g.scale;
+            zero_points[t.group0 + gi] = g.zero;
+            p = Params(g.zero, g.scale, g.inv, 0u, 0u);
+        }
+        gparams[gi] = p;
         gelem[gi] = start;
         gbyte[gi] = byte;
         if gi + 1u == t.n_groups {
@@ -196,7 +205,7 @@ fn small_tile(t: Tile, s: Seg, lid: u32) {
                 }
                 let e = ((rb - gb) << lc) + (i & ((1u << lc) - 1u));
                 if e < glen {
-                    word = word | (code(data[base + e], p, max_code) << (i * s.bits));
+                    word = word | (tile_code(data[base + e], p, max_code) << (i * s.bits));
                 }
             }
         }
@@ -204,7 +213,18 @@ fn small_tile(t: Tile, s: Seg, lid: u32) {
     }
 }
 
-// A group longer than a tile: the whole workgroup reduces it, then packs it.
+// The code of `w` under a small tile's group parameters: min/max's, or (LSQ) the kept lsq grid
+// as Params(zero, scale, inv).
+fn tile_code(w: u32, p: Params, max_code: u32) -> u32 {
+    if LSQ {
+        return u32(lsq_code(f(w), Grid(p.scale, p.lo, p.inv_s), f32(max_code)));
+    }
+    return code(w, p, max_code);
+}
+
+// A group longer than a tile: the whole workgroup reduces it, then packs it. Never with LSQ
+// (the backend runs lsq groups longer than a tile on the CPU).
+
 fn big_group(t: Tile, s: Seg, lid: u32) {
     var m = empty_min_max();
     let v0 = t.elem0 >> 2u;

@@ -122,8 +122,8 @@ fn decide() -> AutoChoice {
 }
 
 /// The GPU under "auto": calls too small to amortize a GPU round trip, calls the device
-/// fails (a lost device, an out-of-memory) and work it has no exact kernel for (`lsq`), run on
-/// the CPU backend instead, with the same bytes. The device itself is re-created by the next call ([`GpuBackend::shared`]).
+/// fails (a lost device, an out-of-memory) and work it refuses (`lsq` on an adapter that flushes
+/// subnormals), run on the CPU backend instead, with the same bytes. The device itself is re-created by the next call ([`GpuBackend::shared`]).
 #[cfg(feature = "gpu")]
 struct AutoGpu;
 

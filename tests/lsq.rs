@@ -1,6 +1,6 @@
-//! `method="lsq"`: every CPU flavour and the fused converter kernel against the scalar
-//! reference, bit for bit; the refinement never loses to min/max; the GPU refuses it (no GPU
-//! kernel yet) and `auto` runs it on the CPU.
+//! `method="lsq"`: every CPU flavour, the fused converter kernel and the GPU against the scalar
+//! reference, bit for bit (a GPU whose subnormal probe fails must refuse lsq instead); the
+//! refinement never loses to min/max; `auto` gives the same bytes.
 
 mod common;
 
@@ -108,25 +108,117 @@ fn bad_input_gets_the_min_max_errors() {
     assert!(e.contains("layer.x") && e.contains("index 11"), "{e}");
 }
 
+/// The GPU backend, and whether it runs lsq: `Some(false)` where its subnormal probe says the
+/// adapter flushes subnormals (then lsq must be refused), `None` without an adapter.
+#[cfg(feature = "gpu")]
+fn gpu() -> Option<(&'static dyn Backend, bool)> {
+    use arrow_quant_v2::device::{backend, Device};
+    match backend(Device::Gpu) {
+        Ok(b) => {
+            let flush = arrow_quant_v2::gpu::GpuBackend::shared().unwrap().subnormal_flush().unwrap();
+            // lavapipe (CI's adapter) keeps subnormals and passes the self-test: there the
+            // tests below must compare bytes, not accept a refusal.
+            assert!(flush.is_none() || !b.name().contains("llvmpipe"), "lavapipe must run lsq: {flush:?}");
+            Some((b, flush.is_none()))
+        }
+        Err(e) => {
+            assert!(std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1"), "no GPU adapter: {e}");
+            None
+        }
+    }
+}
+
+/// The GPU's bytes against the reference: equal where it runs lsq, refused where it cannot.
+#[cfg(feature = "gpu")]
+fn assert_gpu_matches(g: (&'static dyn Backend, bool), w: &[f32], l: GroupLayout) {
+    use arrow_quant_v2::QuantError;
+    if g.1 {
+        assert_matches_reference(g.0, w, l);
+    } else {
+        match QuantizedTensor::quantize(g.0, "layer.q", w, l) {
+            Err(QuantError::Unsupported(m)) => assert!(m.contains("lsq") && m.contains("subnormal"), "{m}"),
+            other => panic!("a device that flushes subnormals must refuse lsq, got {:?}", other.map(|t| t.scales.len())),
+        }
+    }
+}
+
+/// Huge magnitudes (about 1e30 and up to 1.6e38, where sums of q×w overflow to inf and the
+/// fit stops), ties between two values, and subnormal groups.
+fn extreme_layer(rng: &mut common::Rng, l: &GroupLayout) -> Vec<f32> {
+    let mut w = vec![0f32; l.n_elements()];
+    for g in 0..l.n_groups() {
+        let r = l.group_elements(g);
+        let n = r.len();
+        let vals: Vec<f32> = match g % 5 {
+            0 => (0..n).map(|_| rng.normal_ish() * 1e30).collect(),
+            1 => (0..n).map(|_| (rng.unit() * 2.0 - 1.0) * 1.7e38).collect(),
+            2 => (0..n).map(|i| if i % 2 == 0 { -3e-39 } else { 1e-45 }).collect(),
+            3 => (0..n).map(|_| if rng.unit() < 0.5 { 0.25 } else { -0.75 }).collect(),
+            _ => (0..n).map(|_| rng.normal_ish() * 1e-38).collect(),
+        };
+        w[r].copy_from_slice(&vals);
+    }
+    w
+}
+
 #[cfg(feature = "gpu")]
 #[test]
-fn the_gpu_refuses_lsq_and_auto_runs_it_on_the_cpu() {
-    use arrow_quant_v2::device::{backend, gpu_with_fallback, Device};
-    use arrow_quant_v2::QuantError;
+fn the_gpu_gives_the_reference_bytes() {
+    let Some(g) = gpu() else { return };
+    let mut rng = common::Rng(31 | 1);
+    for bits in BITS {
+        // Row lengths that are not multiples of the group size (short last groups), groups
+        // below, at and above the lane count, up to a tile (2048), and above it (4096: run on
+        // the CPU by the GPU backend).
+        for (rows, row_len, gs) in [(3, 200, 64), (2, 300, 128), (4, 37, 8), (1, 1000, 256), (7, 77, 16), (2, 4100, 2048), (1, 5000, 4096), (64, 384, 64)] {
+            let l = lsq_layout(rows, row_len, bits, gs);
+            assert_gpu_matches(g, &gaussian(l.n_elements(), rows as u64 * 7 + gs as u64), l);
+            assert_gpu_matches(g, &adversarial_layer(&mut rng, &l), l);
+            assert_gpu_matches(g, &extreme_layer(&mut rng, &l), l);
+        }
+    }
+}
+
+/// One call with lsq and min/max layers: each runs on its pipeline, each gets its own bytes.
+#[cfg(feature = "gpu")]
+#[test]
+fn the_gpu_runs_mixed_methods_in_one_call() {
+    use arrow_quant_v2::backend::QuantJob;
+    let Some(g) = gpu() else { return };
+    if !g.1 {
+        return;
+    }
+    let layouts = [lsq_layout(8, 300, BitWidth::B4, 64), GroupLayout { method: Method::MinMax, ..lsq_layout(8, 300, BitWidth::B4, 64) }, lsq_layout(3, 100, BitWidth::B2, 8)];
+    let ws: Vec<Vec<f32>> = layouts.iter().enumerate().map(|(i, l)| gaussian(l.n_elements(), i as u64 + 1)).collect();
+    let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> = layouts.iter().map(|l| (vec![0; l.packed_len()], vec![0.0; l.n_groups()], vec![0.0; l.n_groups()])).collect();
+    let mut jobs: Vec<QuantJob> = outs
+        .iter_mut()
+        .zip(&ws)
+        .zip(&layouts)
+        .map(|(((p, s, z), w), &layout)| QuantJob { name: "t", weights: w, layout, packed: p, scales: s, zero_points: z })
+        .collect();
+    g.0.quantize(&mut jobs).unwrap();
+    drop(jobs);
+    for ((w, l), (p, s, z)) in ws.iter().zip(&layouts).zip(&outs) {
+        let want = reference_quantize(w, *l);
+        assert_eq!(p, &want.packed, "{l:?}");
+        assert_eq!(bits_of(s), bits_of(&want.scales), "{l:?}");
+        assert_eq!(bits_of(z), bits_of(&want.zero_points), "{l:?}");
+    }
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn auto_gives_the_reference_bytes() {
+    use arrow_quant_v2::device::gpu_with_fallback;
     let l = lsq_layout(256, 4096, BitWidth::B4, 128);
     let w = gaussian(l.n_elements(), 3);
     let want = reference_quantize(&w, l);
-    match backend(Device::Gpu) {
-        Ok(gpu) => match QuantizedTensor::quantize(gpu, "layer.q", &w, l) {
-            Err(QuantError::Unsupported(m)) => assert!(m.contains("lsq") && m.contains("layer.q"), "{m}"),
-            other => panic!("the GPU must refuse lsq until it has an exact kernel, got {:?}", other.map(|t| t.scales.len())),
-        },
-        Err(e) => assert!(std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1"), "no GPU adapter: {e}"),
-    }
-    // 2^20 elements: large enough that auto's GPU would take the call if it could.
+    // 2^20 elements: large enough that auto's GPU takes the call when it is allowed to.
     let got = QuantizedTensor::quantize(gpu_with_fallback(), "layer.q", &w, l).unwrap();
     assert_eq!(got.packed, want.packed);
     assert_eq!(bits_of(&got.scales), bits_of(&want.scales));
+    assert_eq!(bits_of(&got.zero_points), bits_of(&want.zero_points));
 }
 
 proptest! {
@@ -145,6 +237,10 @@ proptest! {
         let w = adversarial_layer(&mut rng, &l);
         for backend in BACKENDS {
             assert_matches_reference(&backend, &w, l);
+        }
+        #[cfg(feature = "gpu")]
+        if let Some(g) = gpu() {
+            assert_gpu_matches(g, &w, l);
         }
     }
 }

@@ -25,8 +25,8 @@ def quantize_arrow(
     ``method="lsq"`` refines each group's scale and zero point by alternating least squares
     (same format, lower error, ~6x the compute; defined in ``src/quant/lsq.rs`` and
     ``arrow_quant_v2.reference``); its tables add a `method` column and a ``method`` metadata
-    entry. It runs on the CPU; ``device="gpu"`` raises NotImplementedError for it, and ``"auto"``
-    uses the CPU."""
+    entry. The GPU gives the same bytes as the CPU; on an adapter that flushes subnormal floats
+    ``device="gpu"`` raises NotImplementedError for it, and ``"auto"`` uses the CPU."""
 
 def quantize_arrow_batch(
     batch: Any, *, bit_width: int = 4, group_size: int = 128, device: Device = "auto", method: Method = "minmax"

@@ -28,6 +28,9 @@ pub struct GpuContext {
     pub quant_pipeline: wgpu::ComputePipeline,
     pub dequant_layout: wgpu::BindGroupLayout,
     pub dequant_pipeline: wgpu::ComputePipeline,
+    /// The quantize pipeline with `LSQ = true` (`shaders/lsq.wgsl`), built on first use: only
+    /// jobs with `method="lsq"` need it.
+    lsq_pipeline: OnceLock<wgpu::ComputePipeline>,
     /// The first uncaptured device error or the device-lost reason, if any.
     pub failure: Arc<Mutex<Option<String>>>,
 }
@@ -234,7 +237,7 @@ fn create(adapter: &wgpu::Adapter) -> std::result::Result<GpuContext, String> {
     if let Some(e) = pollster::block_on(scope.pop()) {
         return Err(format!("building the GPU pipelines on {} failed: {e}", describe(&info)));
     }
-    Ok(GpuContext { info, device, queue, limits, timestamps, quant_layout, quant_pipeline, dequant_layout, dequant_pipeline, failure })
+    Ok(GpuContext { info, device, queue, limits, timestamps, quant_layout, quant_pipeline, dequant_layout, dequant_pipeline, lsq_pipeline: OnceLock::new(), failure })
 }
 
 impl GpuContext {
@@ -244,6 +247,24 @@ impl GpuContext {
 
     pub fn is_software(&self) -> bool {
         is_software(&self.info)
+    }
+
+    /// The quantize pipeline that runs `method="lsq"`, built on first call: the same module and bind group layout as [`Self::quant_pipeline`], with the `LSQ`
+    /// override set.
+    pub fn lsq_pipeline(&self) -> &wgpu::ComputePipeline {
+        self.lsq_pipeline.get_or_init(|| {
+            let d = &self.device;
+            let module = d.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("quantize lsq"), source: wgpu::ShaderSource::Wgsl(shaders::quantize_source().into()) });
+            let pl = d.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some("quantize lsq"), bind_group_layouts: &[Some(&self.quant_layout)], immediate_size: 0 });
+            d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("quantize lsq"),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some("quantize_pass"),
+                compilation_options: wgpu::PipelineCompilationOptions { constants: &[("LSQ", 1.0)], ..Default::default() },
+                cache: None,
+            })
+        })
     }
 
     /// The first device error recorded so far, as a `QuantError`.

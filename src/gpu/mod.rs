@@ -16,6 +16,7 @@
 mod baseline;
 mod context;
 mod dequantize;
+mod lsq;
 mod plan;
 mod quantize;
 mod shaders;
@@ -38,6 +39,8 @@ pub struct GpuBackend {
     caps: Caps,
     quant: Mutex<Option<[quantize::QuantSet; quantize::SETS]>>,
     dequant: Mutex<Option<[dequantize::DequantSet; 2]>>,
+    /// What `lsq::probe_subnormals` found on this device (run on first need).
+    subnormals: std::sync::OnceLock<std::result::Result<Option<String>, String>>,
 }
 
 /// The backend on the live context (see [`context::context`]): replaced together with it.
@@ -52,7 +55,7 @@ impl GpuBackend {
         match *slot {
             Some(b) if std::ptr::eq(b.ctx, ctx) => Ok(b),
             _ => {
-                let b: &'static GpuBackend = Box::leak(Box::new(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None) }));
+                let b: &'static GpuBackend = Box::leak(Box::new(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None), subnormals: Default::default() }));
                 *slot = Some(b);
                 Ok(b)
             }
@@ -74,6 +77,38 @@ impl GpuBackend {
         self.ctx.is_software()
     }
 
+    /// `None` when the device keeps subnormal floats in `+ - *` (what the lsq kernel needs to
+    /// be exact), else what its probe computed instead. Probed once per device.
+    /// Then the lsq kernel itself must give the reference's bytes on a known layer (its
+    /// compiled code, not only the probe's, must keep subnormals and avoid FMA).
+    pub fn subnormal_flush(&self) -> Result<Option<String>> {
+        self.subnormals
+            .get_or_init(|| {
+                let probed = guarded(|| lsq::probe_subnormals(self.ctx));
+                match probed {
+                    Ok(None) => self.lsq_self_test(),
+                    other => other,
+                }
+                .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(QuantError::Device)
+    }
+
+    /// The lsq kernel against the reference on `lsq::self_test_layer`: `Some(why)` if a byte
+    /// differs.
+    fn lsq_self_test(&self) -> Result<Option<String>> {
+        let (weights, layout) = lsq::self_test_layer();
+        let (mut packed, mut scales, mut zero_points) = (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]);
+        let mut job = QuantJob { name: "lsq self-test", weights: &weights, layout, packed: &mut packed, scales: &mut scales, zero_points: &mut zero_points };
+        let (failed, _) = self.run_kernel(std::slice::from_mut(&mut job), &[0], Method::Lsq)?;
+        let (mut want_p, mut want_s, mut want_z) = (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]);
+        reference::quantize_layer("lsq self-test", &weights, &layout, &mut want_p, &mut want_s, &mut want_z)?;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let same = failed.is_empty() && packed == want_p && bits(&scales) == bits(&want_s) && bits(&zero_points) == bits(&want_z);
+        Ok((!same).then(|| "the lsq kernel's bytes differ from the reference on its self-test layer".to_string()))
+    }
+
     /// Whether kernel timestamps are available (`Features::TIMESTAMP_QUERY`).
     pub fn has_timestamps(&self) -> bool {
         self.ctx.timestamps
@@ -82,14 +117,10 @@ impl GpuBackend {
     /// [`Backend::quantize`], also returning the summed kernel time in seconds when timestamps
     /// are supported.
     pub fn quantize_timed(&self, jobs: &mut [QuantJob<'_>]) -> Result<Option<f64>> {
-        if let Some(job) = jobs.iter().find(|j| j.layout.method != Method::MinMax) {
-            return Err(QuantError::Unsupported(format!(
-                "device='gpu': method '{}' (layer '{}') has no GPU kernel yet; use device='cpu', or 'auto', which runs it on the CPU",
-                job.layout.method.name(),
-                job.name
-            )));
+        if let Some(job) = jobs.iter().find(|j| j.layout.method == Method::Lsq) {
+            self.check_lsq(job.name)?;
         }
-        let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len()).filter(|&i| jobs[i].layout.n_elements() > 0).partition(|&i| plan::fits(&jobs[i].layout, &self.caps));
+        let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len()).filter(|&i| jobs[i].layout.n_elements() > 0).partition(|&i| self.takes(&jobs[i].layout));
         let mut failed = Vec::new();
         for &i in &cpu {
             if CpuBackend::new().quantize(std::slice::from_mut(&mut jobs[i])).is_err() {
@@ -97,26 +128,58 @@ impl GpuBackend {
             }
         }
         let mut kernel = None;
-        if !gpu.is_empty() {
-            let layouts: Vec<_> = gpu.iter().map(|&i| (i, jobs[i].layout)).collect();
-            let chunks = plan::plan(&layouts, &self.caps);
-            let mut guard = self.quant.lock().unwrap_or_else(|p| p.into_inner());
-            let sets = guard.get_or_insert_with(|| std::array::from_fn(|_| quantize::QuantSet::new(self.ctx, &self.caps)));
-            let r = guarded(|| quantize::run(self.ctx, sets, &self.caps, jobs, &chunks, true));
-            match r {
-                Ok((f, k)) => {
-                    failed.extend(f);
-                    kernel = k;
-                }
-                Err(e) => {
-                    *guard = None; // buffers may still be mapped or in use: rebuild next time
-                    return Err(e);
+        // One run per method: each has its own pipeline.
+        for method in [Method::MinMax, Method::Lsq] {
+            let mine: Vec<usize> = gpu.iter().copied().filter(|&i| jobs[i].layout.method == method).collect();
+            if !mine.is_empty() {
+                let (f, k) = self.run_kernel(jobs, &mine, method)?;
+                failed.extend(f);
+                if let Some(k) = k {
+                    kernel = Some(kernel.unwrap_or(0.0) + k);
                 }
             }
         }
         match failed.into_iter().min() {
             Some(i) => Err(first_error(&jobs[i])),
             None => Ok(kernel),
+        }
+    }
+
+    /// Runs `jobs[i]` for every `i` in `which` (all taken by [`Self::takes`], all with
+    /// `method`) on the GPU. Returns the jobs with an invalid group, and the kernel time.
+    fn run_kernel(&self, jobs: &mut [QuantJob<'_>], which: &[usize], method: Method) -> Result<(Vec<usize>, Option<f64>)> {
+        let pipeline = match method {
+            Method::MinMax => &self.ctx.quant_pipeline,
+            Method::Lsq => self.ctx.lsq_pipeline(),
+        };
+        let layouts: Vec<_> = which.iter().map(|&i| (i, jobs[i].layout)).collect();
+        let chunks = plan::plan(&layouts, &self.caps);
+        let mut guard = self.quant.lock().unwrap_or_else(|p| p.into_inner());
+        let sets = guard.get_or_insert_with(|| std::array::from_fn(|_| quantize::QuantSet::new(self.ctx, &self.caps)));
+        let r = guarded(|| quantize::run(self.ctx, pipeline, sets, &self.caps, jobs, &chunks, true));
+        if r.is_err() {
+            *guard = None; // buffers may still be mapped or in use: rebuild next time
+        }
+        r
+    }
+
+    /// Whether the kernels take this layout; others run on the CPU backend. The lsq pipeline
+    /// runs one invocation per group over the group in workgroup memory, so it takes groups
+    /// up to a tile (`plan::TILE_ELEMS`; 8 passes over such a group stay far below
+    /// llvmpipe's 65,535 loop iterations per invocation).
+    fn takes(&self, l: &crate::quant::GroupLayout) -> bool {
+        plan::fits(l, &self.caps) && (l.method == Method::MinMax || l.group_size <= plan::TILE_ELEMS)
+    }
+
+    /// lsq's kernel does plain f32 arithmetic, exact only where subnormals are kept: refused
+    /// (so `auto` runs it on the CPU) on a device that flushes them.
+    fn check_lsq(&self, layer: &str) -> Result<()> {
+        match self.subnormal_flush()? {
+            None => Ok(()),
+            Some(got) => Err(QuantError::Unsupported(format!(
+                "device='gpu': method 'lsq' (layer '{layer}') needs a device that keeps subnormal floats, and adapter {} flushes them ({got}); use device='cpu', or 'auto', which runs it on the CPU",
+                self.ctx.describe()
+            ))),
         }
     }
 

@@ -70,9 +70,10 @@ impl QuantSet {
     }
 }
 
-/// Runs every job of `chunks` (built from `jobs`). Returns the jobs with an invalid group
+/// Runs every job of `chunks` (built from `jobs`) with `pipeline` (the context's min/max or lsq
+/// quantize pipeline; every job of the chunks must have that method). Returns the jobs with an invalid group
 /// (NaN/Inf or overflowing range) and the summed kernel time when `timed` and supported.
-pub fn run(ctx: &GpuContext, sets: &[QuantSet; SETS], caps: &Caps, jobs: &mut [QuantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<(Vec<usize>, Option<f64>)> {
+pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet; SETS], caps: &Caps, jobs: &mut [QuantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<(Vec<usize>, Option<f64>)> {
     let lay = layout(caps);
     let mut failed = Vec::new();
     let mut kernel = (timed && ctx.timestamps).then_some(0.0);
@@ -143,7 +144,7 @@ pub fn run(ctx: &GpuContext, sets: &[QuantSet; SETS], caps: &Caps, jobs: &mut [Q
         {
             let timer = set.timer.as_ref().filter(|_| kernel.is_some());
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("quantize"), timestamp_writes: timer.map(Timer::writes) });
-            pass.set_pipeline(&ctx.quant_pipeline);
+            pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &set.bind, &[]);
             // `dispatch` counts invocations in workgroups of 256: one workgroup per tile.
             staging::dispatch(ctx, &mut pass, tiles.len() * 256);

@@ -1,12 +1,14 @@
 //! WGSL sources. `common.wgsl` holds the shared helpers (the twin of `softfloat.rs`); each pass
-//! file is appended to it, since WGSL has no includes.
+//! file is appended to it, since WGSL has no includes (quantize also takes `lsq.wgsl`, the twin
+//! of `quant/lsq.rs`).
 
 pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const QUANTIZE: &str = include_str!("../../shaders/quantize.wgsl");
+pub const LSQ: &str = include_str!("../../shaders/lsq.wgsl");
 pub const DEQUANTIZE: &str = include_str!("../../shaders/dequantize.wgsl");
 
 pub fn quantize_source() -> String {
-    format!("{COMMON}\n{QUANTIZE}")
+    format!("{COMMON}\n{LSQ}\n{QUANTIZE}")
 }
 
 pub fn dequantize_source() -> String {

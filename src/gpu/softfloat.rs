@@ -127,6 +127,23 @@ pub fn div_rn(a_sig: u32, a_exp: i32, b_sig: u32, b_exp: i32) -> u32 {
     }
 }
 
+/// `a / b` correctly rounded, for `b` positive, finite and nonzero: lsq's divisions
+/// (`shaders/lsq.wgsl`, whose other math is plain `f32` and is its own twin of
+/// [`crate::quant::lsq`]). ±inf and NaN numerators pass through; a zero keeps its sign.
+pub fn div_by_pos(a: u32, b: u32) -> u32 {
+    let sign = a & 0x8000_0000;
+    let mag = a & 0x7fff_ffff;
+    if mag >= INF_BITS {
+        return a;
+    }
+    if mag == 0 {
+        return sign;
+    }
+    let (x_sig, x_exp) = unpack(mag);
+    let (y_sig, y_exp) = unpack(b);
+    sign | div_rn(x_sig, x_exp, y_sig, y_exp)
+}
+
 /// `round_half_even(P × 2^-k)` clamped to `max_code`, from the bits of `P ≥ 0`, in integers.
 pub fn round_scaled(p: u32, k: u32, max_code: u32) -> u32 {
     let e = (p >> 23) & 0xff;
@@ -305,6 +322,12 @@ mod tests {
             let (bsig, bexp) = unpack(b);
             let want = (f(a) / f(b)).to_bits();
             prop_assert_eq!(div_rn(asig, aexp, bsig, bexp), want, "{:e} / {:e}", f(a), f(b));
+        }
+
+        #[test]
+        fn signed_division_by_a_positive_matches_native(a in finite(), b in pos_finite()) {
+            let want = (f(a) / f(b)).to_bits();
+            prop_assert_eq!(div_by_pos(a, b), want, "{:e} / {:e}", f(a), f(b));
         }
 
         #[test]
