@@ -1,6 +1,6 @@
 //! GPU vs CPU quantization throughput on the same data, in one run.
 //!
-//! `cargo run --release --bin bench-gpu -- [SIZES…] [--bits 2,4,8] [--group-size 128] [--json]`
+//! `cargo run --release --bin bench-gpu -- [SIZES…] [--bits 2,4,8] [--methods minmax,lsq] [--group-size 128] [--json]`
 //! SIZES are element counts: `1000000`, `1M` (2^20), `16M`, `64K`, `2^24`. The GPU is forced
 //! (`device="gpu"`), so a software adapter such as lavapipe is used when it is the only one.
 //!
@@ -14,7 +14,7 @@ use std::time::Instant;
 use arrow_quant_v2::backend::{Backend, QuantJob};
 use arrow_quant_v2::cpu::CpuBackend;
 use arrow_quant_v2::gpu::GpuBackend;
-use arrow_quant_v2::{BitWidth, GroupLayout, QuantConfig};
+use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantConfig};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -28,6 +28,9 @@ struct Args {
     bits: Vec<i64>,
     #[arg(long, default_value_t = 128)]
     group_size: i64,
+    /// Methods, comma-separated: minmax (memory-bound), lsq (the compute-bound search)
+    #[arg(long, value_delimiter = ',', default_values_t = ["minmax".to_string()])]
+    methods: Vec<String>,
     /// Timed repetitions per measurement (the best is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -69,6 +72,7 @@ struct Row {
     elements: usize,
     bits: i64,
     group_size: i64,
+    method: &'static str,
     /// The kernels alone (GPU timestamps), when the adapter has them.
     kernel_gbs: Option<f64>,
     /// A device-to-device copy of the kernels' chunk size.
@@ -90,7 +94,7 @@ struct Row {
 impl Row {
     fn json(&self) -> serde_json::Value {
         serde_json::json!({
-            "elements": self.elements, "bits": self.bits, "group_size": self.group_size,
+            "elements": self.elements, "bits": self.bits, "group_size": self.group_size, "method": self.method,
             "kernel_gbs": self.kernel_gbs, "device_copy_gbs": self.device_copy_gbs, "kernel_over_copy": self.kernel_over_copy,
             "gpu_e2e_gbs": self.gpu_e2e_gbs, "upload_gbs": self.upload_gbs, "e2e_over_upload": self.e2e_over_upload,
             "write_buffer_gbs": self.write_buffer_gbs, "cpu_gbs": self.cpu_gbs, "gpu_over_cpu": self.gpu_over_cpu,
@@ -103,6 +107,7 @@ fn main() {
     let args = Args::parse();
     let gpu = GpuBackend::shared().unwrap_or_else(|e| fail(e));
     let cpu = CpuBackend::new();
+    let methods: Vec<Method> = args.methods.iter().map(|m| Method::parse(m).unwrap_or_else(|e| fail(e))).collect();
     let mut rows = Vec::new();
     for s in &args.sizes {
         let n = parse_size(s).unwrap_or_else(|e| fail(e));
@@ -123,8 +128,8 @@ fn main() {
         let copy_gbs = chunk as f64 / gpu.device_copy_baseline(chunk, args.iters).unwrap_or_else(|e| fail(e)) / 1e9;
         let upload_gbs = gbs(best(args.iters, || gpu.upload_baseline(bytes).unwrap_or_else(|e| fail(e))));
         let write_buffer_gbs = gbs(best(args.iters, || gpu.copy_baseline(bytes).unwrap_or_else(|e| fail(e))));
-        for &bits in &args.bits {
-            let config = QuantConfig::new(BitWidth::new(bits).unwrap_or_else(|e| fail(e)), args.group_size).unwrap_or_else(|e| fail(e));
+        for (&bits, &method) in args.bits.iter().flat_map(|b| methods.iter().map(move |m| (b, m))) {
+            let config = QuantConfig::new(BitWidth::new(bits).unwrap_or_else(|e| fail(e)), args.group_size).unwrap_or_else(|e| fail(e)).with_method(method);
             let layout = GroupLayout::new(1, n, config);
             let mut outs = [0, 1].map(|_| (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]));
             let mut kernel: Option<f64> = None;
@@ -154,6 +159,7 @@ fn main() {
                 elements: n,
                 bits,
                 group_size: args.group_size,
+                method: method.name(),
                 kernel_gbs,
                 device_copy_gbs: copy_gbs,
                 kernel_over_copy: kernel_gbs.map(|k| k / copy_gbs),
@@ -189,14 +195,14 @@ fn main() {
         println!("auto: {} ({})", if auto.gpu { "gpu" } else { "cpu" }, auto.reason);
         println!("GB/s of f32 input, best of {}; group {}", args.iters, args.group_size);
         println!(
-            "{:>10} {:>4} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} | {:>8} {:>7} | {:>5}",
-            "elements", "bits", "kernel", "dev copy", "k/copy", "gpu e2e", "upload", "e2e/up", "wr_buf", "cpu", "gpu/cpu", "same"
+            "{:>10} {:>4} {:>6} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} | {:>8} {:>7} | {:>5}",
+            "elements", "bits", "method", "kernel", "dev copy", "k/copy", "gpu e2e", "upload", "e2e/up", "wr_buf", "cpu", "gpu/cpu", "same"
         );
         let opt = |x: Option<f64>, p: usize| x.map_or("n/a".to_string(), |v| format!("{v:.p$}"));
         for r in &rows {
             println!(
-                "{:>10} {:>4} {:>8} {:>8.2} {:>6} | {:>8.2} {:>8.2} {:>6.2} {:>8.2} | {:>8.2} {:>7.3} | {:>5}",
-                r.elements, r.bits, opt(r.kernel_gbs, 2), r.device_copy_gbs, opt(r.kernel_over_copy, 2), r.gpu_e2e_gbs, r.upload_gbs, r.e2e_over_upload, r.write_buffer_gbs, r.cpu_gbs, r.gpu_over_cpu, r.identical
+                "{:>10} {:>4} {:>6} {:>8} {:>8.2} {:>6} | {:>8.2} {:>8.2} {:>6.2} {:>8.2} | {:>8.2} {:>7.3} | {:>5}",
+                r.elements, r.bits, r.method, opt(r.kernel_gbs, 2), r.device_copy_gbs, opt(r.kernel_over_copy, 2), r.gpu_e2e_gbs, r.upload_gbs, r.e2e_over_upload, r.write_buffer_gbs, r.cpu_gbs, r.gpu_over_cpu, r.identical
             );
         }
     }

@@ -20,7 +20,7 @@ if ! (ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1') && ! ls /usr/lib*/li
 fi
 
 echo "== exactness: GPU bytes against the CPU backend and the reference"
-for t in ./gpu_exact ./gpu_device; do
+for t in ./gpu_exact ./gpu_device ./lsq; do
     if ! "$t" --test-threads=1 -q 2>&1; then
         echo "FAILED: $t" >&2
         status=1
@@ -29,6 +29,6 @@ done
 
 echo "== benchmark (GB/s of f32 input; ratios against baselines measured in the same run)"
 # shellcheck disable=SC2086
-./bench-gpu ${SIZES:-4M 16M 64M} --bits 2,4,8 --group-size 128 --iters ${ITERS:-5} --json-out "$OUT/bench.json" || status=1
+./bench-gpu ${SIZES:-4M 16M 64M} --bits 2,4,8 --methods minmax,lsq --group-size 128 --iters ${ITERS:-5} --json-out "$OUT/bench.json" || status=1
 echo "json: $OUT/bench.json"
 exit $status
