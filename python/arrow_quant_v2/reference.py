@@ -232,11 +232,7 @@ def quantize_lsq(
 
 def pack(codes: np.ndarray, bit_width: int) -> bytes:
     """Little-endian, low bits first: code i goes to byte i*b//8 at bit (i*b) % 8."""
-    per = 8 // bit_width
-    padded = np.zeros(-(-codes.size // per) * per, np.uint8)
-    padded[: codes.size] = codes
-    shifts = (np.arange(per, dtype=np.uint8) * bit_width).astype(np.uint8)
-    return (padded.reshape(-1, per) << shifts).sum(axis=1, dtype=np.uint16).astype(np.uint8).tobytes()
+    return _pack_rows(np.asarray(codes, np.uint8).reshape(1, -1), bit_width).tobytes()
 
 
 def dequantize(

@@ -321,21 +321,16 @@ fn refine_and_pack(groups: &[&[f32]], starts: &[GroupParams], l: &GroupLayout, p
 fn pack_lsq(values: &[f32], grid: &lsq::Grid, l: &GroupLayout, packed: &mut [u8], scratch: &mut Vec<u8>) {
     scratch.resize(values.len(), 0);
     lsq::codes(values, grid, l.bit_width.max_code(), scratch);
-    with_bits!(l.bit_width, pack_codes_fast(scratch, packed));
+    with_bits!(l.bit_width, pack_codes_fast(scratch, l.bit_width, packed));
 }
 
 /// `pack::pack_codes`, 32 codes at a time where it can.
 #[inline(always)]
-fn pack_codes_fast<const B: usize>(codes: &[u8], out: &mut [u8]) {
+fn pack_codes_fast<const B: usize>(codes: &[u8], bits: crate::quant::BitWidth, out: &mut [u8]) {
     let full = codes.len() / 32;
     for (q, o) in codes.chunks_exact(32).zip(out.chunks_exact_mut(4 * B)) {
         kernels::pack32::<B>(q.try_into().expect("chunks_exact(32)"), o);
     }
-    let bits = match B {
-        2 => crate::quant::BitWidth::B2,
-        4 => crate::quant::BitWidth::B4,
-        _ => crate::quant::BitWidth::B8,
-    };
     pack_codes(&codes[full * 32..], bits, &mut out[full * 4 * B..]);
 }
 

@@ -224,11 +224,10 @@ pub fn refine_batch(groups: &[&[f32]], starts: &[GroupParams], max_code: u32, ou
     for ((s, values), &p) in state.iter_mut().zip(groups).zip(starts) {
         let start = Grid::from(p);
         s.best = start;
-        if start.scale == 0.0 {
-            continue;
+        if start.scale != 0.0 {
+            let last = evaluate(values, &start, max_code);
+            *s = Search { best: start, best_sse: last.sse, last, sw: sum(values), running: true };
         }
-        s.last = evaluate(values, &start, max_code);
-        *s = Search { best: start, best_sse: s.last.sse, last: s.last, sw: sum(values), running: true };
     }
     for _ in 0..ROUNDS {
         // All fits first, then all passes: the fits' divisions are independent of each other
