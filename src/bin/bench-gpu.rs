@@ -107,7 +107,15 @@ fn main() {
     let args = Args::parse();
     let gpu = GpuBackend::shared().unwrap_or_else(|e| fail(e));
     let cpu = CpuBackend::new();
-    let methods: Vec<Method> = args.methods.iter().map(|m| Method::parse(m).unwrap_or_else(|e| fail(e))).collect();
+    let mut methods: Vec<Method> = args.methods.iter().map(|m| Method::parse(m).unwrap_or_else(|e| fail(e))).collect();
+    // An adapter that cannot run lsq exactly refuses it: reported, and its rows left out.
+    let lsq_refused = match methods.contains(&Method::Lsq) {
+        true => gpu.subnormal_flush().unwrap_or_else(|e| fail(e)),
+        false => None,
+    };
+    if lsq_refused.is_some() {
+        methods.retain(|&m| m != Method::Lsq);
+    }
     let mut rows = Vec::new();
     for s in &args.sizes {
         let n = parse_size(s).unwrap_or_else(|e| fail(e));
@@ -178,6 +186,8 @@ fn main() {
         "adapter": gpu.adapter(),
         "software": gpu.is_software(),
         "cpu": cpu.name(),
+        "lsq_denorm_preserve": gpu.denorm_preserve(),
+        "lsq_refused": lsq_refused,
         "auto": { "gpu": auto.gpu, "reason": auto.reason },
         "iters": args.iters,
         "statistic": "best",
@@ -193,6 +203,10 @@ fn main() {
         println!("adapter: {}{}", gpu.adapter(), if gpu.is_software() { " [software]" } else { "" });
         println!("cpu: {}", cpu.name());
         println!("auto: {} ({})", if auto.gpu { "gpu" } else { "cpu" }, auto.reason);
+        println!("lsq kernel: {}", if gpu.denorm_preserve() { "SPIR-V with DenormPreserve" } else { "WGSL (the device's subnormal default)" });
+        if let Some(why) = &lsq_refused {
+            println!("lsq: refused on this adapter, no lsq rows ({why})");
+        }
         println!("GB/s of f32 input, best of {}; group {}", args.iters, args.group_size);
         println!(
             "{:>10} {:>4} {:>6} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} | {:>8} {:>7} | {:>5}",

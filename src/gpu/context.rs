@@ -28,9 +28,12 @@ pub struct GpuContext {
     pub quant_pipeline: wgpu::ComputePipeline,
     pub dequant_layout: wgpu::BindGroupLayout,
     pub dequant_pipeline: wgpu::ComputePipeline,
+    /// Whether kernels that need subnormal floats are built from our own SPIR-V with
+    /// `DenormPreserve` (`super::spirv`): a Vulkan adapter that takes passthrough shaders.
+    pub keeps_subnormals: bool,
     /// The quantize pipeline with `LSQ = true` (`shaders/lsq.wgsl`), built on first use: only
-    /// jobs with `method="lsq"` need it.
-    lsq_pipeline: OnceLock<wgpu::ComputePipeline>,
+    /// jobs with `method="lsq"` need it. An error says why it could not be built.
+    lsq_pipeline: OnceLock<std::result::Result<wgpu::ComputePipeline, String>>,
     /// The first uncaptured device error or the device-lost reason, if any.
     pub failure: Arc<Mutex<Option<String>>>,
 }
@@ -175,7 +178,10 @@ fn create(adapter: &wgpu::Adapter) -> std::result::Result<GpuContext, String> {
     let info = adapter.get_info();
     let limits = adapter.limits();
     let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-    let required_features = if timestamps { wgpu::Features::TIMESTAMP_QUERY } else { wgpu::Features::empty() };
+    let keeps_subnormals = info.backend == wgpu::Backend::Vulkan && adapter.features().contains(wgpu::Features::PASSTHROUGH_SHADERS);
+    let mut required_features = wgpu::Features::empty();
+    required_features.set(wgpu::Features::TIMESTAMP_QUERY, timestamps);
+    required_features.set(wgpu::Features::PASSTHROUGH_SHADERS, keeps_subnormals);
     let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
         label: Some("arrow_quant_v2"),
         required_features,
@@ -237,7 +243,7 @@ fn create(adapter: &wgpu::Adapter) -> std::result::Result<GpuContext, String> {
     if let Some(e) = pollster::block_on(scope.pop()) {
         return Err(format!("building the GPU pipelines on {} failed: {e}", describe(&info)));
     }
-    Ok(GpuContext { info, device, queue, limits, timestamps, quant_layout, quant_pipeline, dequant_layout, dequant_pipeline, lsq_pipeline: OnceLock::new(), failure })
+    Ok(GpuContext { info, device, queue, limits, timestamps, quant_layout, quant_pipeline, dequant_layout, dequant_pipeline, keeps_subnormals, lsq_pipeline: OnceLock::new(), failure })
 }
 
 impl GpuContext {
@@ -249,22 +255,53 @@ impl GpuContext {
         is_software(&self.info)
     }
 
-    /// The quantize pipeline that runs `method="lsq"`, built on first call: the same module and bind group layout as [`Self::quant_pipeline`], with the `LSQ`
-    /// override set.
-    pub fn lsq_pipeline(&self) -> &wgpu::ComputePipeline {
-        self.lsq_pipeline.get_or_init(|| {
-            let d = &self.device;
-            let module = d.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("quantize lsq"), source: wgpu::ShaderSource::Wgsl(shaders::quantize_source().into()) });
-            let pl = d.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some("quantize lsq"), bind_group_layouts: &[Some(&self.quant_layout)], immediate_size: 0 });
-            d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("quantize lsq"),
-                layout: Some(&pl),
-                module: &module,
-                entry_point: Some("quantize_pass"),
-                compilation_options: wgpu::PipelineCompilationOptions { constants: &[("LSQ", 1.0)], ..Default::default() },
-                cache: None,
-            })
-        })
+    /// The quantize pipeline that runs `method="lsq"`, built on first call: the same source
+    /// and bind group layout as [`Self::quant_pipeline`], with the `LSQ` override set, built
+    /// to keep subnormals ([`Self::exact_f32_pipeline`]). `QuantError::Unsupported` if this
+    /// adapter cannot build it.
+    pub fn lsq_pipeline(&self) -> Result<&wgpu::ComputePipeline> {
+        self.lsq_pipeline
+            .get_or_init(|| self.exact_f32_pipeline("quantize lsq", &shaders::quantize_source(), "quantize_pass", &[("LSQ", 1.0)], &self.quant_layout))
+            .as_ref()
+            .map_err(|e| QuantError::Unsupported(format!("device='gpu': the lsq kernel could not be built on adapter {}: {e}", self.describe())))
+    }
+
+    /// A compute pipeline for a kernel whose plain `f32` arithmetic must keep subnormals: from
+    /// our SPIR-V with `DenormPreserve` where [`Self::keeps_subnormals`], else from the WGSL
+    /// (whatever the device then does, the callers' probe and self-test find out). Errors
+    /// (naga's, or wgpu's validation) come back as text, not as a device failure.
+    pub fn exact_f32_pipeline(&self, label: &str, wgsl: &str, entry: &str, constants: &[(&str, f64)], layout: &wgpu::BindGroupLayout) -> std::result::Result<wgpu::ComputePipeline, String> {
+        let d = &self.device;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = if self.keeps_subnormals {
+            let words = super::spirv::keeping_subnormals(wgsl, entry, constants)?;
+            // The workgroup size is read on Metal only.
+            let entry_points = vec![wgpu::PassthroughShaderEntryPoint { name: entry.into(), workgroup_size: (1, 1, 1) }];
+            let desc = wgpu::ShaderModuleDescriptorPassthrough { label: Some(label), entry_points: entry_points.into(), spirv: Some(words.into()), ..Default::default() };
+            // SAFETY: wgpu hands these words to the driver unchecked. They are naga's own
+            // compilation of WGSL that naga has just parsed and validated (the same compiler
+            // and options wgpu uses for this source), plus three instructions placed as the
+            // SPIR-V spec says (`spirv::preserve_denormals`, unit-tested); the pipeline
+            // layout below is the one the WGSL declares.
+            unsafe { d.create_shader_module_passthrough(desc) }
+        } else {
+            d.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(wgsl.into()) })
+        };
+        let pl = d.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(label), bind_group_layouts: &[Some(layout)], immediate_size: 0 });
+        // Passthrough SPIR-V has its overrides resolved already.
+        let constants = if self.keeps_subnormals { &[][..] } else { constants };
+        let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: Some(&pl),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            cache: None,
+        });
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(format!("building {label} failed: {e}")),
+            None => Ok(pipeline),
+        }
     }
 
     /// The first device error recorded so far, as a `QuantError`.

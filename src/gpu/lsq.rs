@@ -26,15 +26,20 @@ const WANT: [u32; 4] = [0x0000_0200, 0x0040_0000, 0x0001_16c2, 0x0000_0200];
 /// flushes (or otherwise changes) a subnormal.
 pub fn probe_subnormals(ctx: &GpuContext) -> Result<Option<String>> {
     let d = &ctx.device;
-    let module = d.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some("subnormal probe"), source: wgpu::ShaderSource::Wgsl(include_str!("../../shaders/subnormal_probe.wgsl").into()) });
-    let pipeline = d.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+    let layout = d.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("subnormal probe"),
-        layout: None,
-        module: &module,
-        entry_point: Some("probe"),
-        compilation_options: Default::default(),
-        cache: None,
+        entries: &[wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only: false }, has_dynamic_offset: false, min_binding_size: None },
+            count: None,
+        }],
     });
+    // Built as the lsq kernel is, so the probe sees what the kernel will get.
+    let pipeline = match ctx.exact_f32_pipeline("subnormal probe", include_str!("../../shaders/subnormal_probe.wgsl"), "probe", &[], &layout) {
+        Ok(p) => p,
+        Err(e) => return Ok(Some(e)),
+    };
     let io = buffer(ctx, "subnormal probe", 64, STORAGE);
     let back = buffer(ctx, "subnormal probe read-back", 64, READBACK);
     let mut init = [0u32; 16];
@@ -42,7 +47,7 @@ pub fn probe_subnormals(ctx: &GpuContext) -> Result<Option<String>> {
     ctx.queue.write_buffer(&io, 0, bytemuck::cast_slice(&init));
     let bind = d.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some("subnormal probe"),
-        layout: &pipeline.get_bind_group_layout(0),
+        layout: &layout,
         entries: &[wgpu::BindGroupEntry { binding: 0, resource: io.as_entire_binding() }],
     });
     let mut enc = d.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("subnormal probe") });

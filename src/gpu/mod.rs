@@ -20,6 +20,7 @@ mod lsq;
 mod plan;
 mod quantize;
 mod shaders;
+mod spirv;
 pub mod softfloat;
 mod staging;
 
@@ -85,11 +86,14 @@ impl GpuBackend {
         self.subnormals
             .get_or_init(|| {
                 let probed = guarded(|| lsq::probe_subnormals(self.ctx));
-                match probed {
-                    Ok(None) => self.lsq_self_test(),
-                    other => other,
+                match probed.and_then(|p| match p {
+                    None => self.lsq_self_test(),
+                    flushed => Ok(flushed),
+                }) {
+                    // A kernel that cannot be built on this adapter: refused, like a flush.
+                    Err(QuantError::Unsupported(why)) => Ok(Some(why)),
+                    other => other.map_err(|e| e.to_string()),
                 }
-                .map_err(|e| e.to_string())
             })
             .clone()
             .map_err(QuantError::Device)
@@ -107,6 +111,12 @@ impl GpuBackend {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let same = failed.is_empty() && packed == want_p && bits(&scales) == bits(&want_s) && bits(&zero_points) == bits(&want_z);
         Ok((!same).then(|| "the lsq kernel's bytes differ from the reference on its self-test layer".to_string()))
+    }
+
+    /// Whether the lsq kernel is built from SPIR-V that asks the driver to keep subnormals
+    /// (`DenormPreserve`, on Vulkan); otherwise it is plain WGSL, and the device's default.
+    pub fn denorm_preserve(&self) -> bool {
+        self.ctx.keeps_subnormals
     }
 
     /// Whether kernel timestamps are available (`Features::TIMESTAMP_QUERY`).
@@ -150,7 +160,7 @@ impl GpuBackend {
     fn run_kernel(&self, jobs: &mut [QuantJob<'_>], which: &[usize], method: Method) -> Result<(Vec<usize>, Option<f64>)> {
         let pipeline = match method {
             Method::MinMax => &self.ctx.quant_pipeline,
-            Method::Lsq => self.ctx.lsq_pipeline(),
+            Method::Lsq => self.ctx.lsq_pipeline()?,
         };
         let layouts: Vec<_> = which.iter().map(|&i| (i, jobs[i].layout)).collect();
         let chunks = plan::plan(&layouts, &self.caps);
@@ -177,7 +187,7 @@ impl GpuBackend {
         match self.subnormal_flush()? {
             None => Ok(()),
             Some(got) => Err(QuantError::Unsupported(format!(
-                "device='gpu': method 'lsq' (layer '{layer}') needs a device that keeps subnormal floats, and adapter {} flushes them ({got}); use device='cpu', or 'auto', which runs it on the CPU",
+                "device='gpu': method 'lsq' (layer '{layer}') needs a device that keeps subnormal floats, and adapter {} does not ({got}); use device='cpu', or 'auto', which runs it on the CPU",
                 self.ctx.describe()
             ))),
         }
