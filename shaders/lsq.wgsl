@@ -18,6 +18,9 @@ const MAGIC: f32 = 8388608.0;
 const SIGN: u32 = 0x80000000u;
 const ROUNDS: u32 = 5u;
 
+// Each lane's four partial sums (lsq_share), QWG lanes.
+var<workgroup> part: array<f32, 4u * QWG>;
+
 // A candidate grid, as bits (`lsq::Grid`).
 struct Grid {
     scale: u32,
@@ -69,29 +72,6 @@ fn lsq_code(w: f32, g: Grid, max_code: f32) -> f32 {
     return fo(f(c) + MAGIC) - MAGIC;
 }
 
-fn lsq_fold(a: array<f32, 16>) -> f32 {
-    var l = a;
-    for (var h = LANES / 2u; h > 0u; h = h >> 1u) {
-        for (var j = 0u; j < h; j = j + 1u) {
-            l[j] = l[j] + l[j + h];
-        }
-    }
-    return l[0];
-}
-
-// lsq::sum: Σ w over the group data[start .. start + n], lane j taking elements j, j + 16, …
-fn lsq_sum(start: u32, n: u32) -> f32 {
-    var lanes: array<f32, 16>;
-    let z = f(opaque(0u));
-    for (var j = 0u; j < LANES; j = j + 1u) {
-        lanes[j] = z;
-    }
-    for (var i = 0u; i < n; i = i + 1u) {
-        lanes[i & 15u] = lanes[i & 15u] + f(data[start + i]);
-    }
-    return lsq_fold(lanes);
-}
-
 struct Evaluation {
     sse: f32,
     sq: f32,
@@ -99,30 +79,56 @@ struct Evaluation {
     sqw: f32,
 }
 
-// lsq::evaluate.
-fn lsq_evaluate(start: u32, n: u32, g: Grid, max_code: f32) -> Evaluation {
-    var sse: array<f32, 16>;
-    var sq: array<f32, 16>;
-    var sqq: array<f32, 16>;
-    var sqw: array<f32, 16>;
-    let z = f(opaque(0u));
-    for (var j = 0u; j < LANES; j = j + 1u) {
-        sse[j] = z;
-        sq[j] = z;
-        sqq[j] = z;
-        sqw[j] = z;
+// Lane `lane` of lsq::sum over the group data[start .. start + n]: elements lane, lane + 16, …
+fn lsq_lane_sum(start: u32, n: u32, lane: u32) -> f32 {
+    var s = f(opaque(0u));
+    for (var i = lane; i < n; i = i + LANES) {
+        s = s + f(data[start + i]);
     }
-    for (var i = 0u; i < n; i = i + 1u) {
-        let j = i & 15u;
+    return s;
+}
+
+// Lane `lane` of lsq::evaluate's four sums under grid `g`.
+fn lsq_lane_evaluate(start: u32, n: u32, lane: u32, g: Grid, max_code: f32) -> Evaluation {
+    let z = f(opaque(0u));
+    var r = Evaluation(z, z, z, z);
+    for (var i = lane; i < n; i = i + LANES) {
         let w = f(data[start + i]);
         let q = lsq_code(w, g, max_code);
         let e = (fo(q * f(g.scale)) + f(g.zero)) - w;
-        sse[j] = sse[j] + fo(e * e);
-        sq[j] = sq[j] + q;
-        sqq[j] = sqq[j] + fo(q * q);
-        sqw[j] = sqw[j] + fo(q * w);
+        r.sse = r.sse + fo(e * e);
+        r.sq = r.sq + q;
+        r.sqq = r.sqq + fo(q * q);
+        r.sqw = r.sqw + fo(q * w);
     }
-    return Evaluation(lsq_fold(sse), lsq_fold(sq), lsq_fold(sqq), lsq_fold(sqw));
+    return r;
+}
+
+// Sum k of the 16 lanes whose partials start at part[b] (lane j at b + 4j + k), folded as
+// lsq::fold does: l[j] + l[j + h] for h = 8, 4, 2, 1.
+fn lsq_fold_part(b: u32, k: u32) -> f32 {
+    var a: array<f32, 8>;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        a[j] = part[b + 4u * j + k] + part[b + 4u * (j + 8u) + k];
+    }
+    let b0 = a[0] + a[4];
+    let b1 = a[1] + a[5];
+    let b2 = a[2] + a[6];
+    let b3 = a[3] + a[7];
+    return (b0 + b2) + (b1 + b3);
+}
+
+// Every lane's partial sums in, the group's folded sums out (the same in each of its lanes).
+// Called by the whole workgroup: it holds barriers.
+fn lsq_share(lid: u32, b: u32, e: Evaluation) -> Evaluation {
+    part[4u * lid] = e.sse;
+    part[4u * lid + 1u] = e.sq;
+    part[4u * lid + 2u] = e.sqq;
+    part[4u * lid + 3u] = e.sqw;
+    workgroupBarrier();
+    let r = Evaluation(lsq_fold_part(b, 0u), lsq_fold_part(b, 1u), lsq_fold_part(b, 2u), lsq_fold_part(b, 3u));
+    workgroupBarrier();
+    return r;
 }
 
 struct Fit {
@@ -152,31 +158,80 @@ fn lsq_fit(n: u32, e: Evaluation, sw: f32) -> Fit {
     return Fit(true, Grid(scale, zero, inv));
 }
 
-// lsq::refine, from the min/max parameters of `group_params`.
-fn lsq_refine(start: u32, n: u32, p: Params, max_code: u32) -> Grid {
+// The start of lsq::refine: the min/max grid of `p`.
+fn lsq_first(p: Params) -> Grid {
     var inv = p.inv_s;
     if (p.flags & FLAG_INV_SCALED) != 0u {
         inv = scale_down64(p.inv_s);
     }
-    let first = Grid(p.scale, p.lo, inv);
-    if p.scale == 0u {
-        return first;
-    }
+    return Grid(p.scale, p.lo, inv);
+}
+
+// lsq::refine for every group of the tile whose min/max parameters are in `gparams` (stage B),
+// 16 invocations per group: invocation lid is lane lid % 16 of the definition's strided sums
+// for group slot lid / 16, QWG / 16 groups at a time. The lanes' partials meet in `part`, and
+// each lane folds them in the definition's order, so all 16 hold the same sums, fits and grids
+// and no further exchange is needed. Every invocation runs every round and barrier (a group
+// that has stopped, or a slot past the tile's groups, only skips the arithmetic): barriers
+// must be reached in uniform control flow. Writes each refined grid to `gparams` (as stage C
+// reads it), `scales` and `zero_points`.
+fn lsq_tile(t: Tile, lid: u32, max_code: u32) {
+    let lane = lid % LANES;
+    let slot = lid / LANES;
+    let b = slot * LANES * 4u;
     let l = f32(max_code);
-    let sw = lsq_sum(start, n);
-    var last = lsq_evaluate(start, n, first, l);
-    var best = first;
-    var best_sse = last.sse;
-    for (var r = 0u; r < ROUNDS; r = r + 1u) {
-        let fit = lsq_fit(n, last, sw);
-        if !fit.ok {
-            break;
+    let z = f(opaque(0u));
+    let none = Evaluation(z, z, z, z);
+    for (var base = 0u; base < t.n_groups; base = base + QWG / LANES) {
+        let gi = base + slot;
+        var refined = false; // the group has finite parameters: it gets the lsq grid
+        var run = false;     // and its search is still going
+        var start = 0u;
+        var n = 0u;
+        var first = Grid(0u, 0u, 0u);
+        if gi < t.n_groups {
+            let p = gparams[gi];
+            start = gelem[gi];
+            n = gelem[gi + 1u] - start;
+            first = lsq_first(p);
+            refined = (p.flags & (FLAG_NON_FINITE | FLAG_OVERFLOW)) == 0u;
+            run = refined && p.scale != 0u;
         }
-        last = lsq_evaluate(start, n, fit.g, l);
-        if lt_bits(bitcast<u32>(last.sse), bitcast<u32>(best_sse)) {
-            best = fit.g;
-            best_sse = last.sse;
+        var mine = none;
+        if run {
+            mine = Evaluation(lsq_lane_sum(start, n, lane), z, z, z);
+        }
+        let sw = lsq_share(lid, b, mine).sse;
+        if run {
+            mine = lsq_lane_evaluate(start, n, lane, first, l);
+        }
+        var last = lsq_share(lid, b, mine);
+        var best = first;
+        var best_sse = last.sse;
+        for (var r = 0u; r < ROUNDS; r = r + 1u) {
+            var g = first;
+            if run {
+                let fit = lsq_fit(n, last, sw);
+                run = fit.ok;
+                g = fit.g;
+            }
+            mine = none;
+            if run {
+                mine = lsq_lane_evaluate(start, n, lane, g, l);
+            }
+            let now = lsq_share(lid, b, mine);
+            if run {
+                last = now;
+                if lt_bits(bitcast<u32>(now.sse), bitcast<u32>(best_sse)) {
+                    best = g;
+                    best_sse = now.sse;
+                }
+            }
+        }
+        if refined && lane == 0u {
+            scales[t.group0 + gi] = best.scale;
+            zero_points[t.group0 + gi] = best.zero;
+            gparams[gi] = Params(best.zero, best.scale, best.inv, 0u, 0u);
         }
     }
-    return best;
 }

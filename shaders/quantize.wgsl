@@ -1,6 +1,7 @@
 // Quantize: one fused pass, one workgroup per tile (planned by `plan::tiles`). Appended to
-// common.wgsl and lsq.wgsl. The pipeline built with LSQ = true runs method="lsq" (stage B
-// refines each group's grid), on tiles of groups no longer than TILE_ELEMS.
+// common.wgsl and lsq.wgsl. The pipeline built with LSQ = true runs method="lsq" (after stage
+// B, 16 invocations per group refine its grid: `lsq_tile`), on tiles of groups no longer than
+// TILE_ELEMS.
 //
 // A tile is a run of whole groups of one piece, at most TILE_ELEMS elements and TILE_GROUPS
 // groups. Stage A copies it into workgroup memory with coalesced 16-byte loads, so the input is
@@ -19,7 +20,7 @@
 // word has one writer and is stored whole.
 
 const TILE_ELEMS: u32 = 2048u;
-const TILE_GROUPS: u32 = 256u;
+const TILE_GROUPS: u32 = 128u;
 // Invocations per workgroup: a power of two, 5·QWG ≤ TILE_ELEMS (the reduction's rows of
 // `data`). Fewer invocations mean more loop iterations per invocation for a big group, and
 // llvmpipe (lavapipe) silently ends every loop of an invocation after 65,535 iterations in
@@ -47,13 +48,14 @@ struct Tile {
 @group(0) @binding(6) var<storage, read_write> zero_points: array<u32>;
 @group(0) @binding(7) var<storage, read_write> errs: array<atomic<u32>>;
 
-// 8 KiB + 5 KiB + 2 KiB: under the 16 KiB every WebGPU device has.
+// 8 KiB + 2.5 KiB + 1 KiB, and lsq.wgsl's 4 KiB of partial sums: under the 16 KiB every
+// WebGPU device has.
 var<workgroup> data: array<u32, TILE_ELEMS>;
 var<workgroup> gparams: array<Params, TILE_GROUPS>;
 // Group i of the tile is data[gelem[i] .. gelem[i + 1]] and packs into the tile's bytes
 // gbyte[i] .. gbyte[i + 1] (groups are contiguous in both).
-var<workgroup> gelem: array<u32, 257>;
-var<workgroup> gbyte: array<u32, 257>;
+var<workgroup> gelem: array<u32, TILE_GROUPS + 1u>;
+var<workgroup> gbyte: array<u32, TILE_GROUPS + 1u>;
 
 // Running min/max in the total order on integer keys, with the bits of each end, and whether
 // a NaN/Inf was seen. Strict comparisons, so the result is the one of the serial scan in any
@@ -151,15 +153,7 @@ fn small_tile(t: Tile, s: Seg, lid: u32) {
         for (var i = 0u; i < len; i = i + 1u) {
             m = add(m, data[start + i]);
         }
-        var p = finish_group(m, max_code, t.group0 + gi, t.seg);
-        if LSQ && (p.flags & (FLAG_NON_FINITE | FLAG_OVERFLOW)) == 0u {
-            // lsq.wgsl: refine the min/max grid; stage C codes with it (`tile_code`).
-            let g = lsq_refine(start, len, p, max_code);
-            scales[t.group0 + gi] = g.scale;
-            zero_points[t.group0 + gi] = g.zero;
-            p = Params(g.zero, g.scale, g.inv, 0u, 0u);
-        }
-        gparams[gi] = p;
+        gparams[gi] = finish_group(m, max_code, t.group0 + gi, t.seg);
         gelem[gi] = start;
         gbyte[gi] = byte;
         if gi + 1u == t.n_groups {
@@ -168,6 +162,11 @@ fn small_tile(t: Tile, s: Seg, lid: u32) {
         }
     }
     workgroupBarrier();
+    if LSQ {
+        // lsq.wgsl: refine the min/max grids; stage C codes with them (`tile_code`).
+        lsq_tile(t, lid, max_code);
+        workgroupBarrier();
+    }
 
     // Stage C: one invocation per output word. Code slot i of a word is at bit i·bits, in
     // byte i >> lc; a group's codes fill consecutive slots from its first byte.
@@ -176,7 +175,7 @@ fn small_tile(t: Tile, s: Seg, lid: u32) {
     let nw = ((t.byte0 + t.n_bytes + 3u) >> 2u) - first;
     for (var j = lid; j < nw; j = j + QWG) {
         let w = first + j;
-        // The group of the word's first byte in the tile: binary search over the ≤ 257 group
+        // The group of the word's first byte in the tile: binary search over the ≤ TILE_GROUPS + 1 group
         // starts; later bytes step forward (every group has at least one byte).
         let rb0 = max(w * 4u, t.byte0) - t.byte0;
         var g = 0u;

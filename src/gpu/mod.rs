@@ -174,9 +174,9 @@ impl GpuBackend {
     }
 
     /// Whether the kernels take this layout; others run on the CPU backend. The lsq pipeline
-    /// runs one invocation per group over the group in workgroup memory, so it takes groups
-    /// up to a tile (`plan::TILE_ELEMS`; 8 passes over such a group stay far below
-    /// llvmpipe's 65,535 loop iterations per invocation).
+    /// refines groups held in workgroup memory, 16 invocations per group, so it takes groups
+    /// up to a tile (`plan::TILE_ELEMS`: each invocation then makes 7 passes over at most 128
+    /// elements, far below llvmpipe's 65,535 loop iterations per invocation).
     fn takes(&self, l: &crate::quant::GroupLayout) -> bool {
         plan::fits(l, &self.caps) && (l.method == Method::MinMax || l.group_size <= plan::TILE_ELEMS)
     }

@@ -44,7 +44,7 @@ pub const PARAMS_BYTES: u64 = 20;
 /// Elements and groups of one tile (`TILE_ELEMS`, `TILE_GROUPS` in `shaders/quantize.wgsl`):
 /// one workgroup's share, held in its workgroup memory.
 pub const TILE_ELEMS: usize = 2048;
-pub const TILE_GROUPS: usize = 256;
+pub const TILE_GROUPS: usize = 128;
 
 /// Mirror of `struct Tile` in `shaders/quantize.wgsl`: a run of whole groups of one piece,
 /// quantized by one workgroup. Offsets are in the chunk's buffers.
