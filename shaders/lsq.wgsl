@@ -18,9 +18,6 @@ const MAGIC: f32 = 8388608.0;
 const SIGN: u32 = 0x80000000u;
 const ROUNDS: u32 = 5u;
 
-// Each lane's four partial sums (lsq_share), QWG lanes.
-var<workgroup> part: array<f32, 4u * QWG>;
-
 // A candidate grid, as bits (`lsq::Grid`).
 struct Grid {
     scale: u32,
@@ -104,12 +101,12 @@ fn lsq_lane_evaluate(start: u32, n: u32, lane: u32, g: Grid, max_code: f32) -> E
     return r;
 }
 
-// Sum k of the 16 lanes whose partials start at part[b] (lane j at b + 4j + k), folded as
+// Sum k of the 16 lanes whose partials start at xch[b] (lane j at b + 4j + k), folded as
 // lsq::fold does: l[j] + l[j + h] for h = 8, 4, 2, 1.
 fn lsq_fold_part(b: u32, k: u32) -> f32 {
     var a: array<f32, 8>;
     for (var j = 0u; j < 8u; j = j + 1u) {
-        a[j] = part[b + 4u * j + k] + part[b + 4u * (j + 8u) + k];
+        a[j] = f(xch[b + 4u * j + k]) + f(xch[b + 4u * (j + 8u) + k]);
     }
     let b0 = a[0] + a[4];
     let b1 = a[1] + a[5];
@@ -121,10 +118,10 @@ fn lsq_fold_part(b: u32, k: u32) -> f32 {
 // Every lane's partial sums in, the group's folded sums out (the same in each of its lanes).
 // Called by the whole workgroup: it holds barriers.
 fn lsq_share(lid: u32, b: u32, e: Evaluation) -> Evaluation {
-    part[4u * lid] = e.sse;
-    part[4u * lid + 1u] = e.sq;
-    part[4u * lid + 2u] = e.sqq;
-    part[4u * lid + 3u] = e.sqw;
+    xch[4u * lid] = bitcast<u32>(e.sse);
+    xch[4u * lid + 1u] = bitcast<u32>(e.sq);
+    xch[4u * lid + 2u] = bitcast<u32>(e.sqq);
+    xch[4u * lid + 3u] = bitcast<u32>(e.sqw);
     workgroupBarrier();
     let r = Evaluation(lsq_fold_part(b, 0u), lsq_fold_part(b, 1u), lsq_fold_part(b, 2u), lsq_fold_part(b, 3u));
     workgroupBarrier();
@@ -169,7 +166,7 @@ fn lsq_first(p: Params) -> Grid {
 
 // lsq::refine for every group of the tile whose min/max parameters are in `gparams` (stage B),
 // 16 invocations per group: invocation lid is lane lid % 16 of the definition's strided sums
-// for group slot lid / 16, QWG / 16 groups at a time. The lanes' partials meet in `part`, and
+// for group slot lid / 16, QWG / 16 groups at a time. The lanes' partials meet in `xch`, and
 // each lane folds them in the definition's order, so all 16 hold the same sums, fits and grids
 // and no further exchange is needed. Every invocation runs every round and barrier (a group
 // that has stopped, or a slot past the tile's groups, only skips the arithmetic): barriers

@@ -5,8 +5,8 @@
 //
 // A tile is a run of whole groups of one piece, at most TILE_ELEMS elements and TILE_GROUPS
 // groups. Stage A copies it into workgroup memory with coalesced 16-byte loads, so the input is
-// read from device memory once. Stage B: one invocation per group scans its group there and
-// runs `group_params`. Stage C: one invocation per output word packs the codes from workgroup
+// read from device memory once. Stage B: 16 invocations per group scan it there, and one of
+// them runs `group_params`. Stage C: one invocation per output word packs the codes from workgroup
 // memory and writes the word (adjacent invocations, adjacent words).
 //
 // A group longer than TILE_ELEMS has a tile of its own, and the whole workgroup works on it:
@@ -56,6 +56,9 @@ var<workgroup> gparams: array<Params, TILE_GROUPS>;
 // gbyte[i] .. gbyte[i + 1] (groups are contiguous in both).
 var<workgroup> gelem: array<u32, TILE_GROUPS + 1u>;
 var<workgroup> gbyte: array<u32, TILE_GROUPS + 1u>;
+// What the 16 lanes of a group exchange: stage B's partial min/max (3 words a lane), lsq's
+// partial sums (4 words a lane, `lsq_share`).
+var<workgroup> xch: array<u32, 4u * QWG>;
 
 // Running min/max in the total order on integer keys, with the bits of each end, and whether
 // a NaN/Inf was seen. Strict comparisons, so the result is the one of the serial scan in any
@@ -138,10 +141,15 @@ fn small_tile(t: Tile, s: Seg, lid: u32) {
     }
     workgroupBarrier();
 
-    // Stage B: one invocation per group (looping when the tile has more groups than
-    // invocations); one division per group, not per element.
+    // Stage B: 16 invocations per group (QWG / 16 groups at a time): lane j of a group scans
+    // its elements j, j + 16, …, then its first lane merges the 16 partial min/max (the result
+    // of the serial scan in any merge order: `merge`) and does the group's one division.
+    // Every invocation reaches both barriers of a round (uniform control flow).
     let max_code = (1u << s.bits) - 1u;
-    for (var gi = lid; gi < t.n_groups; gi = gi + QWG) {
+    let lane = lid % LANES;
+    let slot = lid / LANES;
+    for (var base = 0u; base < t.n_groups; base = base + QWG / LANES) {
+        let gi = base + slot;
         let c = s.col0 + t.lg0 + gi;
         let row_off = c / s.gpr;
         let col = c % s.gpr;
@@ -150,18 +158,36 @@ fn small_tile(t: Tile, s: Seg, lid: u32) {
         let byte = s.word_start * 4u + row_off * s.row_bytes + col * s.group_bytes - s.col0 * s.group_bytes - t.byte0;
         let len = min(s.group_size, s.row_len - col * s.group_size);
         var m = empty_min_max();
-        for (var i = 0u; i < len; i = i + 1u) {
-            m = add(m, data[start + i]);
+        var n = 0u;
+        if gi < t.n_groups {
+            for (var i = lane; i < len; i = i + LANES) {
+                m = add(m, data[start + i]);
+            }
+            n = select(0u, 1u, lane < len); // whether the lane saw an element
         }
-        gparams[gi] = finish_group(m, max_code, t.group0 + gi, t.seg);
-        gelem[gi] = start;
-        gbyte[gi] = byte;
-        if gi + 1u == t.n_groups {
-            gelem[gi + 1u] = start + len;
-            gbyte[gi + 1u] = byte + packed_bytes(len, s.bits);
+        xch[3u * lid] = m.mn_bits;
+        xch[3u * lid + 1u] = m.mx_bits;
+        xch[3u * lid + 2u] = select(0u, 1u, m.bad) | (n << 1u);
+        workgroupBarrier();
+        if gi < t.n_groups && lane == 0u {
+            var all = empty_min_max();
+            for (var j = 0u; j < LANES; j = j + 1u) {
+                let k = 3u * (lid + j);
+                let flags = xch[k + 2u];
+                if (flags & 2u) != 0u {
+                    all = merge(all, MinMax(order_key(xch[k]), order_key(xch[k + 1u]), xch[k], xch[k + 1u], (flags & 1u) != 0u));
+                }
+            }
+            gparams[gi] = finish_group(all, max_code, t.group0 + gi, t.seg);
+            gelem[gi] = start;
+            gbyte[gi] = byte;
+            if gi + 1u == t.n_groups {
+                gelem[gi + 1u] = start + len;
+                gbyte[gi + 1u] = byte + packed_bytes(len, s.bits);
+            }
         }
+        workgroupBarrier();
     }
-    workgroupBarrier();
     if LSQ {
         // lsq.wgsl: refine the min/max grids; stage C codes with them (`tile_code`).
         lsq_tile(t, lid, max_code);

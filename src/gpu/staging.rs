@@ -19,11 +19,24 @@ pub fn caps(ctx: &GpuContext) -> Caps {
     // lavapipe runs exactly: it stops every loop of an invocation after 65,535 iterations in
     // all, and a one-group chunk of 4 Mi elements takes about 23,000 per invocation (see
     // `shaders/quantize.wgsl`); raising this needs that checked again.
-    let elems = (binding / 4).min(4 << 20) as usize;
+    let elems = (binding / 4).min(chunk_elems(ctx.is_software()) as u64) as usize;
     let groups = (binding / super::plan::PARAMS_BYTES).min(elems as u64 / 4) as usize;
     let segs = 4096usize.min((binding / 48) as usize);
     let words = (elems / 4 + segs).min((binding / 4) as usize);
     Caps { elems, groups, words, segs }
+}
+
+/// Set to a number of MiB of f32 input per GPU chunk (default 16) to trade device memory for
+/// fewer, longer kernel launches and copies. Software adapters keep 16 (the llvmpipe loop
+/// limit above).
+pub const CHUNK_MIB_ENV: &str = "ARROW_QUANT_GPU_CHUNK_MIB";
+
+fn chunk_elems(software: bool) -> usize {
+    let mib = std::env::var(CHUNK_MIB_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&m| (1..=1024).contains(&m));
+    match mib {
+        Some(m) if !software => m << 18,
+        _ => 4 << 20,
+    }
 }
 
 pub fn buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
