@@ -5,13 +5,12 @@ pub mod probe;
 
 use std::str::FromStr;
 
-use crate::backend::Backend;
-#[cfg(feature = "gpu")]
-use crate::backend::{DequantJob, QuantJob};
+use crate::backend::{Backend, DequantJob, QuantJob};
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 #[cfg(feature = "gpu")]
 use crate::gpu::GpuBackend;
+use crate::quant::Method;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Device {
@@ -41,9 +40,11 @@ static CPU: CpuBackend = CpuBackend::new();
 /// * "cpu": the CPU backend; never initializes wgpu.
 /// * "gpu": the best wgpu adapter, software adapters (lavapipe/llvmpipe) included; without any
 ///   adapter, a [`QuantError::Device`] that lists what was found.
-/// * "auto": whichever of the two is faster on this machine, decided once per process by
-///   [`auto`] (a short measurement of both on the same probe tensor). A GPU that wins the
-///   measurement still hands small calls, and any call its device fails, to the CPU backend.
+/// * "auto": whichever of the two is faster on this machine for each method, decided once per
+///   process and method by [`auto_for`] (a short measurement of both on the same probe
+///   tensor): min/max is memory-bound and the search (lsq) compute-bound, so they can land on
+///   different sides. A GPU that wins the measurement still hands small calls, and any call its
+///   device fails or refuses, to the CPU backend.
 ///
 /// The GPU instance, device and pipelines are created once per process and reused (again
 /// after a lost device). Both backends produce the same bytes. In a child forked after its
@@ -53,16 +54,24 @@ pub fn backend(device: Device) -> Result<&'static dyn Backend> {
     match device {
         Device::Cpu => Ok(&CPU),
         Device::Gpu => gpu(),
-        Device::Auto => Ok(auto().backend),
+        Device::Auto => Ok(&AUTO_BACKEND),
     }
 }
 
 /// What `device` resolves to, for people: the backend's name and, for "auto", why it was
-/// chosen ("cpu (rayon, 16 threads, avx512) [auto: measured faster: cpu 41.2 GB/s, gpu …]").
+/// chosen ("cpu (rayon, 16 threads, avx512) [auto: measured faster: cpu 41.2 GB/s, gpu …]"),
+/// with the search's own decision once one was made ("…; lsq: gpu (…): measured faster: …").
 pub fn describe(device: Device) -> Result<String> {
     let b = backend(device)?;
     Ok(match device {
-        Device::Auto => format!("{} [auto: {}]", b.name(), auto().reason),
+        Device::Auto => {
+            let minmax = auto();
+            let mut text = format!("{} [auto: {}", minmax.backend.name(), minmax.reason);
+            if let Some(lsq) = decided(Method::Lsq) {
+                text += &format!("; lsq: {}: {}", lsq.backend.name(), lsq.reason);
+            }
+            text + "]"
+        }
         _ => b.name(),
     })
 }
@@ -76,22 +85,68 @@ pub struct AutoChoice {
     pub gpu: bool,
 }
 
-static AUTO: std::sync::OnceLock<(u32, AutoChoice)> = std::sync::OnceLock::new();
+type Decision = std::sync::OnceLock<(u32, AutoChoice)>;
 
-/// The choice of "auto", made on first use and cached for the process (a forked child that
-/// inherited a GPU choice decides again: it cannot use its parent's GPU).
+/// Per method (`Method as usize`): the decision and the process that made it.
+static AUTO: [Decision; 2] = [Decision::new(), Decision::new()];
+/// The same, made again in a forked child.
+static CHILD: [std::sync::OnceLock<AutoChoice>; 2] = [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+
+/// "auto"'s choice for min/max quantization (and dequantization): [`auto_for`] `MinMax`.
 pub fn auto() -> &'static AutoChoice {
-    let (pid, choice) = AUTO.get_or_init(|| (std::process::id(), decide()));
+    auto_for(Method::MinMax)
+}
+
+/// The choice of "auto" for `method`, made on first use and cached for the process (a forked
+/// child that inherited a GPU choice decides again: it cannot use its parent's GPU).
+pub fn auto_for(method: Method) -> &'static AutoChoice {
+    let (pid, choice) = AUTO[method as usize].get_or_init(|| (std::process::id(), decide(method)));
     if *pid == std::process::id() {
         return choice;
     }
     // A forked child: `decide` sees the parent's GPU state and picks the CPU when it must.
-    static CHILD: std::sync::OnceLock<AutoChoice> = std::sync::OnceLock::new();
-    CHILD.get_or_init(decide)
+    CHILD[method as usize].get_or_init(|| decide(method))
+}
+
+/// The choice for `method` if this process has made it already.
+fn decided(method: Method) -> Option<&'static AutoChoice> {
+    match AUTO[method as usize].get() {
+        Some((pid, choice)) if *pid == std::process::id() => Some(choice),
+        Some(_) => CHILD[method as usize].get(),
+        None => None,
+    }
+}
+
+/// "auto" as a backend: each run of consecutive jobs with the same method goes to that
+/// method's choice, in order (an error stops the call, as in every backend).
+struct Auto;
+
+static AUTO_BACKEND: Auto = Auto;
+
+impl Backend for Auto {
+    fn name(&self) -> String {
+        auto().backend.name()
+    }
+
+    fn quantize(&self, jobs: &mut [QuantJob<'_>]) -> Result<()> {
+        let mut rest = jobs;
+        while let Some(first) = rest.first() {
+            let method = first.layout.method;
+            let n = rest.iter().take_while(|j| j.layout.method == method).count();
+            let (run, tail) = rest.split_at_mut(n);
+            auto_for(method).backend.quantize(run)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    fn dequantize(&self, jobs: &mut [DequantJob<'_>]) -> Result<()> {
+        auto().backend.dequantize(jobs)
+    }
 }
 
 #[cfg(feature = "gpu")]
-fn decide() -> AutoChoice {
+fn decide(method: Method) -> AutoChoice {
     use crate::gpu::AutoCandidate;
     let cpu = |reason: String| AutoChoice { backend: &CPU, reason, gpu: false };
     if crate::gpu::inherited_from_parent() {
@@ -109,7 +164,7 @@ fn decide() -> AutoChoice {
     if software {
         return AutoChoice { backend: &AUTO_GPU, reason: format!("software adapter allowed by {}=1", crate::gpu::ALLOW_SOFTWARE_ENV), gpu: true };
     }
-    match probe::race(&CPU, gpu) {
+    match probe::race(&CPU, gpu, method) {
         Ok(r) if r.gpu_faster() => AutoChoice { backend: &AUTO_GPU, reason: format!("measured faster: {r}"), gpu: true },
         Ok(r) => cpu(format!("measured faster: {r}")),
         Err(e) => cpu(format!("the GPU failed its measurement: {e}")),
@@ -117,7 +172,7 @@ fn decide() -> AutoChoice {
 }
 
 #[cfg(not(feature = "gpu"))]
-fn decide() -> AutoChoice {
+fn decide(_: Method) -> AutoChoice {
     AutoChoice { backend: &CPU, reason: "built without the 'gpu' feature".into(), gpu: false }
 }
 

@@ -6,7 +6,7 @@ use arrow_quant_v2::backend::{Backend, QuantJob};
 use arrow_quant_v2::cpu::CpuBackend;
 use arrow_quant_v2::device::{auto, backend, describe, gpu_with_fallback, probe, Device};
 use arrow_quant_v2::gpu::GpuBackend;
-use arrow_quant_v2::{BitWidth, GroupLayout, QuantConfig, QuantError};
+use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantConfig, QuantError};
 
 /// The tests take turns: one of them destroys the shared device.
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -52,6 +52,8 @@ fn auto_picks_the_faster_path_and_says_why() {
         assert!(!choice.gpu, "{}", choice.reason);
         assert!(text.starts_with("cpu ("), "{text}");
         assert!(choice.reason.contains("software adapter"), "{}", choice.reason);
+        let lsq = arrow_quant_v2::device::auto_for(Method::Lsq);
+        assert!(!lsq.gpu && lsq.reason.contains("software adapter"), "{}", lsq.reason);
     }
     if choice.gpu && !forced {
         assert!(choice.reason.starts_with("measured faster"), "{}", choice.reason);
@@ -64,13 +66,32 @@ fn auto_picks_the_faster_path_and_says_why() {
 fn the_race_measures_both_paths() {
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let Some(g) = gpu() else { return };
-    let r = probe::race_on(&CpuBackend::new(), g, 1 << 20).unwrap();
+    let r = probe::race_on(&CpuBackend::new(), g, 1 << 20, Method::MinMax).unwrap();
     eprintln!("{r}");
     assert!(r.cpu_s > 0.0 && r.gpu_s > 0.0 && r.cpu_s.is_finite() && r.gpu_s.is_finite());
     assert_eq!(r.bytes, 4 << 20);
     assert!(r.to_string().contains(" GB/s"), "{r}");
     if g.is_software() {
         assert!(!r.gpu_faster(), "a software adapter measured faster than the CPU path: {r}");
+    }
+}
+
+/// The search has its own race (lsq is compute-bound: the GPU may win it where it loses
+/// min/max), on the same terms; an adapter that cannot run lsq exactly refuses it instead.
+#[test]
+fn the_race_measures_the_search_too() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(g) = gpu() else { return };
+    match probe::race_on(&CpuBackend::new(), g, 1 << 16, Method::Lsq) {
+        Ok(r) => {
+            eprintln!("{r}");
+            assert!(r.cpu_s > 0.0 && r.gpu_s > 0.0 && r.to_string().ends_with("group 128, lsq)"), "{r}");
+            if g.is_software() {
+                assert!(!r.gpu_faster(), "a software adapter measured faster than the CPU path: {r}");
+            }
+        }
+        Err(QuantError::Unsupported(m)) => assert!(m.contains("subnormal"), "{m}"),
+        Err(e) => panic!("{e}"),
     }
 }
 

@@ -186,11 +186,26 @@ fn the_gpu_gives_the_reference_bytes() {
 #[cfg(feature = "gpu")]
 #[test]
 fn the_gpu_runs_mixed_methods_in_one_call() {
-    use arrow_quant_v2::backend::QuantJob;
     let Some(g) = gpu() else { return };
     if !g.1 {
         return;
     }
+    assert_mixed_methods_give_the_reference(g.0);
+}
+
+/// "auto" decides per method; a call with both methods runs each run of jobs where its method
+/// went, with the reference's bytes, and the description then gives both decisions.
+#[test]
+fn auto_runs_mixed_methods_in_one_call() {
+    use arrow_quant_v2::device::{auto_for, backend, describe, Device};
+    assert_mixed_methods_give_the_reference(backend(Device::Auto).unwrap());
+    let text = describe(Device::Auto).unwrap();
+    assert!(text.contains(&format!("; lsq: {}: {}]", auto_for(Method::Lsq).backend.name(), auto_for(Method::Lsq).reason)), "{text}");
+}
+
+/// lsq, min/max and lsq jobs in one call on `b`: each gives the reference's bytes.
+fn assert_mixed_methods_give_the_reference(b: &dyn Backend) {
+    use arrow_quant_v2::backend::QuantJob;
     let layouts = [lsq_layout(8, 300, BitWidth::B4, 64), GroupLayout { method: Method::MinMax, ..lsq_layout(8, 300, BitWidth::B4, 64) }, lsq_layout(3, 100, BitWidth::B2, 8)];
     let ws: Vec<Vec<f32>> = layouts.iter().enumerate().map(|(i, l)| gaussian(l.n_elements(), i as u64 + 1)).collect();
     let mut outs: Vec<(Vec<u8>, Vec<f32>, Vec<f32>)> = layouts.iter().map(|l| (vec![0; l.packed_len()], vec![0.0; l.n_groups()], vec![0.0; l.n_groups()])).collect();
@@ -200,7 +215,7 @@ fn the_gpu_runs_mixed_methods_in_one_call() {
         .zip(&layouts)
         .map(|(((p, s, z), w), &layout)| QuantJob { name: "t", weights: w, layout, packed: p, scales: s, zero_points: z })
         .collect();
-    g.0.quantize(&mut jobs).unwrap();
+    b.quantize(&mut jobs).unwrap();
     drop(jobs);
     for ((w, l), (p, s, z)) in ws.iter().zip(&layouts).zip(&outs) {
         let want = reference_quantize(w, *l);

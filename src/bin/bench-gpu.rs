@@ -182,6 +182,8 @@ fn main() {
         }
     }
     let auto = arrow_quant_v2::device::auto();
+    // The search's own decision (its own probe), where it was benchmarked.
+    let auto_lsq = args.methods.iter().any(|m| m == "lsq").then(|| arrow_quant_v2::device::auto_for(Method::Lsq));
     let doc = serde_json::json!({
         "adapter": gpu.adapter(),
         "software": gpu.is_software(),
@@ -189,6 +191,7 @@ fn main() {
         "lsq_denorm_preserve": gpu.denorm_preserve(),
         "lsq_refused": lsq_refused,
         "auto": { "gpu": auto.gpu, "reason": auto.reason },
+        "auto_lsq": auto_lsq.map(|a| serde_json::json!({ "gpu": a.gpu, "reason": a.reason })),
         "iters": args.iters,
         "statistic": "best",
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
@@ -203,6 +206,9 @@ fn main() {
         println!("adapter: {}{}", gpu.adapter(), if gpu.is_software() { " [software]" } else { "" });
         println!("cpu: {}", cpu.name());
         println!("auto: {} ({})", if auto.gpu { "gpu" } else { "cpu" }, auto.reason);
+        if let Some(a) = auto_lsq {
+            println!("auto for lsq: {} ({})", if a.gpu { "gpu" } else { "cpu" }, a.reason);
+        }
         println!("lsq kernel: {}", if gpu.denorm_preserve() { "SPIR-V with DenormPreserve" } else { "WGSL (the device's subnormal default)" });
         if let Some(why) = &lsq_refused {
             println!("lsq: refused on this adapter, no lsq rows ({why})");

@@ -10,12 +10,18 @@ use std::time::Instant;
 
 use crate::backend::{Backend, QuantJob};
 use crate::error::Result;
-use crate::quant::{BitWidth, GroupLayout, QuantConfig};
+use crate::quant::{BitWidth, GroupLayout, Method, QuantConfig};
 
 /// 4 Mi f32 (16 MiB): big enough that both paths run at their streaming rate (the GPU's fixed
 /// cost per call is a small part of it), small enough that a round of both stays in a few ms
-/// on the hardware this is for.
-const PROBE_ELEMENTS: usize = 1 << 22;
+/// on the hardware this is for. The search costs about 8x more per element, so its probe is a
+/// quarter of that (2 ms a side on an H200 machine's 16 cores).
+fn probe_elements(method: Method) -> usize {
+    match method {
+        Method::MinMax => 1 << 22,
+        Method::Lsq => 1 << 20,
+    }
+}
 /// Timed rounds stop once this much time was spent (after at least one).
 const BUDGET_S: f64 = 0.05;
 const MAX_ROUNDS: usize = 3;
@@ -29,6 +35,7 @@ pub struct Race {
     pub gpu_s: f64,
     pub bytes: usize,
     pub gpu_name: String,
+    pub method: Method,
 }
 
 impl Race {
@@ -45,11 +52,12 @@ impl fmt::Display for Race {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "cpu {:.1} GB/s, {} {:.1} GB/s, on a {} MiB probe (4-bit, group 128)",
+            "cpu {:.1} GB/s, {} {:.1} GB/s, on a {} MiB probe (4-bit, group 128, {})",
             self.gbs(self.cpu_s),
             self.gpu_name,
             self.gbs(self.gpu_s),
-            self.bytes >> 20
+            self.bytes >> 20,
+            self.method.name()
         )
     }
 }
@@ -63,10 +71,10 @@ struct Probe {
 }
 
 impl Probe {
-    fn new(n: usize) -> Self {
+    fn new(n: usize, method: Method) -> Self {
         // Any finite values do: the work per element does not depend on them.
         let weights: Vec<f32> = (0..n).map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) & 0xffff) as f32 / 65536.0 - 0.5).collect();
-        let layout = GroupLayout::new(n / 4096, 4096, QuantConfig::new(BitWidth::B4, 128).expect("a valid config"));
+        let layout = GroupLayout::new(n / 4096, 4096, QuantConfig::new(BitWidth::B4, 128).expect("a valid config").with_method(method));
         Self { packed: vec![0; layout.packed_len()], scales: vec![0.0; layout.n_groups()], zero_points: vec![0.0; layout.n_groups()], weights, layout }
     }
 
@@ -86,13 +94,13 @@ impl Probe {
 
 /// Times `cpu` and `gpu` on the probe tensor: one untimed warm-up each (buffers, page faults,
 /// thread wake-up), then alternating timed rounds, keeping each side's best.
-pub fn race(cpu: &dyn Backend, gpu: &dyn Backend) -> Result<Race> {
-    race_on(cpu, gpu, PROBE_ELEMENTS)
+pub fn race(cpu: &dyn Backend, gpu: &dyn Backend, method: Method) -> Result<Race> {
+    race_on(cpu, gpu, probe_elements(method), method)
 }
 
 /// [`race`] on a probe of `n` elements (a multiple of 4096).
-pub fn race_on(cpu: &dyn Backend, gpu: &dyn Backend, n: usize) -> Result<Race> {
-    let (mut c, mut g) = (Probe::new(n), Probe::new(n));
+pub fn race_on(cpu: &dyn Backend, gpu: &dyn Backend, n: usize, method: Method) -> Result<Race> {
+    let (mut c, mut g) = (Probe::new(n, method), Probe::new(n, method));
     c.time(cpu)?;
     g.time(gpu)?;
     let start = Instant::now();
@@ -104,5 +112,5 @@ pub fn race_on(cpu: &dyn Backend, gpu: &dyn Backend, n: usize) -> Result<Race> {
             break;
         }
     }
-    Ok(Race { cpu_s, gpu_s, bytes: n * 4, gpu_name: gpu.name() })
+    Ok(Race { cpu_s, gpu_s, bytes: n * 4, gpu_name: gpu.name(), method })
 }
