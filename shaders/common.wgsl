@@ -115,6 +115,20 @@ fn unpack(b: u32) -> Unpacked {
     return Unpacked((b & MANT) | HIDDEN, i32(e) - 150);
 }
 
+// `sh` more quotient bits of long division by `b`: (r << sh) / b, exactly, in integers.
+struct DivStep {
+    q: u32,
+    r: u32,
+}
+
+fn div_step(q: u32, r: u32, b: u32, sh: u32) -> DivStep {
+    let x = r << sh;
+    let d = x / b;
+    return DivStep((q << sh) | d, x - d * b);
+}
+
+// softfloat::div_rn: the quotient's first 25 bits in four integer steps of 7, 8, 8 and 1 bits
+// (every shifted remainder stays below 2^32), then one rounding.
 fn div_rn(a_sig: u32, a_exp: i32, b_sig: u32, b_exp: i32) -> u32 {
     var r = a_sig;
     var e = a_exp - b_exp;
@@ -122,16 +136,12 @@ fn div_rn(a_sig: u32, a_exp: i32, b_sig: u32, b_exp: i32) -> u32 {
         r = r << 1u;
         e = e - 1;
     }
-    var q = 0u;
-    for (var i = 0u; i < 25u; i = i + 1u) {
-        q = q << 1u;
-        if r >= b_sig {
-            r = r - b_sig;
-            q = q | 1u;
-        }
-        r = r << 1u;
-    }
-    let sticky = r != 0u;
+    var d = div_step(0u, r, b_sig, 7u);
+    d = div_step(d.q, d.r, b_sig, 8u);
+    d = div_step(d.q, d.r, b_sig, 8u);
+    d = div_step(d.q, d.r, b_sig, 1u);
+    let q = d.q;
+    let sticky = d.r != 0u;
     let be = e + 127;
     if be >= 255 {
         return INF_BITS;

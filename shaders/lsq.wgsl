@@ -101,6 +101,11 @@ fn lsq_lane_evaluate(start: u32, n: u32, lane: u32, g: Grid, max_code: f32) -> E
     return r;
 }
 
+// Whether the code sums (the fit's inputs) of two evaluations are the same floats.
+fn same_bits(a: Evaluation, b: Evaluation) -> bool {
+    return bitcast<u32>(a.sq) == bitcast<u32>(b.sq) && bitcast<u32>(a.sqq) == bitcast<u32>(b.sqq) && bitcast<u32>(a.sqw) == bitcast<u32>(b.sqw);
+}
+
 // Sum k of the 16 lanes whose partials start at xch[b] (lane j at b + 4j + k), folded as
 // lsq::fold does: l[j] + l[j + h] for h = 8, 4, 2, 1.
 fn lsq_fold_part(b: u32, k: u32) -> f32 {
@@ -218,11 +223,14 @@ fn lsq_tile(t: Tile, lid: u32, max_code: u32) {
             }
             let now = lsq_share(lid, b, mine);
             if run {
-                last = now;
                 if lt_bits(bitcast<u32>(now.sse), bitcast<u32>(best_sse)) {
                     best = g;
                     best_sse = now.sse;
                 }
+                // A fixed point (lsq::refine_batch): the code sums repeat, so every later fit
+                // and evaluation would too, and none can beat `best_sse`.
+                run = !same_bits(now, last);
+                last = now;
             }
         }
         if refined && lane == 0u {
