@@ -6,7 +6,8 @@ use arrow_quant_v2::backend::{Backend, DequantJob, QuantJob};
 use arrow_quant_v2::cpu::CpuBackend;
 use arrow_quant_v2::device::{backend, Device};
 use arrow_quant_v2::quant::reference;
-use arrow_quant_v2::{BitWidth, GroupLayout, QuantConfig};
+use arrow_quant_v2::gpu::GpuBackend;
+use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantConfig};
 
 fn gpu() -> Option<&'static dyn Backend> {
     match backend(Device::Gpu) {
@@ -459,11 +460,16 @@ fn converter_on_the_gpu_writes_the_cpu_file() {
     let views: Vec<(&str, TensorView)> =
         tensors.iter().map(|(n, s, d)| (n.as_str(), TensorView::new(safetensors::Dtype::BF16, s.clone(), d).unwrap())).collect();
     safetensors::serialize_to_file(views, None, &src).unwrap();
-    let mut files = Vec::new();
-    for device in [Device::Cpu, Device::Gpu] {
-        let dst = dir.path().join(format!("{device:?}.arrow"));
-        convert(&src, &dst, &Options { device, ..Options::default() }, &mut NoProgress).unwrap();
-        files.push(std::fs::read(&dst).unwrap());
+    // The search too, where the adapter runs it (lavapipe must: `lsq` tests).
+    let lsq = GpuBackend::shared().unwrap().subnormal_flush().unwrap().is_none();
+    for method in [Method::MinMax, Method::Lsq].into_iter().filter(|&m| m == Method::MinMax || lsq) {
+        let mut files = Vec::new();
+        for device in [Device::Cpu, Device::Gpu] {
+            let dst = dir.path().join(format!("{device:?}-{}.arrow", method.name()));
+            let config = Options::default().config.with_method(method);
+            convert(&src, &dst, &Options { device, config, ..Options::default() }, &mut NoProgress).unwrap();
+            files.push(std::fs::read(&dst).unwrap());
+        }
+        assert!(files[0] == files[1], "the GPU conversion ({}) differs from the CPU one", method.name());
     }
-    assert!(files[0] == files[1], "the GPU conversion differs from the CPU one");
 }
