@@ -14,10 +14,11 @@ use super::plan::Caps;
 
 pub fn caps(ctx: &GpuContext) -> Caps {
     let binding = (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size);
-    // Elements per chunk (`chunk_elems`): 16 Mi (64 MiB of f32) on a hardware adapter, where
-    // an H200 machine moved 28 GB/s host → device with 64 MiB chunks against 20 with 16 MiB
-    // (and the whole path 15.5 against 11.8 GB/s); with three sets in flight that is about
-    // 0.5 GiB of buffers. 4 Mi on a software adapter: the most lavapipe runs exactly, since it
+    // Elements per chunk (`chunk_elems`): 4 Mi (16 MiB of f32). On an H200 machine 64 MiB
+    // chunks moved more per second on calls of 256 MiB and up (upload 28 against 20 GB/s, the
+    // whole path 14 against 11.6) but less on smaller ones (a 16 MiB call 2.9 against 11 GB/s,
+    // 64 MiB 7 against 15), and ran the lsq kernel at half speed; `CHUNK_MIB_ENV` picks
+    // another size for a hardware adapter. 16 MiB is also the most lavapipe runs exactly: it
     // stops every loop of an invocation after 65,535 iterations in all, and a one-group chunk
     // of 4 Mi elements takes about 23,000 per invocation (see `shaders/quantize.wgsl`).
     let elems = (binding / 4).min(chunk_elems(ctx.is_software()) as u64) as usize;
@@ -27,9 +28,9 @@ pub fn caps(ctx: &GpuContext) -> Caps {
     Caps { elems, groups, words, segs }
 }
 
-/// Set to a number of MiB of f32 input per GPU chunk (1 to 1024; default 64) to trade device
-/// memory for fewer, longer kernel launches and copies, on a hardware adapter. Software
-/// adapters always take 16 (the llvmpipe loop limit, in `caps`).
+/// Set to a number of MiB of f32 input per GPU chunk (1 to 1024; default 16) on a hardware
+/// adapter: larger chunks pay off on very large calls (see `caps`). Software adapters always
+/// take 16 (the llvmpipe loop limit).
 pub const CHUNK_MIB_ENV: &str = "ARROW_QUANT_GPU_CHUNK_MIB";
 
 fn chunk_elems(software: bool) -> usize {
@@ -37,7 +38,7 @@ fn chunk_elems(software: bool) -> usize {
         return 4 << 20;
     }
     let mib = std::env::var(CHUNK_MIB_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&m| (1..=1024).contains(&m));
-    mib.unwrap_or(64) << 18
+    mib.unwrap_or(16) << 18
 }
 
 pub fn buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {
