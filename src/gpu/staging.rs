@@ -116,6 +116,11 @@ pub struct Upload {
 /// Bytes each worker copies into an upload buffer at a time.
 pub const FILL_BLOCK: usize = 1 << 20;
 
+/// Bytes of a fill per thread at least: each thread is spawned for one fill, and on the H200
+/// machine a chunk cost about 0.4 ms beyond its copy, which 16 spawns per 16 MiB chunk
+/// would explain; four threads still copy faster than PCIe moves the data.
+const FILL_PER_THREAD: usize = 4 << 20;
+
 impl Upload {
     pub fn new(ctx: &GpuContext, label: &str, size: u64) -> Self {
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -144,7 +149,7 @@ impl Upload {
             // Plain scoped threads, not the rayon pool: the caller holds the GPU backend's
             // lock, and a rayon worker waiting for its fill tasks would steal other work (say
             // another tensor of the converter) that waits for that same lock: a deadlock.
-            let threads = crate::threads::num_threads().min(blocks.len());
+            let threads = crate::threads::num_threads().min(len.div_ceil(FILL_PER_THREAD)).min(blocks.len());
             if threads > 1 {
                 let per = blocks.len().div_ceil(threads);
                 let mut blocks = blocks.into_iter().enumerate();
