@@ -25,8 +25,9 @@ def quantize_arrow(
     ``method="lsq"`` refines each group's scale and zero point by alternating least squares
     (same format, lower error, 8-11x the compute of min/max on a CPU; defined in ``src/quant/lsq.rs`` and
     ``arrow_quant_v2.reference``); its tables add a `method` column and a ``method`` metadata
-    entry. The GPU gives the same bytes as the CPU; on an adapter that flushes subnormal floats
-    ``device="gpu"`` raises NotImplementedError for it, and ``"auto"`` uses the CPU."""
+    entry. The GPU gives the same bytes as the CPU; on an adapter that cannot keep subnormal
+    floats ``device="gpu"`` raises NotImplementedError for it, and ``"auto"`` uses the CPU;
+    ``"auto"`` picks the device for lsq by its own measurement."""
 
 def quantize_arrow_batch(
     batch: Any, *, bit_width: int = 4, group_size: int = 128, device: Device = "auto", method: Method = "minmax"
@@ -55,7 +56,9 @@ def backend_name(device: Device = "auto") -> str:
     """The backend `device` resolves to, e.g. ``"cpu (rayon, 2 threads, avx512)"``; for
     ``"auto"`` followed by why (``"[auto: measured faster: cpu 41.2 GB/s, gpu (…) 9.8 GB/s …]"``).
     The first ``"auto"`` in a process looks for a GPU and, if it finds a hardware one, times
-    both paths on a 16 MiB probe (cached for the process)."""
+    both paths on a 16 MiB probe (cached for the process); the first ``method="lsq"`` call
+    under ``"auto"`` races the search on its own 4 MiB probe, and its decision is appended
+    (``"; lsq: …"``)."""
 
 def set_num_threads(n: int) -> None:
     """Worker threads for every later call in this process; 0 restores the default
