@@ -146,8 +146,25 @@ fn lsq_conversion_matches_the_table_path_and_min_cosine_tries_it_first() {
         }
         let before = minmax.iter().find(|r| r.name == name).unwrap();
         assert!(r.stats.snr_db() > before.stats.snr_db(), "{name}: lsq {} dB vs minmax {} dB", r.stats.snr_db(), before.stats.snr_db());
+        // The report's comparison is exactly the min/max conversion's own measurement.
+        assert_eq!(r.minmax_stats, Some(before.stats), "{name}");
+        assert_eq!(before.minmax_stats, None, "{name}");
     }
     assert!(affine >= 2);
+    // The report table carries both SNRs (min/max's null where no search ran); the summary says
+    // what the search bought overall.
+    let table = arrow_quant_v2::model::arrow_out::report_batch(&lsq);
+    let col = |c: &str| table.column_by_name(c).unwrap().as_any().downcast_ref::<arrow_array::Float64Array>().unwrap().clone();
+    let (snr, snr_minmax) = (col("snr_db"), col("snr_db_minmax"));
+    for (i, r) in lsq.iter().enumerate() {
+        assert_eq!(snr_minmax.is_null(i), r.method != "lsq", "{}", r.name);
+        if r.method == "lsq" {
+            assert!(snr.value(i) > snr_minmax.value(i), "{}", r.name);
+        }
+    }
+    let summary = arrow_quant_v2::model::arrow_out::summary_table(&lsq);
+    assert!(summary.contains(&format!("lsq: {affine} tensors, SNR ")) && summary.contains("with min/max at the same widths (+"), "{summary}");
+    assert!(!arrow_quant_v2::model::arrow_out::summary_table(&minmax).contains("lsq:"));
 
     // A threshold 2-bit min/max misses on proj.weight but 2-bit lsq reaches.
     let proj = |reports: &[arrow_quant_v2::model::TensorReport]| reports.iter().find(|r| r.name == "proj.weight").unwrap().clone();

@@ -132,8 +132,9 @@ def quantize_model(
     ("affine", a GGUF type such as "Q4_K", "Q8_0", "F16", "F32", or "skipped"), `method`
     ("minmax" or "lsq" for affine tensors, else empty), `bit_width`,
     `reason`, `n_elements`, `source_bytes`, `output_bytes`, `cosine`, `relative_mse`,
-    `snr_db`, `max_abs_error`. Raises ValueError for bad options or corrupt models, OSError for
-    missing or unreadable files."""
+    `snr_db`, `max_abs_error`, and for tensors quantized with ``method="lsq"`` what min/max
+    gives in the same layout, `cosine_minmax` and `snr_db_minmax` (null for the others). Raises
+    ValueError for bad options or corrupt models, OSError for missing or unreadable files."""
 
 quantize_safetensors = quantize_model  # the earlier name
 

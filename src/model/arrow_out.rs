@@ -183,9 +183,11 @@ impl ArrowSink {
     }
 }
 
-/// The quality report: one row per tensor.
+/// The quality report: one row per tensor. `cosine_minmax` and `snr_db_minmax` (null unless the
+/// tensor used `method="lsq"`) are what min/max gives in the same layout.
 pub fn report_batch(reports: &[TensorReport]) -> RecordBatch {
     let f64s = |f: fn(&TensorReport) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(reports.iter().map(f))) };
+    let minmax = |f: fn(&crate::quant::metrics::ErrorStats) -> f64| -> ArrayRef { Arc::new(reports.iter().map(|r| r.minmax_stats.as_ref().map(f)).collect::<Float64Array>()) };
     let u64s = |f: fn(&TensorReport) -> u64| -> ArrayRef { Arc::new(UInt64Array::from_iter_values(reports.iter().map(f))) };
     let strs = |f: fn(&TensorReport) -> &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(reports.iter().map(f))) };
     let schema = Schema::new(vec![
@@ -203,6 +205,8 @@ pub fn report_batch(reports: &[TensorReport]) -> RecordBatch {
         Field::new("relative_mse", DataType::Float64, false),
         Field::new("snr_db", DataType::Float64, false),
         Field::new("max_abs_error", DataType::Float64, false),
+        Field::new("cosine_minmax", DataType::Float64, true),
+        Field::new("snr_db_minmax", DataType::Float64, true),
     ]);
     let columns: Vec<ArrayRef> = vec![
         strs(|r| &r.name),
@@ -219,6 +223,8 @@ pub fn report_batch(reports: &[TensorReport]) -> RecordBatch {
         f64s(|r| r.stats.relative_mse()),
         f64s(|r| r.stats.snr_db()),
         f64s(|r| r.stats.max_abs_error),
+        minmax(|s| s.cosine()),
+        minmax(|s| s.snr_db()),
     ];
     RecordBatch::try_new(Arc::new(schema), columns).expect("report columns match the schema")
 }
@@ -286,6 +292,19 @@ pub fn summary_table(reports: &[TensorReport]) -> String {
             let bpw = if elems == 0 { 0.0 } else { bytes as f64 * 8.0 / elems as f64 };
             let _ = writeln!(s, "  {f:>7}: {n:>4} tensors, {bytes:>12} bytes, {bpw:6.3} bits/weight, SNR {:7.2} dB", stats.snr_db());
         }
+    }
+    // What the search bought, over the tensors that used it.
+    let searched: Vec<_> = reports.iter().filter_map(|r| r.minmax_stats.map(|m| (r.stats, m))).collect();
+    if !searched.is_empty() {
+        let (lsq, minmax) = searched.iter().fold(Default::default(), |(a, b): (crate::quant::metrics::ErrorStats, crate::quant::metrics::ErrorStats), (x, y)| (a.merge(*x), b.merge(*y)));
+        let _ = writeln!(
+            s,
+            "lsq: {} tensors, SNR {:.2} dB against {:.2} dB with min/max at the same widths ({:+.2} dB)",
+            searched.len(),
+            lsq.snr_db(),
+            minmax.snr_db(),
+            lsq.snr_db() - minmax.snr_db()
+        );
     }
     s
 }

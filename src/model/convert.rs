@@ -203,6 +203,9 @@ pub struct TensorReport {
     pub output_bytes: u64,
     /// Original vs. what the output decodes to.
     pub stats: ErrorStats,
+    /// For a tensor quantized with `method="lsq"`: what min/max gives at the same width and
+    /// group size, so the report shows what the search bought. `None` otherwise.
+    pub minmax_stats: Option<ErrorStats>,
 }
 
 /// Progress of a conversion. `advance` may fail (a Python callback raising, Ctrl-C); the
@@ -242,7 +245,8 @@ enum ArrowTensor {
     Skipped,
     /// Kept in high precision (F16/F32).
     Kept(GgmlType, gguf_out::Encoded),
-    Affine(QuantizedTensor, ErrorStats),
+    /// The tensor, its error, and (lsq) the error min/max gives in the same layout.
+    Affine(QuantizedTensor, ErrorStats, Option<ErrorStats>),
 }
 
 fn default_arch(root: &Path) -> String {
@@ -358,6 +362,7 @@ fn new_report(t: &SourceTensor, reason: &str) -> TensorReport {
         source_bytes: t.bytes,
         output_bytes: 0,
         stats: ErrorStats::default(),
+        minmax_stats: None,
     }
 }
 
@@ -606,7 +611,18 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                         Some(m) if opts.cosine_policy == CosinePolicy::Fail && stats.cosine() < m => {
                             Err(QuantError::BelowThreshold { layer: t.name.clone(), bits: q.layout.bit_width.bits() as u8, cosine: stats.cosine(), threshold: m })
                         }
-                        _ => Ok(ArrowTensor::Affine(q, stats)),
+                        _ => {
+                            // What the search bought: min/max on the same layout, measured
+                            // the same way (one more pass, about 1/8 of the search's cost).
+                            let minmax = match q.layout.method {
+                                Method::Lsq => {
+                                    let layout = GroupLayout { method: Method::MinMax, ..q.layout };
+                                    Some(QuantizedTensor::quantize_measured(backend, &t.name, values, layout)?.1)
+                                }
+                                Method::MinMax => None,
+                            };
+                            Ok(ArrowTensor::Affine(q, stats, minmax))
+                        }
                     }
                 }
                 Action::Skip => unreachable!("skipped tensors are not loaded"),
@@ -622,7 +638,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                     report.written(k.name(), k.code_bits(), e.data.len(), e.stats);
                     sink.write_kept(&report, k, e.data)?;
                 }
-                ArrowTensor::Affine(q, stats) => {
+                ArrowTensor::Affine(q, stats, minmax) => {
                     if let Some(m) = opts.min_cosine {
                         if stats.cosine() < m {
                             report.reason = format!("{}; even 8 bits give cosine {:.6} < {m}", report.reason, stats.cosine());
@@ -630,6 +646,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
                     }
                     report.written("affine", q.layout.bit_width.bits() as u8, q.packed.len() + 8 * q.scales.len(), stats);
                     report.method = q.layout.method.name().into();
+                    report.minmax_stats = minmax;
                     sink.write_affine(&report, q)?;
                 }
             }

@@ -98,6 +98,21 @@ def test_auto_says_why():
         assert "software adapter" in name, name
 
 
+def test_auto_decides_the_search_on_its_own():
+    # A process that never ran lsq has made no lsq decision; its first lsq call under "auto"
+    # makes one, and backend_name("auto") then gives both.
+    code = (
+        "import arrow_quant_v2 as aq, numpy as np, pyarrow as pa\n"
+        "t = pa.table({'layer_name': ['x'], 'weights': pa.array([np.linspace(-1, 1, 4096, dtype=np.float32)], pa.list_(pa.float32()))})\n"
+        "print(aq.backend_name('auto')); aq.quantize_arrow(t, device='auto', method='lsq'); print(aq.backend_name('auto'))"
+    )
+    before, after = run_in_subprocess(code).stdout.strip().splitlines()
+    assert "; lsq: " not in before and "; lsq: " in after, after
+    assert after.startswith(before[:-1]), (before, after)
+    if software_only():
+        assert "; lsq: cpu (" in after and "software adapter" in after.split("; lsq: ")[1], after
+
+
 def test_starting_the_gpu_prints_nothing():
     # Mesa's device-select layer used to print "XDG_RUNTIME_DIR is invalid" twice per process
     # on machines without a display session (CI has none: XDG_RUNTIME_DIR is unset here).

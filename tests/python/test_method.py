@@ -93,3 +93,26 @@ def test_lsq_meets_the_quality_targets_on_minilm():
             back = aq.dequantize_arrow(q, device="cpu").column("weights").combine_chunks().flatten().to_numpy()
             snr[method] = snr_db(w, back)
         assert snr["lsq"] - snr["minmax"] >= target, (bits, gs, snr)
+
+
+def test_the_model_report_shows_what_the_search_bought(tmp_path):
+    """quantize_model(method="lsq") measures every quantized tensor under min/max too, in the
+    same layout: the report's `snr_db_minmax` / `cosine_minmax`, null where no search ran."""
+    import os
+
+    import llama_models
+
+    src = os.path.join(llama_models.minilm_dir(), "model.safetensors")
+    lsq = aq.quantize_model(src, tmp_path / "lsq.arrow", method="lsq", device="cpu").to_pylist()
+    searched = [r for r in lsq if r["method"] == "lsq"]
+    assert len(searched) >= 39
+    for r in lsq:
+        assert (r["snr_db_minmax"] is None) == (r["method"] != "lsq"), r["name"]
+    for r in searched:
+        assert r["snr_db"] > r["snr_db_minmax"] and r["cosine"] >= r["cosine_minmax"], r
+    plain = aq.quantize_model(src, tmp_path / "minmax.arrow", device="cpu").to_pylist()
+    by_name = {r["name"]: r for r in plain}
+    for r in searched:
+        # Exactly the min/max conversion's own figures.
+        assert r["snr_db_minmax"] == by_name[r["name"]]["snr_db"], r["name"]
+        assert by_name[r["name"]]["snr_db_minmax"] is None
