@@ -46,8 +46,9 @@ def dequantize_arrow_batch(
 ) -> Union[pa.RecordBatch, pa.Table]:
     """Like :func:`dequantize_arrow`, returning the kind it was given."""
 
-def quantized_schema(group_size: int = 128) -> pa.Schema:
-    """The schema :func:`quantize_arrow` returns."""
+def quantized_schema(group_size: int = 128, method: Method = "minmax") -> pa.Schema:
+    """The schema :func:`quantize_arrow` returns (with ``method="lsq"``: plus its `method`
+    column and metadata entry)."""
 
 def dequantized_schema() -> pa.Schema:
     """The schema :func:`dequantize_arrow` returns."""

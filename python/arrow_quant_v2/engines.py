@@ -17,11 +17,14 @@ from ._native import dequantize_arrow_batch, dequantized_schema, quantize_arrow_
 Op = Literal["quantize", "dequantize"]
 
 
-def quantize_batches(batches: Iterable[Any], *, bit_width: int = 4, group_size: int = 128, device: str = "auto") -> Iterator[pa.RecordBatch]:
+def quantize_batches(
+    batches: Iterable[Any], *, bit_width: int = 4, group_size: int = 128, device: str = "auto", method: str = "minmax"
+) -> Iterator[pa.RecordBatch]:
     """``quantize_arrow_batch`` over an iterator of batches, e.g.
-    ``df.mapInArrow(functools.partial(aq.quantize_batches, bit_width=4), aq.spark_ddl())``."""
+    ``df.mapInArrow(functools.partial(aq.quantize_batches, bit_width=4), aq.spark_ddl())``
+    (with ``method="lsq"``, declare ``spark_ddl(method="lsq")``: it has the `method` column)."""
     for b in batches:
-        yield quantize_arrow_batch(b, bit_width=bit_width, group_size=group_size, device=device)
+        yield quantize_arrow_batch(b, bit_width=bit_width, group_size=group_size, device=device, method=method)
 
 
 def dequantize_batches(batches: Iterable[Any], *, device: str = "auto", group_size: Any = None) -> Iterator[pa.RecordBatch]:
@@ -44,9 +47,9 @@ _SPARK_TYPES = {
 }
 
 
-def _schema(op: Op, group_size: int) -> pa.Schema:
+def _schema(op: Op, group_size: int, method: str = "minmax") -> pa.Schema:
     if op == "quantize":
-        return quantized_schema(group_size)
+        return quantized_schema(group_size, method)
     if op == "dequantize":
         return dequantized_schema()
     raise ValueError(f"op must be 'quantize' or 'dequantize', got {op!r}")
@@ -60,14 +63,14 @@ def _spark_type(t: pa.DataType) -> str:
     raise TypeError(f"no Spark type for Arrow type {t}")
 
 
-def spark_ddl(op: Op = "quantize", group_size: int = 128) -> str:
+def spark_ddl(op: Op = "quantize", group_size: int = 128, method: str = "minmax") -> str:
     """The Spark DDL of what ``quantize_batches`` (or ``dequantize_batches``) yields, for
-    ``df.mapInArrow(fn, spark_ddl())``."""
-    return ", ".join(f"{f.name} {_spark_type(f.type)}" for f in _schema(op, group_size))
+    ``df.mapInArrow(fn, spark_ddl())``; pass the ``method`` the batches are quantized with."""
+    return ", ".join(f"{f.name} {_spark_type(f.type)}" for f in _schema(op, group_size, method))
 
 
-def spark_schema(op: Op = "quantize", group_size: int = 128) -> Any:
+def spark_schema(op: Op = "quantize", group_size: int = 128, method: str = "minmax") -> Any:
     """The same as a ``pyspark.sql.types.StructType`` (needs pyspark; no session)."""
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    return from_arrow_schema(_schema(op, group_size))
+    return from_arrow_schema(_schema(op, group_size, method))

@@ -153,13 +153,15 @@ fn dequantize_arrow_batch<'py>(py: Python<'py>, batch: &Bound<'py, PyAny>, devic
     })
 }
 
-/// The schema `quantize_arrow` returns (for engines that declare output types up front).
+/// The schema `quantize_arrow` returns for `method` (for engines that declare output types up
+/// front): lsq's adds the `method` column and metadata entry.
 #[pyfunction]
-#[pyo3(name = "quantized_schema", signature = (group_size = 128))]
-fn quantized_schema_of(py: Python<'_>, group_size: i64) -> PyResult<Bound<'_, PyAny>> {
+#[pyo3(name = "quantized_schema", signature = (group_size = 128, method = "minmax"))]
+fn quantized_schema_of<'py>(py: Python<'py>, group_size: i64, method: &str) -> PyResult<Bound<'py, PyAny>> {
     guarded("quantized_schema", || {
-        let config = config(4, group_size, "minmax")?;
-        PySchema::new(quantized_schema(config.group_size, false)).into_pyarrow(py)
+        let config = config(4, group_size, method)?;
+        let schema = crate::arrow::schema::with_method(&quantized_schema(config.group_size, false), config.method)?;
+        PySchema::new(schema).into_pyarrow(py)
     })
 }
 

@@ -120,6 +120,23 @@ def test_output_schemas_up_front():
         aq.spark_ddl("encode")
 
 
+def test_output_schemas_up_front_for_the_search():
+    # method="lsq" adds a `method` column (and metadata entry): the declared schemas say so, and
+    # the batch function passes the method through.
+    t = aq.layers_table(layers(2))
+    q = list(aq.quantize_batches(t.to_batches(), group_size=64, device="cpu", method="lsq"))
+    want = aq.quantize_arrow(t, group_size=64, device="cpu", method="lsq")
+    assert pa.Table.from_batches(q).equals(want)
+    assert q[0].schema == aq.quantized_schema(64, "lsq") == want.schema
+    assert aq.quantized_schema(64, "lsq").names == aq.quantized_schema(64).names + ["method"]
+    assert aq.spark_ddl(method="lsq") == aq.spark_ddl() + ", method string"
+    from pyspark.sql.types import StringType
+
+    assert aq.spark_schema(method="lsq")["method"].dataType == StringType()
+    with pytest.raises(ValueError, match="unknown method 'l2'"):
+        aq.spark_ddl(method="l2")
+
+
 # ---- engines that drop the metadata ---------------------------------------------------------
 
 
