@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use arrow_quant_v2::backend::{Backend, QuantJob};
 use arrow_quant_v2::cpu::CpuBackend;
-use arrow_quant_v2::gpu::GpuBackend;
+use arrow_quant_v2::gpu::{GpuBackend, Stages};
 use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantConfig};
 use clap::Parser;
 
@@ -85,6 +85,11 @@ struct Row {
     e2e_over_upload: f64,
     /// Host → device through `Queue::write_buffer`, one chunk at a time (the serialized path).
     write_buffer_gbs: f64,
+    /// Where the fastest GPU call's wall time went on the host (fractions): filling the upload
+    /// buffers, waiting for results, copying them out.
+    host_fill: f64,
+    host_wait: f64,
+    host_read: f64,
     cpu_gbs: f64,
     gpu_over_cpu: f64,
     /// GPU and CPU outputs byte for byte equal.
@@ -97,7 +102,9 @@ impl Row {
             "elements": self.elements, "bits": self.bits, "group_size": self.group_size, "method": self.method,
             "kernel_gbs": self.kernel_gbs, "device_copy_gbs": self.device_copy_gbs, "kernel_over_copy": self.kernel_over_copy,
             "gpu_e2e_gbs": self.gpu_e2e_gbs, "upload_gbs": self.upload_gbs, "e2e_over_upload": self.e2e_over_upload,
-            "write_buffer_gbs": self.write_buffer_gbs, "cpu_gbs": self.cpu_gbs, "gpu_over_cpu": self.gpu_over_cpu,
+            "write_buffer_gbs": self.write_buffer_gbs,
+            "host_fill": self.host_fill, "host_wait": self.host_wait, "host_read": self.host_read,
+            "cpu_gbs": self.cpu_gbs, "gpu_over_cpu": self.gpu_over_cpu,
             "identical": self.identical,
         })
     }
@@ -141,13 +148,20 @@ fn main() {
             let layout = GroupLayout::new(1, n, config);
             let mut outs = [0, 1].map(|_| (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]));
             let mut kernel: Option<f64> = None;
-            let mut run = |o: usize, kernel: &mut Option<f64>| {
+            // (wall time, stages) of the fastest GPU call.
+            let mut fastest = (f64::INFINITY, Stages::default());
+            let mut run = |o: usize, kernel: &mut Option<f64>, fastest: &mut (f64, Stages)| {
                 let (p, sc, z) = &mut outs[o];
                 let mut jobs = [QuantJob { name: "bench", weights: &weights, layout, packed: p, scales: sc, zero_points: z }];
                 let t = Instant::now();
                 if o == 0 {
-                    if let Some(k) = gpu.quantize_timed(&mut jobs).unwrap_or_else(|e| fail(e)) {
+                    let stages = gpu.quantize_timed(&mut jobs).unwrap_or_else(|e| fail(e));
+                    let wall = t.elapsed().as_secs_f64();
+                    if let Some(k) = stages.kernel {
                         *kernel = Some(kernel.map_or(k, |old| old.min(k)));
+                    }
+                    if wall < fastest.0 {
+                        *fastest = (wall, stages);
                     }
                 } else {
                     cpu.quantize(&mut jobs).unwrap_or_else(|e| fail(e));
@@ -156,10 +170,12 @@ fn main() {
             };
             // Warm-ups: the first GPU call creates its buffers, the first CPU call faults its
             // output pages in.
-            run(0, &mut None);
-            run(1, &mut None);
-            let t_gpu = best(args.iters, || run(0, &mut kernel));
-            let t_cpu = best(args.iters, || run(1, &mut None));
+            let mut ignored = (f64::INFINITY, Stages::default());
+            run(0, &mut None, &mut ignored);
+            run(1, &mut None, &mut ignored);
+            let t_gpu = best(args.iters, || run(0, &mut kernel, &mut fastest));
+            let t_cpu = best(args.iters, || run(1, &mut None, &mut ignored));
+            let share = |x: f64| x / fastest.0;
             let kernel_gbs = kernel.map(gbs);
             let gpu_e2e_gbs = gbs(t_gpu);
             let cpu_gbs = gbs(t_cpu);
@@ -175,6 +191,9 @@ fn main() {
                 upload_gbs,
                 e2e_over_upload: gpu_e2e_gbs / upload_gbs,
                 write_buffer_gbs,
+                host_fill: share(fastest.1.fill),
+                host_wait: share(fastest.1.wait),
+                host_read: share(fastest.1.read),
                 cpu_gbs,
                 gpu_over_cpu: gpu_e2e_gbs / cpu_gbs,
                 identical: outs[0] == outs[1],
@@ -215,14 +234,15 @@ fn main() {
         }
         println!("GB/s of f32 input, best of {}; group {}", args.iters, args.group_size);
         println!(
-            "{:>10} {:>4} {:>6} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} | {:>8} {:>7} | {:>5}",
-            "elements", "bits", "method", "kernel", "dev copy", "k/copy", "gpu e2e", "upload", "e2e/up", "wr_buf", "cpu", "gpu/cpu", "same"
+            "{:>10} {:>4} {:>6} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} {:>14} | {:>8} {:>7} | {:>5}",
+            "elements", "bits", "method", "kernel", "dev copy", "k/copy", "gpu e2e", "upload", "e2e/up", "wr_buf", "fill/wait/read", "cpu", "gpu/cpu", "same"
         );
         let opt = |x: Option<f64>, p: usize| x.map_or("n/a".to_string(), |v| format!("{v:.p$}"));
         for r in &rows {
             println!(
-                "{:>10} {:>4} {:>6} {:>8} {:>8.2} {:>6} | {:>8.2} {:>8.2} {:>6.2} {:>8.2} | {:>8.2} {:>7.3} | {:>5}",
-                r.elements, r.bits, r.method, opt(r.kernel_gbs, 2), r.device_copy_gbs, opt(r.kernel_over_copy, 2), r.gpu_e2e_gbs, r.upload_gbs, r.e2e_over_upload, r.write_buffer_gbs, r.cpu_gbs, r.gpu_over_cpu, r.identical
+                "{:>10} {:>4} {:>6} {:>8} {:>8.2} {:>6} | {:>8.2} {:>8.2} {:>6.2} {:>8.2} {:>14} | {:>8.2} {:>7.3} | {:>5}",
+                r.elements, r.bits, r.method, opt(r.kernel_gbs, 2), r.device_copy_gbs, opt(r.kernel_over_copy, 2), r.gpu_e2e_gbs, r.upload_gbs, r.e2e_over_upload, r.write_buffer_gbs,
+                format!("{:.0}/{:.0}/{:.0}%", 100.0 * r.host_fill, 100.0 * r.host_wait, 100.0 * r.host_read), r.cpu_gbs, r.gpu_over_cpu, r.identical
             );
         }
     }

@@ -32,6 +32,7 @@ use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 use crate::quant::{reference, Method};
 
+pub use quantize::Stages;
 pub use context::{auto_candidate, found_adapters, inherited_from_parent, AutoCandidate, ALLOW_SOFTWARE_ENV};
 use plan::Caps;
 
@@ -124,9 +125,9 @@ impl GpuBackend {
         self.ctx.timestamps
     }
 
-    /// [`Backend::quantize`], also returning the summed kernel time in seconds when timestamps
-    /// are supported.
-    pub fn quantize_timed(&self, jobs: &mut [QuantJob<'_>]) -> Result<Option<f64>> {
+    /// [`Backend::quantize`], also returning where the time went ([`Stages`]: the summed kernel
+    /// time when timestamps are supported, and the host's stages).
+    pub fn quantize_timed(&self, jobs: &mut [QuantJob<'_>]) -> Result<Stages> {
         if let Some(job) = jobs.iter().find(|j| j.layout.method == Method::Lsq) {
             self.check_lsq(job.name)?;
         }
@@ -137,27 +138,25 @@ impl GpuBackend {
                 failed.push(i);
             }
         }
-        let mut kernel = None;
+        let mut stages = Stages::default();
         // One run per method: each has its own pipeline.
         for method in [Method::MinMax, Method::Lsq] {
             let mine: Vec<usize> = gpu.iter().copied().filter(|&i| jobs[i].layout.method == method).collect();
             if !mine.is_empty() {
-                let (f, k) = self.run_kernel(jobs, &mine, method)?;
+                let (f, s) = self.run_kernel(jobs, &mine, method)?;
                 failed.extend(f);
-                if let Some(k) = k {
-                    kernel = Some(kernel.unwrap_or(0.0) + k);
-                }
+                stages = stages.add(s);
             }
         }
         match failed.into_iter().min() {
             Some(i) => Err(first_error(&jobs[i])),
-            None => Ok(kernel),
+            None => Ok(stages),
         }
     }
 
     /// Runs `jobs[i]` for every `i` in `which` (all taken by [`Self::takes`], all with
-    /// `method`) on the GPU. Returns the jobs with an invalid group, and the kernel time.
-    fn run_kernel(&self, jobs: &mut [QuantJob<'_>], which: &[usize], method: Method) -> Result<(Vec<usize>, Option<f64>)> {
+    /// `method`) on the GPU. Returns the jobs with an invalid group, and where the time went.
+    fn run_kernel(&self, jobs: &mut [QuantJob<'_>], which: &[usize], method: Method) -> Result<(Vec<usize>, Stages)> {
         let pipeline = match method {
             Method::MinMax => &self.ctx.quant_pipeline,
             Method::Lsq => self.ctx.lsq_pipeline()?,

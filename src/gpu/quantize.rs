@@ -2,6 +2,7 @@
 //! workgroup per tile of whole groups; see `shaders/quantize.wgsl` and `plan::tiles`).
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::backend::QuantJob;
 use crate::error::Result;
@@ -70,16 +71,41 @@ impl QuantSet {
     }
 }
 
+/// Where a quantize call's time went, in seconds: the kernels (GPU timestamps, where the adapter
+/// has them), and on the host: filling the upload buffers (waiting for a free one included),
+/// waiting for each chunk's results, and copying them into the outputs. Whatever the host spends
+/// elsewhere (planning, submitting) is the rest of the call's wall time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stages {
+    pub kernel: Option<f64>,
+    pub fill: f64,
+    pub wait: f64,
+    pub read: f64,
+}
+
+impl Stages {
+    pub fn add(self, o: Stages) -> Stages {
+        let kernel = match (self.kernel, o.kernel) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        Stages { kernel, fill: self.fill + o.fill, wait: self.wait + o.wait, read: self.read + o.read }
+    }
+}
+
 /// Runs every job of `chunks` (built from `jobs`) with `pipeline` (the context's min/max or lsq
 /// quantize pipeline; every job of the chunks must have that method). Returns the jobs with an invalid group
-/// (NaN/Inf or overflowing range) and the summed kernel time when `timed` and supported.
-pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet; SETS], caps: &Caps, jobs: &mut [QuantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<(Vec<usize>, Option<f64>)> {
+/// (NaN/Inf or overflowing range) and where the time went (kernel time when `timed` and supported).
+pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet; SETS], caps: &Caps, jobs: &mut [QuantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<(Vec<usize>, Stages)> {
     let lay = layout(caps);
     let mut failed = Vec::new();
-    let mut kernel = (timed && ctx.timestamps).then_some(0.0);
+    let mut stages = Stages { kernel: (timed && ctx.timestamps).then_some(0.0), ..Stages::default() };
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let finish = |f: InFlight, jobs: &mut [QuantJob<'_>], failed: &mut Vec<usize>, kernel: &mut Option<f64>| -> Result<()> {
+    let finish = |f: InFlight, jobs: &mut [QuantJob<'_>], failed: &mut Vec<usize>, stages: &mut Stages| -> Result<()> {
+        let waiting = Instant::now();
         staging::wait_mapped(ctx, &f)?;
+        stages.wait += waiting.elapsed().as_secs_f64();
+        let reading = Instant::now();
         let set = &sets[f.set];
         {
             let view = set.staging.slice(..lay.len).get_mapped_range().map_err(|e| crate::error::QuantError::Device(format!("mapping the read-back buffer failed: {e}")))?;
@@ -98,17 +124,18 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
                     failed.push(p.job);
                 }
             }
-            if let Some(k) = kernel.as_mut() {
+            if let Some(k) = stages.kernel.as_mut() {
                 *k += Timer::seconds(ctx, &view[lay.time as usize..lay.time as usize + 16]);
             }
         }
         set.staging.unmap();
+        stages.read += reading.elapsed().as_secs_f64();
         Ok(())
     };
     for (ci, chunk) in chunks.iter().enumerate() {
         let si = ci % SETS;
         if inflight.len() == SETS {
-            finish(inflight.pop_front().expect("a set in flight"), jobs, &mut failed, &mut kernel)?;
+            finish(inflight.pop_front().expect("a set in flight"), jobs, &mut failed, &mut stages)?;
         }
         let set = &sets[si];
         let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
@@ -123,6 +150,7 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
         let bytes = chunk.n_elems * 4;
         let starts: Vec<usize> = chunk.pieces.iter().map(|p| p.seg.elem_start as usize * 4).collect();
         let weights = |i: usize| -> &[u8] { bytemuck::cast_slice(&jobs[chunk.pieces[i].job].weights[chunk.pieces[i].elems.clone()]) };
+        let filling = Instant::now();
         set.upload.fill(ctx, bytes, |block, at| {
             let end = at + block.len();
             let mut i = starts.partition_point(|&s| s <= at).saturating_sub(1);
@@ -135,6 +163,7 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
                 i += 1;
             }
         })?;
+        stages.fill += filling.elapsed().as_secs_f64();
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("quantize") });
         enc.copy_buffer_to_buffer(&set.upload.buffer, 0, &set.input, 0, bytes.next_multiple_of(4) as u64);
         enc.clear_buffer(&set.errs, 0, Some(n_segs as u64 * 4));
@@ -142,7 +171,7 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
             enc.clear_buffer(&set.words, 0, Some(chunk.n_words as u64 * 4));
         }
         {
-            let timer = set.timer.as_ref().filter(|_| kernel.is_some());
+            let timer = set.timer.as_ref().filter(|_| stages.kernel.is_some());
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("quantize"), timestamp_writes: timer.map(Timer::writes) });
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &set.bind, &[]);
@@ -154,14 +183,14 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
         enc.copy_buffer_to_buffer(&set.scales, 0, &set.staging, lay.scales, ng);
         enc.copy_buffer_to_buffer(&set.zero_points, 0, &set.staging, lay.zero_points, ng);
         enc.copy_buffer_to_buffer(&set.errs, 0, &set.staging, lay.errs, n_segs as u64 * 4);
-        if let (Some(t), Some(_)) = (&set.timer, kernel) {
+        if let (Some(t), Some(_)) = (&set.timer, stages.kernel) {
             t.resolve(&mut enc, &set.staging, lay.time);
         }
         inflight.push_back(staging::submit(ctx, enc, &set.staging, lay.len, si, ci));
         set.upload.remap();
     }
     while let Some(f) = inflight.pop_front() {
-        finish(f, jobs, &mut failed, &mut kernel)?;
+        finish(f, jobs, &mut failed, &mut stages)?;
     }
-    Ok((failed, kernel))
+    Ok((failed, stages))
 }
