@@ -28,17 +28,19 @@ pub fn caps(ctx: &GpuContext) -> Caps {
     Caps { elems, groups, words, segs }
 }
 
-/// Set to a number of MiB of f32 input per GPU chunk (1 to 1024; default 16) on a hardware
-/// adapter: larger chunks pay off on very large calls (see `caps`). Software adapters always
-/// take 16 (the llvmpipe loop limit).
+/// Set to a number of MiB of f32 input per GPU chunk (1 to 1024; default [`CHUNK_MIB`]) on a
+/// hardware adapter: larger chunks pay off on very large calls (see `caps`). Software adapters
+/// always take the default (the llvmpipe loop limit).
 pub const CHUNK_MIB_ENV: &str = "ARROW_QUANT_GPU_CHUNK_MIB";
 
+/// MiB of f32 input per chunk unless [`CHUNK_MIB_ENV`] says otherwise.
+const CHUNK_MIB: usize = 16;
+
+/// Elements per chunk: MiB × 2^18 f32 values.
 fn chunk_elems(software: bool) -> usize {
-    if software {
-        return 4 << 20;
-    }
-    let mib = std::env::var(CHUNK_MIB_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&m| (1..=1024).contains(&m));
-    mib.unwrap_or(16) << 18
+    let asked = std::env::var(CHUNK_MIB_ENV).ok().and_then(|v| v.trim().parse::<usize>().ok()).filter(|&m| (1..=1024).contains(&m));
+    let mib = if software { CHUNK_MIB } else { asked.unwrap_or(CHUNK_MIB) };
+    mib << 18
 }
 
 pub fn buffer(ctx: &GpuContext, label: &str, size: u64, usage: wgpu::BufferUsages) -> wgpu::Buffer {

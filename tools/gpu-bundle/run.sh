@@ -18,6 +18,11 @@ fi
 if ! (ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1') && ! ls /usr/lib*/libvulkan.so.1 /usr/lib/*/libvulkan.so.1 >/dev/null 2>&1; then
     echo "warning: no Vulkan loader (libvulkan.so.1) found; install libvulkan1 (and the GPU's Vulkan driver)" >&2
 fi
+# NVIDIA's Vulkan driver (libGLX_nvidia) loads through libglvnd: without it wgpu finds no
+# adapter at all (seen on a CUDA-only image with an H200).
+if ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1 && ! (ldconfig -p 2>/dev/null | grep -q 'libGLdispatch\.so\.0'); then
+    echo "warning: NVIDIA's Vulkan driver needs libglvnd (libGLdispatch.so.0); install libglvnd0 (Debian/Ubuntu)" >&2
+fi
 
 echo "== exactness: GPU bytes against the CPU backend and the reference"
 for t in ./gpu_exact ./gpu_device ./lsq; do
