@@ -285,34 +285,3 @@ fn dequant(q: u32, scale: u32, lo: u32) -> u32 {
     let prod = f(opaque(bitcast<u32>(f32(q) * f(scale))));
     return bitcast<u32>(prod + f(lo));
 }
-
-// Index of the last segment whose `key` ≤ x (segments are sorted by every key).
-fn find_seg_by_group(x: u32) -> u32 {
-    var lo = 0u;
-    var hi = u.n_segs;
-    while hi - lo > 1u {
-        let mid = (lo + hi) / 2u;
-        if segs[mid].group_start <= x { lo = mid; } else { hi = mid; }
-    }
-    return lo;
-}
-
-fn find_seg_by_word(x: u32) -> u32 {
-    var lo = 0u;
-    var hi = u.n_segs;
-    while hi - lo > 1u {
-        let mid = (lo + hi) / 2u;
-        if segs[mid].word_start <= x { lo = mid; } else { hi = mid; }
-    }
-    return lo;
-}
-
-fn find_seg_by_elem(x: u32) -> u32 {
-    var lo = 0u;
-    var hi = u.n_segs;
-    while hi - lo > 1u {
-        let mid = (lo + hi) / 2u;
-        if segs[mid].elem_start <= x { lo = mid; } else { hi = mid; }
-    }
-    return lo;
-}

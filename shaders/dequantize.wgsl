@@ -26,3 +26,14 @@ fn dequant_pass(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let g = s.group_start + lg;
     out[ei] = dequant(q, scales[g], zero_points[g]);
 }
+
+// Index of the last segment whose `elem_start` ≤ x (segments are sorted by it).
+fn find_seg_by_elem(x: u32) -> u32 {
+    var lo = 0u;
+    var hi = u.n_segs;
+    while hi - lo > 1u {
+        let mid = (lo + hi) / 2u;
+        if segs[mid].elem_start <= x { lo = mid; } else { hi = mid; }
+    }
+    return lo;
+}

@@ -242,3 +242,107 @@ fn gpu() -> Result<&'static dyn Backend> {
 fn gpu() -> Result<&'static dyn Backend> {
     Err(QuantError::Device("device='gpu': this build of arrow_quant_v2 has no GPU support (built without the 'gpu' feature)".into()))
 }
+
+/// Where ggml's block types (GGUF tensor types) are encoded for a `device` option: the same
+/// bytes ([`crate::quant::ggml::quantize`]'s, which are ggml's) wherever they run.
+///
+/// * "cpu": the CPU encoders.
+/// * "gpu": the GPU for the types it has a kernel for ([`GgmlDevice::on_gpu`]); any other type
+///   is an `Unsupported` error from [`GgmlDevice::quantize`] (the model converter instead
+///   encodes such tensors on the CPU, and says so).
+/// * "auto": the GPU for those types only where "auto" chose the GPU for min/max (the
+///   encoders without an importance matrix are as memory-bound as min/max), with the CPU
+///   taking anything the GPU fails or refuses.
+#[derive(Clone, Copy)]
+pub struct GgmlDevice {
+    #[cfg(feature = "gpu")]
+    gpu: Option<&'static GpuBackend>,
+    fallback: bool,
+}
+
+impl GgmlDevice {
+    pub fn new(device: Device) -> Result<Self> {
+        #[cfg(feature = "gpu")]
+        {
+            let gpu = match device {
+                Device::Cpu => None,
+                Device::Gpu => {
+                    gpu()?;
+                    Some(GpuBackend::shared()?)
+                }
+                Device::Auto if auto().gpu => GpuBackend::shared().ok(),
+                Device::Auto => None,
+            };
+            Ok(Self { gpu, fallback: device == Device::Auto })
+        }
+        #[cfg(not(feature = "gpu"))]
+        match device {
+            Device::Gpu => gpu().map(|_| Self { fallback: false }),
+            _ => Ok(Self { fallback: true }),
+        }
+    }
+
+    /// The CPU encoders.
+    pub fn cpu() -> Self {
+        Self {
+            #[cfg(feature = "gpu")]
+            gpu: None,
+            fallback: true,
+        }
+    }
+
+    /// Whether a GPU kernel encodes `ty` (with an importance matrix or not), on any adapter
+    /// that keeps its bytes exact.
+    pub fn has_kernel(ty: crate::quant::ggml::GgmlType, imatrix: bool) -> bool {
+        #[cfg(feature = "gpu")]
+        return crate::gpu::has_ggml_kernel(ty, imatrix);
+        #[cfg(not(feature = "gpu"))]
+        {
+            let _ = (ty, imatrix);
+            false
+        }
+    }
+
+    /// Whether `ty` (with an importance matrix or not) runs on the GPU here.
+    pub fn on_gpu(&self, ty: crate::quant::ggml::GgmlType, imatrix: bool) -> bool {
+        #[cfg(feature = "gpu")]
+        return self.gpu.is_some() && Self::has_kernel(ty, imatrix);
+        #[cfg(not(feature = "gpu"))]
+        {
+            let _ = (ty, imatrix);
+            false
+        }
+    }
+
+    /// Whether "gpu" was asked for (then a type without a kernel is an error).
+    pub fn wants_gpu(&self) -> bool {
+        #[cfg(feature = "gpu")]
+        return self.gpu.is_some() && !self.fallback;
+        #[cfg(not(feature = "gpu"))]
+        false
+    }
+
+    /// This device for one type: the GPU where it encodes `ty`, else the CPU.
+    pub fn or_cpu_for(self, ty: crate::quant::ggml::GgmlType, imatrix: bool) -> Self {
+        if self.on_gpu(ty, imatrix) {
+            self
+        } else {
+            Self::cpu()
+        }
+    }
+
+    /// [`crate::quant::ggml::quantize`] on this device.
+    pub fn quantize(&self, ty: crate::quant::ggml::GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, out: &mut [u8]) -> Result<()> {
+        #[cfg(feature = "gpu")]
+        if let Some(g) = self.gpu {
+            if self.fallback && !self.on_gpu(ty, imatrix.is_some()) {
+                return crate::quant::ggml::quantize(ty, x, n_per_row, imatrix, out);
+            }
+            return match g.quantize_ggml(ty, x, n_per_row, imatrix, out) {
+                Err(QuantError::Device(_) | QuantError::Unsupported(_)) if self.fallback => crate::quant::ggml::quantize(ty, x, n_per_row, imatrix, out),
+                r => r.map(|_| ()),
+            };
+        }
+        crate::quant::ggml::quantize(ty, x, n_per_row, imatrix, out)
+    }
+}

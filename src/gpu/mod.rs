@@ -16,6 +16,7 @@
 mod baseline;
 mod context;
 mod dequantize;
+pub mod ggml;
 mod lsq;
 mod plan;
 mod quantize;
@@ -30,6 +31,7 @@ use std::sync::Mutex;
 use crate::backend::{Backend, DequantJob, QuantJob};
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
+use crate::quant::ggml::GgmlType;
 use crate::quant::{reference, Method};
 
 pub use quantize::Stages;
@@ -43,6 +45,9 @@ pub struct GpuBackend {
     dequant: Mutex<Option<[dequantize::DequantSet; 2]>>,
     /// What `lsq::probe_subnormals` found on this device (run on first need).
     subnormals: std::sync::OnceLock<std::result::Result<Option<String>, String>>,
+    /// ggml's block types (built on first use), and each type's self-test verdict.
+    ggml: std::sync::OnceLock<ggml::GgmlKernels>,
+    ggml_verdicts: Mutex<std::collections::HashMap<GgmlType, Option<String>>>,
 }
 
 /// The backend on the live context (see [`context::context`]): replaced together with it.
@@ -57,7 +62,7 @@ impl GpuBackend {
         match *slot {
             Some(b) if std::ptr::eq(b.ctx, ctx) => Ok(b),
             _ => {
-                let b: &'static GpuBackend = Box::leak(Box::new(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None), subnormals: Default::default() }));
+                let b: &'static GpuBackend = Box::leak(Box::new(GpuBackend { ctx, caps: staging::caps(ctx), quant: Mutex::new(None), dequant: Mutex::new(None), subnormals: Default::default(), ggml: Default::default(), ggml_verdicts: Default::default() }));
                 *slot = Some(b);
                 Ok(b)
             }
@@ -214,6 +219,56 @@ impl GpuBackend {
         r
     }
 
+    /// Encodes `x` (rows of `n_per_row`) as `ty` with the bytes of [`crate::quant::ggml::quantize`]
+    /// (ggml's), on this GPU; returns where the time went. `QuantError::Unsupported` for a type
+    /// or an importance matrix without a GPU kernel ([`ggml::TYPES`]), and on an adapter where
+    /// the kernel cannot be exact (the subnormal probe or the type's self-test failed).
+    pub fn quantize_ggml(&self, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, out: &mut [u8]) -> Result<Stages> {
+        let n_bytes = crate::quant::ggml::check_rows(ty, x.len(), n_per_row, imatrix)?;
+        if out.len() != n_bytes {
+            return Err(QuantError::value(format!("output buffer has {} bytes, {ty} needs {n_bytes}", out.len())));
+        }
+        if !has_ggml_kernel(ty, imatrix.is_some()) {
+            let name = ty.name().to_ascii_lowercase();
+            let what = if imatrix.is_some() && ggml::TYPES.contains(&ty) { format!("{name} with an importance matrix") } else { name };
+            return Err(QuantError::Unsupported(format!(
+                "device='gpu': {what} has no GPU kernel yet (the GPU encodes q4_0, q4_1, q5_0, q5_1 and q8_0 without an importance matrix); use device='cpu'"
+            )));
+        }
+        if x.is_empty() {
+            return Ok(Stages::default());
+        }
+        self.check_ggml(ty)?;
+        let kernels = self.ggml_kernels();
+        guarded(|| kernels.run(self.ctx, ty, x, out, true))
+    }
+
+    fn ggml_kernels(&self) -> &ggml::GgmlKernels {
+        self.ggml.get_or_init(|| ggml::GgmlKernels::new(self.ctx, &self.caps))
+    }
+
+    /// The kernel for `ty` keeps the CPU's bytes on this adapter: the subnormal probe passed
+    /// (shared with lsq) and the kernel reproduced the CPU on its self-test (once per type).
+    fn check_ggml(&self, ty: GgmlType) -> Result<()> {
+        let refuse = |why: String| QuantError::Unsupported(format!("device='gpu': {ty} cannot be encoded exactly on adapter {}: {why}; use device='cpu'", self.ctx.describe()));
+        if let Some(got) = self.subnormal_flush()? {
+            return Err(refuse(format!("it does not keep subnormal floats ({got})")));
+        }
+        let mut verdicts = self.ggml_verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        let verdict = match verdicts.get(&ty) {
+            Some(v) => v.clone(),
+            None => {
+                let v = match guarded(|| ggml::self_test(self.ggml_kernels(), self.ctx, ty)) {
+                    Err(QuantError::Unsupported(why)) => Some(why),
+                    other => other?,
+                };
+                verdicts.insert(ty, v.clone());
+                v
+            }
+        };
+        verdict.map_or(Ok(()), |why| Err(refuse(why)))
+    }
+
     /// Bytes of f32 input the kernels take per chunk.
     pub fn chunk_bytes(&self) -> usize {
         self.caps.elems * 4
@@ -244,6 +299,11 @@ impl GpuBackend {
         }
         Ok(t.elapsed().as_secs_f64())
     }
+}
+
+/// Whether a GPU kernel encodes `ty` (with an importance matrix or without).
+pub fn has_ggml_kernel(ty: GgmlType, imatrix: bool) -> bool {
+    !imatrix && ggml::TYPES.contains(&ty)
 }
 
 /// Runs `f`, turning a wgpu panic into `QuantError::Device`.

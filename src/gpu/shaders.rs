@@ -6,6 +6,7 @@ pub const COMMON: &str = include_str!("../../shaders/common.wgsl");
 pub const QUANTIZE: &str = include_str!("../../shaders/quantize.wgsl");
 pub const LSQ: &str = include_str!("../../shaders/lsq.wgsl");
 pub const DEQUANTIZE: &str = include_str!("../../shaders/dequantize.wgsl");
+pub const GGML_LEGACY: &str = include_str!("../../shaders/ggml_legacy.wgsl");
 
 pub fn quantize_source() -> String {
     format!("{COMMON}\n{LSQ}\n{QUANTIZE}")
@@ -15,12 +16,16 @@ pub fn dequantize_source() -> String {
     format!("{COMMON}\n{DEQUANTIZE}")
 }
 
+pub fn ggml_legacy_source() -> String {
+    format!("{COMMON}\n{GGML_LEGACY}")
+}
+
 #[cfg(test)]
 mod tests {
     /// Parses and validates every shader with naga, with no adapter needed.
     #[test]
     fn shaders_validate_with_naga() {
-        for (name, src) in [("quantize", super::quantize_source()), ("dequantize", super::dequantize_source())] {
+        for (name, src) in [("quantize", super::quantize_source()), ("dequantize", super::dequantize_source()), ("ggml legacy", super::ggml_legacy_source())] {
             let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
                 .validate(&module)

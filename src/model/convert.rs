@@ -17,7 +17,7 @@ use super::rules::{Action, Rules};
 use super::pipeline::{self, Limits, Timings};
 use super::source::{Loaded, Source, SourceTensor, Stored};
 use crate::backend::QuantizedTensor;
-use crate::device::{backend, Device};
+use crate::device::{backend, Device, GgmlDevice};
 use crate::error::{QuantError, Result};
 use crate::gguf::imatrix::Imatrix;
 use crate::gguf::mix::{FileType, MixOptions};
@@ -488,6 +488,26 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
         .zip(&choices)
         .filter_map(|(t, c)| c.output_type(t).map(|ty| TensorPlan { name: t.name.clone(), shape: t.shape.clone(), ty }))
         .collect();
+    let with_imatrix = |i: usize| rows.as_ref().is_some_and(|r| r[i].is_some());
+    // "auto" measures the GPU only when some tensor could use it.
+    let kernel_wanted = choices.iter().enumerate().any(|(i, c)| matches!(c.step, Step::Encode(ty) if GgmlDevice::has_kernel(ty, with_imatrix(i))));
+    let ggml_dev = if opts.device == Device::Auto && !kernel_wanted { GgmlDevice::cpu() } else { GgmlDevice::new(opts.device)? };
+    if ggml_dev.wants_gpu() {
+        // --device gpu: the types without a GPU kernel are encoded on the CPU; say which.
+        let mut on_cpu: Vec<String> = Vec::new();
+        for (i, c) in choices.iter().enumerate() {
+            if let Step::Encode(ty) = c.step {
+                let imatrix = with_imatrix(i);
+                let what = if imatrix && ty.is_quantized() { format!("{} with an importance matrix", ty.name().to_ascii_lowercase()) } else { ty.name().to_ascii_lowercase() };
+                if ty.is_quantized() && !ggml_dev.on_gpu(ty, imatrix) && !on_cpu.contains(&what) {
+                    on_cpu.push(what);
+                }
+            }
+        }
+        if !on_cpu.is_empty() {
+            progress.message(&format!("note: no GPU kernel yet for {}: those tensors are encoded on the CPU (same bytes)", on_cpu.join(", ")));
+        }
+    }
     let mut writer = GgufWriter::new(AtomicFile::create(dst)?, &metadata, plan)?;
 
     let total = source.total_bytes();
@@ -508,7 +528,7 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
             Ok(match (&choices[i].step, input) {
                 (Step::Encode(ty), Input::Loaded(l)) => {
                     let row = rows.as_ref().and_then(|r| r[i].as_deref());
-                    GgufTensor::Encoded(*ty, gguf_out::encode(&t.name, *ty, l.values(), &t.shape, row)?)
+                    GgufTensor::Encoded(*ty, gguf_out::encode(&t.name, *ty, l.values(), &t.shape, row, ggml_dev.or_cpu_for(*ty, row.is_some()))?)
                 }
                 (_, Input::Raw(bytes)) => GgufTensor::Copied(bytes),
                 _ => GgufTensor::Skipped,
@@ -594,7 +614,7 @@ fn convert_to_arrow(source: &Source, src: &Path, dst: &Path, parquet: bool, opts
             let Input::Loaded(loaded) = input else { return Ok(ArrowTensor::Skipped) };
             let values = loaded.values();
             match decisions[i].action {
-                Action::Keep(k) => Ok(ArrowTensor::Kept(k, gguf_out::encode(&t.name, k, values, &t.shape, None)?)),
+                Action::Keep(k) => Ok(ArrowTensor::Kept(k, gguf_out::encode(&t.name, k, values, &t.shape, None, GgmlDevice::cpu())?)),
                 Action::Quantize => {
                     let mut chosen = None;
                     for config in candidates(opts) {

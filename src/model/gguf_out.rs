@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::rules::{Action, Decision};
 use super::source::{SourceTensor, Stored};
+use crate::device::GgmlDevice;
 use crate::error::{QuantError, Result};
 use crate::gguf::imatrix::Imatrix;
 use crate::gguf::mix::{self, FileType, MixOptions, ModelInfo, TensorDesc};
@@ -193,7 +194,10 @@ struct ChunkOut {
 /// in cache, converted from its stored dtype on the way. Errors are those of a whole-tensor
 /// check: NaN/Inf anywhere first, then block scales that overflow f16 (which llama.cpp's
 /// validation of the quantized data refuses too).
-pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], imatrix: Option<&[f32]>) -> Result<Encoded> {
+///
+/// Where `dev` encodes `ty` on the GPU, the whole tensor is encoded there first (a chunk
+/// holds many tensors' worth of blocks), and the chunks only check, decode and compare.
+pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], imatrix: Option<&[f32]>, dev: GgmlDevice) -> Result<Encoded> {
     let n_per_row = shape.last().copied().unwrap_or(1).max(1);
     let layer = |e: QuantError| QuantError::layer_value(name, e.to_string());
     let n = values.len();
@@ -213,6 +217,10 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
         }
         _ => None,
     };
+    let on_gpu = dev.on_gpu(ty, imatrix.is_some());
+    if on_gpu {
+        dev.quantize(ty, &values.to_f32(), n_per_row, None, &mut data)?;
+    }
     let chunk_rows = rows_per_chunk(n_per_row);
     let piece_rows = (PIECE_ELEMENTS / n_per_row).clamp(1, chunk_rows);
     let chunks: Vec<ChunkOut> = crate::threads::install(|| {
@@ -238,7 +246,7 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
                     let out = &mut out[r0 * row_bytes..r1 * row_bytes];
                     // Pieces end at importance-slice boundaries: each slice has its own row.
                     let mut r = r0;
-                    while r < r1 {
+                    while r < r1 && !on_gpu {
                         let (end, row) = match (slice_rows, imatrix) {
                             (Some(k), Some(m)) => {
                                 let slice = (first_row + r) / k;

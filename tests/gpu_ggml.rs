@@ -1,0 +1,165 @@
+//! ggml's block types on the GPU against the CPU encoder (whose bytes are ggml's: see
+//! tests/ggml_blocks.rs), byte for byte, on adversarial rows, on every float exponent, and over
+//! several chunks; and the types and options the GPU refuses. Runs on whatever adapter wgpu
+//! finds (lavapipe in CI). Without an adapter these tests fail, unless
+//! `ARROW_QUANT_SKIP_GPU_TESTS=1` is set.
+
+mod common;
+mod model_common;
+
+use arrow_quant_v2::error::QuantError;
+use arrow_quant_v2::gpu::{ggml::self_test_input, GpuBackend};
+use arrow_quant_v2::quant::ggml::{self, GgmlType};
+use common::Rng;
+
+fn gpu() -> Option<&'static GpuBackend> {
+    match GpuBackend::shared() {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("no GPU adapter for the GPU tests ({e}); set ARROW_QUANT_SKIP_GPU_TESTS=1 to skip"),
+    }
+}
+
+const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+
+fn cpu_bytes(ty: GgmlType, x: &[f32], n_per_row: usize) -> Vec<u8> {
+    let mut out = vec![0u8; ggml::check_rows(ty, x.len(), n_per_row, None).unwrap()];
+    ggml::quantize(ty, x, n_per_row, None, &mut out).unwrap();
+    out
+}
+
+/// GPU bytes, or None where this adapter refuses the type (a device that flushes subnormals):
+/// then the refusal must say why.
+fn gpu_bytes(g: &GpuBackend, ty: GgmlType, x: &[f32], n_per_row: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; ggml::check_rows(ty, x.len(), n_per_row, None).unwrap()];
+    match g.quantize_ggml(ty, x, n_per_row, None, &mut out) {
+        Ok(_) => Some(out),
+        Err(QuantError::Unsupported(why)) => {
+            assert!(g.subnormal_flush().unwrap().is_some(), "{ty} refused on an adapter that keeps subnormals: {why}");
+            assert!(why.contains("subnormal"), "{why}");
+            None
+        }
+        Err(e) => panic!("{ty}: {e}"),
+    }
+}
+
+fn assert_same(ty: GgmlType, got: &[u8], want: &[u8], what: &str) {
+    let (_, bytes) = ty.block();
+    if let Some(b) = got.chunks(bytes).zip(want.chunks(bytes)).position(|(a, b)| a != b) {
+        panic!("{ty} {what}: block {b} differs: gpu {:02x?} cpu {:02x?}", &got[b * bytes..(b + 1) * bytes], &want[b * bytes..(b + 1) * bytes]);
+    }
+    assert_eq!(got.len(), want.len());
+}
+
+#[test]
+fn adversarial_blocks_give_the_cpus_bytes() {
+    let Some(g) = gpu() else { return };
+    let x = self_test_input();
+    for ty in TYPES {
+        if let Some(got) = gpu_bytes(g, ty, &x, 32) {
+            assert_same(ty, &got, &cpu_bytes(ty, &x, 32), "self-test rows");
+        }
+    }
+}
+
+#[test]
+fn every_exponent_and_odd_block_counts_give_the_cpus_bytes() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(0x5eed);
+    // Any finite bit pattern (subnormals, huge values whose scale overflows f16 or whose range
+    // overflows f32: flagged and redone on the CPU), and blocks of one exponent band.
+    let mut x: Vec<f32> = (0..32 * 301)
+        .map(|_| loop {
+            let v = f32::from_bits(rng.next_u64() as u32);
+            if v.is_finite() {
+                break v;
+            }
+        })
+        .collect();
+    for band in [-149i32, -140, -126, -100, -20, 0, 15, 16, 100, 127] {
+        x.extend((0..32 * 7).map(|_| (rng.unit() - 0.5) * 2f32.powi(band)));
+    }
+    for ty in TYPES {
+        for n in [32, 64, 96, x.len()] {
+            let Some(got) = gpu_bytes(g, ty, &x[..n], 32) else { continue };
+            assert_same(ty, &got, &cpu_bytes(ty, &x[..n], 32), &format!("{n} values"));
+        }
+    }
+}
+
+#[test]
+fn layers_larger_than_a_chunk_give_the_cpus_bytes() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(42);
+    // More than two chunks, rows of five blocks, an odd number of rows: the last chunk ends on
+    // half a pair.
+    let row = 32 * 5;
+    let rows = (g.chunk_bytes() / 4 * 2 / row + 3) | 1;
+    let n = rows * row;
+    let x: Vec<f32> = (0..n).map(|_| rng.normal_ish() * 0.05).collect();
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        let Some(got) = gpu_bytes(g, ty, &x, row) else { continue };
+        assert_same(ty, &got, &cpu_bytes(ty, &x, row), "a multi-chunk layer");
+    }
+}
+
+#[test]
+fn types_and_options_without_a_kernel_are_refused_with_the_reason() {
+    let Some(g) = gpu() else { return };
+    let x = vec![0.5f32; 256 * 2];
+    let w = vec![1f32; 256];
+    let mut out = vec![0u8; ggml::check_rows(GgmlType::Q4_K, x.len(), 256, None).unwrap()];
+    match g.quantize_ggml(GgmlType::Q4_K, &x, 256, None, &mut out) {
+        Err(QuantError::Unsupported(why)) => assert!(why.contains("q4_k has no GPU kernel") && why.contains("device='cpu'"), "{why}"),
+        other => panic!("q4_k on the GPU: {other:?}"),
+    }
+    let mut out = vec![0u8; ggml::check_rows(GgmlType::Q4_0, x.len(), 256, None).unwrap()];
+    match g.quantize_ggml(GgmlType::Q4_0, &x, 256, Some(&w), &mut out) {
+        Err(QuantError::Unsupported(why)) => assert!(why.contains("q4_0 with an importance matrix"), "{why}"),
+        other => panic!("q4_0 with an imatrix on the GPU: {other:?}"),
+    }
+    // Shapes are checked as on the CPU.
+    let mut short = vec![0u8; 3];
+    assert!(matches!(g.quantize_ggml(GgmlType::Q8_0, &x, 256, None, &mut short), Err(QuantError::InvalidValue { .. })));
+    assert!(matches!(g.quantize_ggml(GgmlType::Q8_0, &x[..40], 40, None, &mut short), Err(QuantError::InvalidValue { .. })));
+}
+
+/// A whole model through the converter: `--device gpu` writes the file `--device cpu` writes,
+/// byte for byte, for every type with a kernel and for a mix whose other types fall back to the
+/// CPU (with a note that says so).
+#[test]
+fn the_converter_writes_the_same_file_on_the_gpu() {
+    use arrow_quant_v2::device::Device;
+    use arrow_quant_v2::gguf::mix::FileType;
+    use arrow_quant_v2::model::{convert, Options, Progress, QuantType};
+
+    struct Notes(Vec<String>);
+    impl Progress for Notes {
+        fn message(&mut self, line: &str) {
+            self.0.push(line.to_string());
+        }
+    }
+    let Some(g) = gpu() else { return };
+    if g.subnormal_flush().unwrap().is_some() {
+        return; // refused here: covered by gpu_bytes's refusal checks
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.safetensors");
+    model_common::write(&src, &model_common::small_model());
+    for ft in [FileType::Q4_0, FileType::Q4_1, FileType::Q5_0, FileType::Q5_1, FileType::Q8_0, FileType::Q4_K_M] {
+        let mut files = Vec::new();
+        let mut notes = Notes(Vec::new());
+        for device in [Device::Cpu, Device::Gpu] {
+            let dst = dir.path().join(format!("m-{device:?}.gguf"));
+            let opts = Options { qtype: Some(QuantType::Gguf(ft)), device, ..Options::default() };
+            convert(&src, &dst, &opts, &mut notes).unwrap();
+            files.push(std::fs::read(&dst).unwrap());
+        }
+        assert!(files[0] == files[1], "{ft:?}: the GPU's file differs from the CPU's");
+        let fell_back = notes.0.iter().any(|n| n.contains("no GPU kernel yet for") && n.contains("q4_k"));
+        assert_eq!(fell_back, ft == FileType::Q4_K_M, "{ft:?}: {:?}", notes.0);
+    }
+}
