@@ -35,6 +35,13 @@ use super::staging::{self, buffer, InFlight, Timer, Upload, READBACK, STORAGE};
 pub const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
 
 const QK: usize = 32;
+
+/// The shader file with `ty`'s encoder (appended to `ggml_common.wgsl`).
+fn family(ty: GgmlType) -> &'static str {
+    match ty {
+        _ => super::shaders::GGML_LEGACY,
+    }
+}
 /// Largest block of the kernel's types (Q8_0).
 const MAX_BLOCK_BYTES: usize = 34;
 
@@ -106,7 +113,7 @@ impl GgmlKernels {
         let mut p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         p.entry(ty)
             .or_insert_with(|| {
-                ctx.exact_f32_pipeline(&format!("ggml {ty}"), &super::shaders::ggml_legacy_source(), "quantize_blocks", &[("TYPE", ty.id() as f64)], &self.layout)
+                ctx.exact_f32_pipeline(&format!("ggml {ty}"), &super::shaders::ggml_source(family(ty)), "quantize_blocks", &[("TYPE", ty.id() as f64)], &self.layout)
             })
             .clone()
     }
