@@ -78,12 +78,12 @@ gpu-bundle:
 	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)
 	cp target/release/bench-gpu tools/gpu-bundle/run.sh $(BUNDLE)/
 	@# cargo prints "Executable tests/x.rs (target/release/deps/x-<hash>)" for each test binary.
-	for t in gpu_exact gpu_device lsq; do \
+	for t in gpu_exact gpu_device lsq gpu_ggml; do \
 		exe=$$(cargo test --release --no-run --test $$t 2>&1 | sed -n "s|.*Executable tests/$$t.rs (\(.*\))|\1|p"); \
 		test -x "$$exe" || { echo "gpu-bundle: no test binary for $$t" >&2; exit 1; }; \
 		cp "$$exe" $(BUNDLE)/$$t; \
 	done
-	strip $(BUNDLE)/bench-gpu $(BUNDLE)/gpu_exact $(BUNDLE)/gpu_device $(BUNDLE)/lsq
+	strip $(BUNDLE)/bench-gpu $(BUNDLE)/gpu_exact $(BUNDLE)/gpu_device $(BUNDLE)/lsq $(BUNDLE)/gpu_ggml
 	@du -sh $(BUNDLE) && ls -l $(BUNDLE)
 
 # Fuzzing (see fuzz/README.md): AFL++ through cargo-afl, on stable Rust.

@@ -36,7 +36,7 @@ from ._native import (
 from .aio import AsyncArrowQuantV2
 from .batch import BatchResult, layers_batch
 from .config import DiffusionQuantConfig
-from .gguf import GGUF_TYPES, gguf_dequantize, gguf_quantize, write_imatrix
+from .gguf import GGUF_GPU_TYPES, GGUF_TYPES, gguf_dequantize, gguf_quantize, write_imatrix
 from .models import ShardedSafeTensorsLoader, load_sharded_safetensors
 from .quantizer import ArrowQuantV2
 from .engines import dequantize_batches, quantize_batches, spark_ddl, spark_schema
@@ -62,6 +62,7 @@ __all__ = [
     "GGUF_TYPES",
     "gguf_dequantize",
     "gguf_quantize",
+    "GGUF_GPU_TYPES",
     "write_imatrix",
     "dequantize_arrow",
     "dequantize_arrow_batch",

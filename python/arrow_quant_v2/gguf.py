@@ -14,12 +14,15 @@ import numpy as np
 
 from . import _native
 
-__all__ = ["gguf_quantize", "gguf_dequantize", "write_imatrix", "GGUF_TYPES"]
+__all__ = ["gguf_quantize", "gguf_dequantize", "write_imatrix", "GGUF_TYPES", "GGUF_GPU_TYPES"]
 
 #: The tensor types :func:`gguf_quantize` writes (bits per weight in parentheses):
 #: q4_0 (4.5), q4_1 (5.0), q5_0 (5.5), q5_1 (6.0), q8_0 (8.5), q2_k (2.625), q3_k (3.4375),
 #: q4_k (4.5), q5_k (5.5), q6_k (6.5625), and the plain f32, f16, bf16.
 GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "f32", "f16", "bf16")
+
+#: The types this build encodes on the GPU (``device="gpu"``), without an importance matrix.
+GGUF_GPU_TYPES = tuple(_native._gguf_gpu_types())
 
 
 def _as_f32(array, what: str) -> np.ndarray:
@@ -35,14 +38,22 @@ def _as_f32(array, what: str) -> np.ndarray:
     raise TypeError(f"{what} must be a float32, float16, bfloat16 or float64 array, got dtype {a.dtype}")
 
 
-def gguf_quantize(array, type: str, *, imatrix: Optional[Sequence[float]] = None) -> bytes:
+def gguf_quantize(array, type: str, *, imatrix: Optional[Sequence[float]] = None, device: str = "auto") -> bytes:
     """Encodes `array` as GGUF tensor type `type` (e.g. ``"q4_k"``), rows along the last axis.
 
     Returns the tensor's data exactly as ``ggml_quantize_chunk(type, ...)`` writes it (and as it
     sits in a GGUF file). `imatrix`: one importance value per column (the row length), used as
     llama.cpp uses an importance matrix. The row length must be a multiple of the type's block
     (32, or 256 for the K types); when it is not, the ValueError names the type llama.cpp falls
-    back to. NaN/Inf values raise ValueError."""
+    back to. NaN/Inf values raise ValueError.
+
+    `device`: ``"cpu"``, ``"gpu"`` or ``"auto"``; every device gives the same bytes. The GPU has
+    kernels for the types in :data:`GGUF_GPU_TYPES`, without an importance matrix; ``"gpu"``
+    raises NotImplementedError for anything else (and on an adapter that cannot encode the type
+    exactly), and ``"auto"`` uses the GPU for those types only where it measured faster than the
+    CPU."""
+    if not isinstance(device, str):
+        raise TypeError(f"device must be 'cpu', 'gpu' or 'auto', got {device!r}")
     if not isinstance(type, str):
         raise TypeError(f"type must be a GGUF type name such as 'q4_k', got {type!r}")
     a = _as_f32(array, "array")
@@ -52,7 +63,7 @@ def gguf_quantize(array, type: str, *, imatrix: Optional[Sequence[float]] = None
     w = None
     if imatrix is not None:
         w = np.ascontiguousarray(_as_f32(imatrix, "imatrix")).reshape(-1)
-    return _native._gguf_quantize(np.ascontiguousarray(a).reshape(-1), n_per_row, str(type), w)
+    return _native._gguf_quantize(np.ascontiguousarray(a).reshape(-1), n_per_row, str(type), w, str(device))
 
 
 def gguf_dequantize(data, type: str, shape) -> np.ndarray:

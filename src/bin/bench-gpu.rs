@@ -1,19 +1,23 @@
 //! GPU vs CPU quantization throughput on the same data, in one run.
 //!
-//! `cargo run --release --bin bench-gpu -- [SIZES…] [--bits 2,4,8] [--methods minmax,lsq] [--group-size 128] [--json]`
+//! `cargo run --release --bin bench-gpu -- [SIZES…] [--bits 2,4,8] [--methods minmax,lsq] [--group-size 128] [--types q4_0,q8_0] [--json]`
 //! SIZES are element counts: `1000000`, `1M` (2^20), `16M`, `64K`, `2^24`. The GPU is forced
 //! (`device="gpu"`), so a software adapter such as lavapipe is used when it is the only one.
 //!
 //! Every figure comes with its baseline from the same run (this is how to read them on a
 //! shared or throttled machine): the kernels against a device-to-device copy, the whole GPU
 //! path against a mapped-staging upload of the same bytes, the GPU path against the CPU path.
+//! `--types` adds ggml's block types (GGUF tensor types, rows of 4096): their rows have the
+//! type's name as method, its code bits as bits and its block as group.
 //! It exits with status 1 if the GPU and CPU bytes differ.
 
 use std::time::Instant;
 
 use arrow_quant_v2::backend::{Backend, QuantJob};
 use arrow_quant_v2::cpu::CpuBackend;
+use arrow_quant_v2::error::QuantError;
 use arrow_quant_v2::gpu::{GpuBackend, Stages};
+use arrow_quant_v2::quant::ggml::{self, GgmlType};
 use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantConfig};
 use clap::Parser;
 
@@ -31,6 +35,9 @@ struct Args {
     /// Methods, comma-separated: minmax (memory-bound), lsq (the compute-bound search)
     #[arg(long, value_delimiter = ',', default_values_t = ["minmax".to_string()])]
     methods: Vec<String>,
+    /// ggml block types (GGUF tensor types), comma-separated: q4_0,q4_1,q5_0,q5_1,q8_0,…
+    #[arg(long, value_delimiter = ',')]
+    types: Vec<String>,
     /// Timed repetitions per measurement (the best is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -72,7 +79,7 @@ struct Row {
     elements: usize,
     bits: i64,
     group_size: i64,
-    method: &'static str,
+    method: String,
     /// The kernels alone (GPU timestamps), when the adapter has them.
     kernel_gbs: Option<f64>,
     /// A device-to-device copy of the kernels' chunk size.
@@ -123,6 +130,8 @@ fn main() {
     if lsq_refused.is_some() {
         methods.retain(|&m| m != Method::Lsq);
     }
+    let types: Vec<GgmlType> = args.types.iter().map(|t| t.parse::<GgmlType>().unwrap_or_else(|_| fail(format!("unknown GGUF type '{t}'")))).collect();
+    let mut refused: Vec<String> = Vec::new();
     let mut rows = Vec::new();
     for s in &args.sizes {
         let n = parse_size(s).unwrap_or_else(|e| fail(e));
@@ -183,7 +192,7 @@ fn main() {
                 elements: n,
                 bits,
                 group_size: args.group_size,
-                method: method.name(),
+                method: method.name().to_string(),
                 kernel_gbs,
                 device_copy_gbs: copy_gbs,
                 kernel_over_copy: kernel_gbs.map(|k| k / copy_gbs),
@@ -199,6 +208,13 @@ fn main() {
                 identical: outs[0] == outs[1],
             });
         }
+        for &ty in &types {
+            match ggml_row(gpu, ty, &weights, args.iters, (copy_gbs, upload_gbs, write_buffer_gbs)) {
+                Ok(row) => rows.push(row),
+                Err(QuantError::Unsupported(why)) => refused.push(format!("{}: {why}", ty.name().to_ascii_lowercase())),
+                Err(e) => fail(e),
+            }
+        }
     }
     let auto = arrow_quant_v2::device::auto();
     // The search's own decision (its own probe), where it was benchmarked.
@@ -209,6 +225,7 @@ fn main() {
         "cpu": cpu.name(),
         "lsq_denorm_preserve": gpu.denorm_preserve(),
         "lsq_refused": lsq_refused,
+        "types_refused": refused,
         "auto": { "gpu": auto.gpu, "reason": auto.reason },
         "auto_lsq": auto_lsq.map(|a| serde_json::json!({ "gpu": a.gpu, "reason": a.reason })),
         "iters": args.iters,
@@ -232,6 +249,9 @@ fn main() {
         if let Some(why) = &lsq_refused {
             println!("lsq: refused on this adapter, no lsq rows ({why})");
         }
+        for why in &refused {
+            println!("refused on this adapter, no row: {why}");
+        }
         println!("GB/s of f32 input, best of {}; group {}", args.iters, args.group_size);
         println!(
             "{:>10} {:>4} {:>6} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} {:>14} | {:>8} {:>7} | {:>5}",
@@ -250,4 +270,68 @@ fn main() {
         eprintln!("error: GPU and CPU bytes differ");
         std::process::exit(1);
     }
+}
+
+/// One ggml block type on `weights` (rows of 4096 where they divide, else one row): the GPU
+/// (kernel time and end to end) against the CPU encoders, with the size's baselines
+/// `(device copy, upload, write_buffer)` in GB/s.
+fn ggml_row(gpu: &GpuBackend, ty: GgmlType, weights: &[f32], iters: usize, (copy_gbs, upload_gbs, write_buffer_gbs): (f64, f64, f64)) -> Result<Row, QuantError> {
+    let (block, _) = ty.block();
+    let n = weights.len() / block * block;
+    let x = &weights[..n];
+    let per_row = if n % 4096 == 0 { 4096 } else { n };
+    let n_bytes = ggml::check_rows(ty, n, per_row, None)?;
+    let (mut on_gpu, mut on_cpu) = (vec![0u8; n_bytes], vec![0u8; n_bytes]);
+    let gbs = |t: f64| n as f64 * 4.0 / t / 1e9;
+    // Warm-ups: buffers, pipeline and self-test on the GPU; output pages on the CPU.
+    gpu.quantize_ggml(ty, x, per_row, None, &mut on_gpu)?;
+    ggml::quantize(ty, x, per_row, None, &mut on_cpu)?;
+    let (mut kernel, mut fastest) = (f64::INFINITY, (f64::INFINITY, Stages::default()));
+    let mut failed = None;
+    let t_gpu = best(iters, || {
+        let t = Instant::now();
+        match gpu.quantize_ggml(ty, x, per_row, None, &mut on_gpu) {
+            Ok(stages) => {
+                let wall = t.elapsed().as_secs_f64();
+                kernel = kernel.min(stages.kernel.unwrap_or(f64::INFINITY));
+                if wall < fastest.0 {
+                    fastest = (wall, stages);
+                }
+                wall
+            }
+            Err(e) => {
+                failed = Some(e);
+                f64::INFINITY
+            }
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let t_cpu = best(iters, || {
+        let t = Instant::now();
+        ggml::quantize(ty, x, per_row, None, &mut on_cpu).unwrap_or_else(|e| fail(e));
+        t.elapsed().as_secs_f64()
+    });
+    let kernel_gbs = kernel.is_finite().then(|| gbs(kernel));
+    let share = |v: f64| v / fastest.0;
+    Ok(Row {
+        elements: n,
+        bits: ty.code_bits() as i64,
+        group_size: block as i64,
+        method: ty.name().to_ascii_lowercase(),
+        kernel_gbs,
+        device_copy_gbs: copy_gbs,
+        kernel_over_copy: kernel_gbs.map(|k| k / copy_gbs),
+        gpu_e2e_gbs: gbs(t_gpu),
+        upload_gbs,
+        e2e_over_upload: gbs(t_gpu) / upload_gbs,
+        write_buffer_gbs,
+        host_fill: share(fastest.1.fill),
+        host_wait: share(fastest.1.wait),
+        host_read: share(fastest.1.read),
+        cpu_gbs: gbs(t_cpu),
+        gpu_over_cpu: t_cpu / t_gpu,
+        identical: on_gpu == on_cpu,
+    })
 }

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::errors::guarded;
+use crate::device::{Device, GgmlDevice};
 use crate::error::{QuantError, Result};
 use crate::gguf::mix::{fallback, TensorDesc};
 use crate::quant::ggml::{self, GgmlType};
@@ -19,25 +20,30 @@ fn tensor_type(name: &str) -> Result<GgmlType> {
     })
 }
 
-/// Encodes contiguous float32 rows of `n_per_row` as `type_name`; the GIL is released.
+/// Encodes contiguous float32 rows of `n_per_row` as `type_name` on `device` (see
+/// [`GgmlDevice`]); the GIL is released.
 #[pyfunction]
-#[pyo3(signature = (x, n_per_row, type_name, imatrix = None))]
+#[pyo3(signature = (x, n_per_row, type_name, imatrix = None, device = "auto"))]
 fn _gguf_quantize<'py>(
     py: Python<'py>,
     x: PyReadonlyArray1<'py, f32>,
     n_per_row: usize,
     type_name: &str,
     imatrix: Option<PyReadonlyArray1<'py, f32>>,
+    device: &str,
 ) -> PyResult<Bound<'py, PyBytes>> {
     guarded("gguf_quantize", || {
         let ty = tensor_type(type_name)?;
+        let device = device.parse::<Device>()?;
         let x = x.as_slice()?;
         let imatrix = imatrix.as_ref().map(|w| w.as_slice()).transpose()?;
         let out = py.detach(|| -> Result<Vec<u8>> {
             ggml::check_finite("array", x)?;
             let n_bytes = ggml::check_rows(ty, x.len(), n_per_row, imatrix).map_err(|e| with_fallback(e, ty, n_per_row))?;
+            // "auto" looks at the GPU only for a type it has a kernel for.
+            let dev = if device == Device::Auto && !GgmlDevice::has_kernel(ty, imatrix.is_some()) { GgmlDevice::cpu() } else { GgmlDevice::new(device)? };
             let mut out = vec![0u8; n_bytes];
-            ggml::quantize(ty, x, n_per_row, imatrix, &mut out)?;
+            dev.quantize(ty, x, n_per_row, imatrix, &mut out)?;
             Ok(out)
         })?;
         Ok(PyBytes::new(py, &out))
@@ -71,7 +77,14 @@ fn _gguf_dequantize<'py>(py: Python<'py>, data: &[u8], type_name: &str, n: usize
     })
 }
 
+/// The types with a GPU kernel (without an importance matrix), by name.
+#[pyfunction]
+fn _gguf_gpu_types() -> Vec<String> {
+    GgmlType::QUANTIZED.iter().filter(|&&t| GgmlDevice::has_kernel(t, false)).map(|t| t.name().to_ascii_lowercase()).collect()
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_gguf_gpu_types, m)?)?;
     m.add_function(wrap_pyfunction!(_gguf_quantize, m)?)?;
     m.add_function(wrap_pyfunction!(_gguf_dequantize, m)?)?;
     Ok(())

@@ -109,9 +109,9 @@ def imatrices(n: int) -> dict:
     }
 
 
-def check_equal(ggml, x, type_name, imatrix=None, what="") -> str | None:
+def check_equal(ggml, x, type_name, imatrix=None, what="", device="cpu") -> str | None:
     """None when gguf_quantize(x) is ggml's bytes, else where it first differs."""
-    ours = aq.gguf_quantize(x, type_name, imatrix=imatrix)
+    ours = aq.gguf_quantize(x, type_name, imatrix=imatrix, device=device)
     want = ggml.quantize(x, type_name, imatrix)
     diff = first_block_difference(ours, want, ggml.block(type_name), x.shape[-1])
     return None if diff is None else f"{what} {type_name} shape {x.shape}: {diff}"
@@ -183,6 +183,47 @@ def test_adversarial_rows_equal_ggml(ggml, type_name, imatrix_kind):
         if (d := check_equal(ggml, x, type_name, w, what=f"[{case}, imatrix {imatrix_kind}]")) is not None:
             failures.append(d)
     assert_all(failures, n, 20)
+
+
+no_gpu_tests = pytest.mark.skipif(os.environ.get("ARROW_QUANT_SKIP_GPU_TESTS") == "1", reason="ARROW_QUANT_SKIP_GPU_TESTS=1")
+
+
+def test_the_gpu_encodes_the_32_element_types():
+    assert set(aq.GGUF_GPU_TYPES) >= set(LEGACY_TYPES) and set(aq.GGUF_GPU_TYPES) <= set(BLOCK_TYPES)
+
+
+@no_gpu_tests
+@pytest.mark.parametrize("type_name", aq.GGUF_GPU_TYPES)
+def test_minilm_blocks_on_the_gpu_equal_ggml(ggml, minilm, type_name):
+    """device="gpu" (lavapipe in CI) on every MiniLM tensor whose rows fit the type, and on the
+    adversarial rows: ggml's bytes."""
+    failures, n = [], 0
+    arrays = {k: v for k, v in minilm.items() if fits(type_name, v.shape[-1])}
+    arrays.update({f"[{k}]": v for k, v in adversarial_rows().items()})
+    for name, x in arrays.items():
+        n += 1
+        if (d := check_equal(ggml, x, type_name, what=name, device="gpu")) is not None:
+            failures.append(d)
+    assert_all(failures, n, 26 if type_name in K_TYPES else 60)
+
+
+@no_gpu_tests
+def test_the_gpu_refuses_what_it_has_no_kernel_for():
+    x = np.ones((2, 256), f32)
+    with pytest.raises(NotImplementedError, match="q4_0 with an importance matrix has no GPU kernel"):
+        aq.gguf_quantize(x, "q4_0", imatrix=np.ones(256, f32), device="gpu")
+    for t in BLOCK_TYPES:
+        if t not in aq.GGUF_GPU_TYPES:
+            with pytest.raises(NotImplementedError, match=f"{t} has no GPU kernel yet"):
+                aq.gguf_quantize(x, t, device="gpu")
+    with pytest.raises(ValueError, match="Invalid device"):
+        aq.gguf_quantize(x, "q8_0", device="tpu")
+    with pytest.raises(TypeError, match="device must be"):
+        aq.gguf_quantize(x, "q8_0", device=None)
+    # "auto" and "cpu" give the same bytes as "gpu" (and take an importance matrix anywhere).
+    assert aq.gguf_quantize(x * 0.3, "q5_1", device="auto") == aq.gguf_quantize(x * 0.3, "q5_1", device="gpu")
+    w = np.linspace(0.1, 2, 256).astype(f32)
+    assert aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="auto") == aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="cpu")
 
 
 @pytest.mark.parametrize("type_name", PLAIN_TYPES)

@@ -25,7 +25,7 @@ if ls /usr/share/vulkan/icd.d/nvidia* /etc/vulkan/icd.d/nvidia* >/dev/null 2>&1 
 fi
 
 echo "== exactness: GPU bytes against the CPU backend and the reference"
-for t in ./gpu_exact ./gpu_device ./lsq; do
+for t in ./gpu_exact ./gpu_device ./lsq ./gpu_ggml; do
     if ! "$t" --test-threads=1 -q 2>&1; then
         echo "FAILED: $t" >&2
         status=1
@@ -34,6 +34,6 @@ done
 
 echo "== benchmark (GB/s of f32 input; ratios against baselines measured in the same run)"
 # shellcheck disable=SC2086
-./bench-gpu ${SIZES:-4M 16M 64M} --bits 2,4,8 --methods minmax,lsq --group-size 128 --iters ${ITERS:-5} --json-out "$OUT/bench.json" || status=1
+./bench-gpu ${SIZES:-4M 16M 64M} --bits 2,4,8 --methods minmax,lsq --group-size 128 --types ${TYPES:-q4_0,q4_1,q5_0,q5_1,q8_0} --iters ${ITERS:-5} --json-out "$OUT/bench.json" || status=1
 echo "json: $OUT/bench.json"
 exit $status
