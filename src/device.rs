@@ -10,6 +10,7 @@ use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 #[cfg(feature = "gpu")]
 use crate::gpu::GpuBackend;
+use crate::quant::ggml::GgmlType;
 use crate::quant::Method;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -69,6 +70,9 @@ pub fn describe(device: Device) -> Result<String> {
             let mut text = format!("{} [auto: {}", minmax.backend.name(), minmax.reason);
             if let Some(lsq) = decided(Method::Lsq) {
                 text += &format!("; lsq: {}: {}", lsq.backend.name(), lsq.reason);
+            }
+            for (ty, c) in decided_ggml() {
+                text += &format!("; {}: {}: {}", ty.name().to_ascii_lowercase(), if c.gpu { "gpu" } else { "cpu" }, c.reason);
             }
             text + "]"
         }
@@ -145,25 +149,32 @@ impl Backend for Auto {
     }
 }
 
+/// The GPU "auto" may measure: `Ok(Some(gpu))` for a hardware adapter, `Ok(None)` for a
+/// software one allowed by `ARROW_QUANT_ALLOW_SOFTWARE_GPU=1` (taken without a measurement,
+/// for tests), `Err(why not)` otherwise.
 #[cfg(feature = "gpu")]
-fn decide(method: Method) -> AutoChoice {
+fn gpu_candidate() -> std::result::Result<Option<&'static GpuBackend>, String> {
     use crate::gpu::AutoCandidate;
-    let cpu = |reason: String| AutoChoice { backend: &CPU, reason, gpu: false };
     if crate::gpu::inherited_from_parent() {
-        return cpu("this process was forked after its parent started the GPU".into());
+        return Err("this process was forked after its parent started the GPU".into());
     }
     let software = match crate::gpu::auto_candidate() {
-        AutoCandidate::None(why) => return cpu(why),
+        AutoCandidate::None(why) => return Err(why),
         AutoCandidate::AllowedSoftware => true,
         AutoCandidate::Hardware => false,
     };
-    let gpu = match GpuBackend::shared() {
-        Ok(g) => g,
-        Err(e) => return cpu(format!("the GPU could not be started: {e}")),
+    let gpu = GpuBackend::shared().map_err(|e| format!("the GPU could not be started: {e}"))?;
+    Ok((!software).then_some(gpu))
+}
+
+#[cfg(feature = "gpu")]
+fn decide(method: Method) -> AutoChoice {
+    let cpu = |reason: String| AutoChoice { backend: &CPU, reason, gpu: false };
+    let gpu = match gpu_candidate() {
+        Ok(Some(g)) => g,
+        Ok(None) => return AutoChoice { backend: &AUTO_GPU, reason: format!("software adapter allowed by {}=1", crate::gpu::ALLOW_SOFTWARE_ENV), gpu: true },
+        Err(why) => return cpu(why),
     };
-    if software {
-        return AutoChoice { backend: &AUTO_GPU, reason: format!("software adapter allowed by {}=1", crate::gpu::ALLOW_SOFTWARE_ENV), gpu: true };
-    }
     match probe::race(&CPU, gpu, method) {
         Ok(r) if r.gpu_faster() => AutoChoice { backend: &AUTO_GPU, reason: format!("measured faster: {r}"), gpu: true },
         Ok(r) => cpu(format!("measured faster: {r}")),
@@ -247,53 +258,33 @@ fn gpu() -> Result<&'static dyn Backend> {
 /// bytes ([`crate::quant::ggml::quantize`]'s, which are ggml's) wherever they run.
 ///
 /// * "cpu": the CPU encoders.
-/// * "gpu": the GPU for the types it has a kernel for ([`GgmlDevice::on_gpu`]); any other type
-///   is an `Unsupported` error from [`GgmlDevice::quantize`] (the model converter instead
+/// * "gpu": the GPU for the types it has a kernel for ([`GgmlDevice::has_kernel`]); any other
+///   type is an `Unsupported` error from [`GgmlDevice::quantize`] (the model converter instead
 ///   encodes such tensors on the CPU, and says so).
-/// * "auto": the GPU for those types only where "auto" chose the GPU for min/max (the
-///   encoders without an importance matrix are as memory-bound as min/max), with the CPU
-///   taking anything the GPU fails or refuses.
+/// * "auto": per type, whichever of the two measured faster on this machine ([`auto_ggml`]),
+///   with the CPU taking anything the GPU fails or refuses.
 #[derive(Clone, Copy)]
 pub struct GgmlDevice {
-    #[cfg(feature = "gpu")]
-    gpu: Option<&'static GpuBackend>,
-    fallback: bool,
+    device: Device,
 }
 
 impl GgmlDevice {
+    /// Checks that "gpu" can start the GPU; "auto" starts nothing until a type asks.
     pub fn new(device: Device) -> Result<Self> {
-        #[cfg(feature = "gpu")]
-        {
-            let gpu = match device {
-                Device::Cpu => None,
-                Device::Gpu => {
-                    gpu()?;
-                    Some(GpuBackend::shared()?)
-                }
-                Device::Auto if auto().gpu => GpuBackend::shared().ok(),
-                Device::Auto => None,
-            };
-            Ok(Self { gpu, fallback: device == Device::Auto })
+        if device == Device::Gpu {
+            gpu()?;
         }
-        #[cfg(not(feature = "gpu"))]
-        match device {
-            Device::Gpu => gpu().map(|_| Self { fallback: false }),
-            _ => Ok(Self { fallback: true }),
-        }
+        Ok(Self { device })
     }
 
     /// The CPU encoders.
     pub fn cpu() -> Self {
-        Self {
-            #[cfg(feature = "gpu")]
-            gpu: None,
-            fallback: true,
-        }
+        Self { device: Device::Cpu }
     }
 
     /// Whether a GPU kernel encodes `ty` (with an importance matrix or not), on any adapter
     /// that keeps its bytes exact.
-    pub fn has_kernel(ty: crate::quant::ggml::GgmlType, imatrix: bool) -> bool {
+    pub fn has_kernel(ty: GgmlType, imatrix: bool) -> bool {
         #[cfg(feature = "gpu")]
         return crate::gpu::has_ggml_kernel(ty, imatrix);
         #[cfg(not(feature = "gpu"))]
@@ -303,27 +294,23 @@ impl GgmlDevice {
         }
     }
 
-    /// Whether `ty` (with an importance matrix or not) runs on the GPU here.
-    pub fn on_gpu(&self, ty: crate::quant::ggml::GgmlType, imatrix: bool) -> bool {
-        #[cfg(feature = "gpu")]
-        return self.gpu.is_some() && Self::has_kernel(ty, imatrix);
-        #[cfg(not(feature = "gpu"))]
-        {
-            let _ = (ty, imatrix);
-            false
+    /// Whether `ty` (with an importance matrix or not) runs on the GPU here (for "auto": the
+    /// type's decision, made on first call).
+    pub fn on_gpu(&self, ty: GgmlType, imatrix: bool) -> bool {
+        match self.device {
+            Device::Cpu => false,
+            Device::Gpu => Self::has_kernel(ty, imatrix),
+            Device::Auto => Self::has_kernel(ty, imatrix) && auto_ggml(ty).gpu,
         }
     }
 
     /// Whether "gpu" was asked for (then a type without a kernel is an error).
     pub fn wants_gpu(&self) -> bool {
-        #[cfg(feature = "gpu")]
-        return self.gpu.is_some() && !self.fallback;
-        #[cfg(not(feature = "gpu"))]
-        false
+        self.device == Device::Gpu
     }
 
-    /// This device for one type: the GPU where it encodes `ty`, else the CPU.
-    pub fn or_cpu_for(self, ty: crate::quant::ggml::GgmlType, imatrix: bool) -> Self {
+    /// This device for one type: itself where the GPU encodes `ty`, else the CPU.
+    pub fn or_cpu_for(self, ty: GgmlType, imatrix: bool) -> Self {
         if self.on_gpu(ty, imatrix) {
             self
         } else {
@@ -332,17 +319,67 @@ impl GgmlDevice {
     }
 
     /// [`crate::quant::ggml::quantize`] on this device.
-    pub fn quantize(&self, ty: crate::quant::ggml::GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, out: &mut [u8]) -> Result<()> {
+    pub fn quantize(&self, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, out: &mut [u8]) -> Result<()> {
+        let cpu = |out: &mut [u8]| crate::quant::ggml::quantize(ty, x, n_per_row, imatrix, out);
         #[cfg(feature = "gpu")]
-        if let Some(g) = self.gpu {
-            if self.fallback && !self.on_gpu(ty, imatrix.is_some()) {
-                return crate::quant::ggml::quantize(ty, x, n_per_row, imatrix, out);
+        match self.device {
+            Device::Gpu => return GpuBackend::shared()?.quantize_ggml(ty, x, n_per_row, imatrix, out).map(|_| ()),
+            Device::Auto if self.on_gpu(ty, imatrix.is_some()) => {
+                return match GpuBackend::shared().and_then(|g| g.quantize_ggml(ty, x, n_per_row, imatrix, out)) {
+                    Err(QuantError::Device(_) | QuantError::Unsupported(_)) => cpu(out),
+                    r => r.map(|_| ()),
+                };
             }
-            return match g.quantize_ggml(ty, x, n_per_row, imatrix, out) {
-                Err(QuantError::Device(_) | QuantError::Unsupported(_)) if self.fallback => crate::quant::ggml::quantize(ty, x, n_per_row, imatrix, out),
-                r => r.map(|_| ()),
-            };
+            _ => {}
         }
-        crate::quant::ggml::quantize(ty, x, n_per_row, imatrix, out)
+        cpu(out)
     }
+}
+
+/// Per ggml type (`GgmlType::id`): "auto"'s decision and the process that made it.
+static AUTO_GGML: std::sync::Mutex<Vec<(GgmlType, u32, &'static AutoChoice)>> = std::sync::Mutex::new(Vec::new());
+
+/// The choice of "auto" for ggml's type `ty` (without an importance matrix): the CPU for a type
+/// without a GPU kernel, else a measurement of both on a probe ([`probe::race_ggml`]), made on
+/// first use and kept for the process (made again in a forked child).
+pub fn auto_ggml(ty: GgmlType) -> &'static AutoChoice {
+    let pid = std::process::id();
+    let mut made = AUTO_GGML.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, c)) = made.iter().find(|(t, p, _)| *t == ty && *p == pid) {
+        return c;
+    }
+    let choice: &'static AutoChoice = Box::leak(Box::new(decide_ggml(ty)));
+    made.push((ty, pid, choice));
+    choice
+}
+
+/// The ggml types decided so far in this process, for [`describe`].
+fn decided_ggml() -> Vec<(GgmlType, &'static AutoChoice)> {
+    let pid = std::process::id();
+    AUTO_GGML.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, p, _)| *p == pid).map(|&(t, _, c)| (t, c)).collect()
+}
+
+#[cfg(feature = "gpu")]
+fn decide_ggml(ty: GgmlType) -> AutoChoice {
+    let cpu = |reason: String| AutoChoice { backend: &CPU, reason, gpu: false };
+    if !GgmlDevice::has_kernel(ty, false) {
+        return cpu("no GPU kernel for this type".into());
+    }
+    let gpu = match gpu_candidate() {
+        Ok(g) => g,
+        Err(why) => return cpu(why),
+    };
+    let Some(g) = gpu else {
+        return AutoChoice { backend: &AUTO_GPU, reason: format!("software adapter allowed by {}=1", crate::gpu::ALLOW_SOFTWARE_ENV), gpu: true };
+    };
+    match probe::race_ggml(g, ty) {
+        Ok(r) if r.gpu_faster() => AutoChoice { backend: &AUTO_GPU, reason: format!("measured faster: {r}"), gpu: true },
+        Ok(r) => cpu(format!("measured faster: {r}")),
+        Err(e) => cpu(format!("the GPU failed its measurement: {e}")),
+    }
+}
+
+#[cfg(not(feature = "gpu"))]
+fn decide_ggml(_: GgmlType) -> AutoChoice {
+    AutoChoice { backend: &CPU, reason: "built without the 'gpu' feature".into(), gpu: false }
 }

@@ -35,7 +35,8 @@ pub struct Race {
     pub gpu_s: f64,
     pub bytes: usize,
     pub gpu_name: String,
-    pub method: Method,
+    /// What was quantized ("4-bit, group 128, minmax", "q8_0, rows of 4096").
+    pub what: String,
 }
 
 impl Race {
@@ -52,12 +53,12 @@ impl fmt::Display for Race {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "cpu {:.1} GB/s, {} {:.1} GB/s, on a {} MiB probe (4-bit, group 128, {})",
+            "cpu {:.1} GB/s, {} {:.1} GB/s, on a {} MiB probe ({})",
             self.gbs(self.cpu_s),
             self.gpu_name,
             self.gbs(self.gpu_s),
             self.bytes >> 20,
-            self.method.name()
+            self.what
         )
     }
 }
@@ -101,16 +102,53 @@ pub fn race(cpu: &dyn Backend, gpu: &dyn Backend, method: Method) -> Result<Race
 /// [`race`] on a probe of `n` elements (a multiple of 4096).
 pub fn race_on(cpu: &dyn Backend, gpu: &dyn Backend, n: usize, method: Method) -> Result<Race> {
     let (mut c, mut g) = (Probe::new(n, method), Probe::new(n, method));
-    c.time(cpu)?;
-    g.time(gpu)?;
+    let (cpu_s, gpu_s) = rounds(|| c.time(cpu), || g.time(gpu))?;
+    Ok(Race { cpu_s, gpu_s, bytes: n * 4, gpu_name: gpu.name(), what: format!("4-bit, group 128, {}", method.name()) })
+}
+
+/// One untimed warm-up of each side, then alternating timed rounds within the budget; the
+/// best time of each.
+fn rounds(mut cpu: impl FnMut() -> Result<f64>, mut gpu: impl FnMut() -> Result<f64>) -> Result<(f64, f64)> {
+    cpu()?;
+    gpu()?;
     let start = Instant::now();
     let (mut cpu_s, mut gpu_s) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..MAX_ROUNDS {
-        cpu_s = cpu_s.min(c.time(cpu)?);
-        gpu_s = gpu_s.min(g.time(gpu)?);
+        cpu_s = cpu_s.min(cpu()?);
+        gpu_s = gpu_s.min(gpu()?);
         if start.elapsed().as_secs_f64() > BUDGET_S {
             break;
         }
     }
-    Ok(Race { cpu_s, gpu_s, bytes: n * 4, gpu_name: gpu.name(), method })
+    Ok((cpu_s, gpu_s))
+}
+
+/// Elements of the probe for ggml's type `ty`: 4 Mi for the 32-element types (as memory-bound
+/// as min/max), 256 Ki for the K types, whose searches cost 10-70x more per element.
+fn ggml_probe_elements(ty: crate::quant::ggml::GgmlType) -> usize {
+    if ty.block().0 == 32 {
+        1 << 22
+    } else {
+        1 << 18
+    }
+}
+
+/// The CPU encoders against the GPU's kernel for ggml's type `ty` (no importance matrix), on
+/// rows of 4096, as [`race`].
+pub fn race_ggml(gpu: &crate::gpu::GpuBackend, ty: crate::quant::ggml::GgmlType) -> Result<Race> {
+    use crate::quant::ggml;
+    let n = ggml_probe_elements(ty);
+    let x: Vec<f32> = (0..n).map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) & 0xffff) as f32 / 65536.0 - 0.5).collect();
+    let n_bytes = ggml::check_rows(ty, n, 4096, None)?;
+    let (mut on_cpu, mut on_gpu) = (vec![0u8; n_bytes], vec![0u8; n_bytes]);
+    let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        let t = Instant::now();
+        f()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (cpu_s, gpu_s) = rounds(
+        || timed(&mut || ggml::quantize(ty, &x, 4096, None, &mut on_cpu)),
+        || timed(&mut || gpu.quantize_ggml(ty, &x, 4096, None, &mut on_gpu).map(|_| ())),
+    )?;
+    Ok(Race { cpu_s, gpu_s, bytes: n * 4, gpu_name: crate::backend::Backend::name(gpu), what: format!("{}, rows of 4096", ty.name().to_ascii_lowercase()) })
 }

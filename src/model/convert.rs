@@ -489,9 +489,7 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
         .filter_map(|(t, c)| c.output_type(t).map(|ty| TensorPlan { name: t.name.clone(), shape: t.shape.clone(), ty }))
         .collect();
     let with_imatrix = |i: usize| rows.as_ref().is_some_and(|r| r[i].is_some());
-    // "auto" measures the GPU only when some tensor could use it.
-    let kernel_wanted = choices.iter().enumerate().any(|(i, c)| matches!(c.step, Step::Encode(ty) if GgmlDevice::has_kernel(ty, with_imatrix(i))));
-    let ggml_dev = if opts.device == Device::Auto && !kernel_wanted { GgmlDevice::cpu() } else { GgmlDevice::new(opts.device)? };
+    let ggml_dev = GgmlDevice::new(opts.device)?;
     if ggml_dev.wants_gpu() {
         // --device gpu: the types without a GPU kernel are encoded on the CPU; say which.
         let mut on_cpu: Vec<String> = Vec::new();

@@ -40,8 +40,7 @@ fn _gguf_quantize<'py>(
         let out = py.detach(|| -> Result<Vec<u8>> {
             ggml::check_finite("array", x)?;
             let n_bytes = ggml::check_rows(ty, x.len(), n_per_row, imatrix).map_err(|e| with_fallback(e, ty, n_per_row))?;
-            // "auto" looks at the GPU only for a type it has a kernel for.
-            let dev = if device == Device::Auto && !GgmlDevice::has_kernel(ty, imatrix.is_some()) { GgmlDevice::cpu() } else { GgmlDevice::new(device)? };
+            let dev = GgmlDevice::new(device)?;
             let mut out = vec![0u8; n_bytes];
             dev.quantize(ty, x, n_per_row, imatrix, &mut out)?;
             Ok(out)

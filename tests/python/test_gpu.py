@@ -113,6 +113,27 @@ def test_auto_decides_the_search_on_its_own():
         assert "; lsq: cpu (" in after and "software adapter" in after.split("; lsq: ")[1], after
 
 
+def test_auto_decides_each_ggml_type_on_its_own():
+    # gguf_quantize(device="auto") decides per type with a GPU kernel, on first use, by a
+    # measurement (a software adapter never wins unless allowed); a type without one just runs
+    # on the CPU.
+    code = (
+        "import arrow_quant_v2 as aq, numpy as np\n"
+        "x = np.linspace(-1, 1, 4096 * 4, dtype=np.float32).reshape(4, 4096)\n"
+        "print(aq.backend_name('auto'))\n"
+        "a, b = aq.gguf_quantize(x, 'q8_0', device='auto'), aq.gguf_quantize(x, 'q6_k', device='auto')\n"
+        "assert a == aq.gguf_quantize(x, 'q8_0', device='cpu') and b == aq.gguf_quantize(x, 'q6_k', device='cpu')\n"
+        "print(aq.backend_name('auto'))"
+    )
+    for env in ({}, {"ARROW_QUANT_ALLOW_SOFTWARE_GPU": "1"}):
+        before, after = run_in_subprocess(code, **env).stdout.strip().splitlines()
+        assert "; q8_0: " not in before and "; q8_0: " in after, after
+        assert ("; q6_k: " in after) == ("q6_k" in aq.GGUF_GPU_TYPES), after
+        q8 = after.split("; q8_0: ")[1]
+        if software_only():
+            assert q8.startswith("gpu: software adapter allowed") if env else (q8.startswith("cpu: ") and "software adapter" in q8), after
+
+
 def test_starting_the_gpu_prints_nothing():
     # Mesa's device-select layer used to print "XDG_RUNTIME_DIR is invalid" twice per process
     # on machines without a display session (CI has none: XDG_RUNTIME_DIR is unset here).
