@@ -49,6 +49,9 @@ enum Command {
         /// ~6x the compute, same format)
         #[arg(long, default_value = "minmax")]
         method: String,
+        /// cpu, gpu or auto: where to quantize (the same bytes on each). auto measures both
+        /// once per process (per method, and per GGUF type); GGUF types without a GPU kernel
+        /// run on the CPU (with a note under gpu)
         #[arg(long, default_value = "auto")]
         device: String,
         /// Keep tensors matching this glob in F16/F32 (GGUF input: copy them unchanged) (repeatable)
@@ -126,7 +129,7 @@ impl Progress for Bar {
         Ok(())
     }
     fn message(&mut self, line: &str) {
-        if self.verbose || line.starts_with("warning") {
+        if self.verbose || line.starts_with("warning") || line.starts_with("note") {
             self.bar.suspend(|| eprintln!("{line}"));
         }
     }
