@@ -32,7 +32,7 @@ use super::quantize::Stages;
 use super::staging::{self, buffer, InFlight, Timer, Upload, READBACK, STORAGE};
 
 /// The types with a GPU kernel (without an importance matrix).
-pub const TYPES: [GgmlType; 6] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q6_K];
+pub const TYPES: [GgmlType; 8] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 /// The shader file with `ty`'s encoder (appended to `ggml_common.wgsl`).
 fn family(ty: GgmlType) -> &'static str {
@@ -323,4 +323,65 @@ pub fn self_test(kernels: &GgmlKernels, ctx: &GpuContext, ty: GgmlType) -> Resul
     ggml::quantize_with(Simd::Scalar, ty, &x, qk, None, &mut want)?;
     kernels.run(ctx, ty, &x, &mut got, false)?;
     Ok(got.chunks(bytes).zip(want.chunks(bytes)).position(|(a, b)| a != b).map(|b| format!("the {ty} kernel's bytes differ from the CPU's in block {b} of its self-test")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sqrt_rn` of ggml_kquants.wgsl (Q4_K's and Q5_K's `sqrtf`) on this adapter against
+    /// Rust's correctly rounded `f32::sqrt`, bit for bit: zeros, every subnormal scale, exact
+    /// squares and their neighbours (where a wrong rounding shows first), powers of two, the
+    /// largest floats and random bit patterns.
+    #[test]
+    fn the_kernels_square_root_is_correctly_rounded() {
+        let backend = match crate::gpu::GpuBackend::shared() {
+            Ok(b) => b,
+            Err(e) if std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => return eprintln!("skipping GPU test: {e}"),
+            Err(e) => panic!("no GPU adapter for the GPU tests ({e}); set ARROW_QUANT_SKIP_GPU_TESTS=1 to skip"),
+        };
+        let ctx = backend.ctx;
+        let mut x: Vec<u32> = vec![0, 1, 2, 3, 0x007f_ffff, 0x0080_0000, 0x7f7f_ffff, 0x7f7f_fffe, 0x3f80_0000, 0x4000_0000];
+        x.extend((0..23).map(|k| 1u32 << k));
+        for m in 1u32..2000 {
+            for e in [-140i32, -75, -1, 0, 1, 20, 63] {
+                let sq = (m as f32 * 2f32.powi(e)).powi(2).to_bits();
+                if sq != 0 && sq < 0x7f80_0000 {
+                    x.extend([sq - 1, sq, sq + 1]);
+                }
+            }
+        }
+        let mut next = xorshift(0x1234_5678);
+        x.extend((0..150_000).map(|_| next() & 0x7fff_ffff).filter(|&b| b < 0x7f80_0000));
+        x.extend((0..20_000).map(|_| next() & 0x00ff_ffff));
+        let kernels = GgmlKernels::new(ctx, &backend.caps);
+        let (input_bytes, out_bytes, _) = capacity(kernels.elems);
+        let per_run = input_bytes.min(out_bytes) / 4;
+        let pipeline = ctx.exact_f32_pipeline("sqrt check", &super::super::shaders::ggml_source(super::super::shaders::GGML_KQUANTS), "sqrt_check", &[("TYPE", 12.0)], &kernels.layout).unwrap();
+        let set = Set::new(ctx, &kernels.layout, kernels.elems);
+        for part in x.chunks(per_run) {
+            ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs: 0, n_units: part.len() as u32, zero_mask: 0, pad: 0 }));
+            ctx.queue.write_buffer(&set.input, 0, bytemuck::cast_slice(part));
+            let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sqrt check") });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("sqrt check"), timestamp_writes: None });
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &set.bind, &[]);
+                staging::dispatch(ctx, &mut pass, part.len());
+            }
+            let len = (part.len() * 4) as u64;
+            enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, len);
+            let f = staging::submit(ctx, enc, &set.staging, len, 0, 0);
+            staging::wait_mapped(ctx, &f).unwrap();
+            {
+                let view = set.staging.slice(..len).get_mapped_range().unwrap();
+                let got: &[u32] = bytemuck::cast_slice(&view);
+                for (&b, &g) in part.iter().zip(got) {
+                    let want = f32::from_bits(b).sqrt().to_bits();
+                    assert_eq!(g, want, "sqrt_rn({b:#010x} = {:e}): {g:#010x}, f32::sqrt gives {want:#010x}", f32::from_bits(b));
+                }
+            }
+            set.staging.unmap();
+        }
+    }
 }
