@@ -8,7 +8,7 @@ mod common;
 mod model_common;
 
 use arrow_quant_v2::error::QuantError;
-use arrow_quant_v2::gpu::{ggml::self_test_input, GpuBackend};
+use arrow_quant_v2::gpu::{ggml::self_test_rows, GpuBackend};
 use arrow_quant_v2::quant::ggml::{self, GgmlType};
 use common::Rng;
 
@@ -23,7 +23,10 @@ fn gpu() -> Option<&'static GpuBackend> {
     }
 }
 
-const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+const TYPES: [GgmlType; 8] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+
+/// The K-quants, with or without a GPU kernel yet: those without one must be refused.
+const K_TYPES: [GgmlType; 5] = [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 fn cpu_bytes(ty: GgmlType, x: &[f32], n_per_row: usize) -> Vec<u8> {
     let mut out = vec![0u8; ggml::check_rows(ty, x.len(), n_per_row, None).unwrap()];
@@ -57,10 +60,18 @@ fn assert_same(ty: GgmlType, got: &[u8], want: &[u8], what: &str) {
 #[test]
 fn adversarial_blocks_give_the_cpus_bytes() {
     let Some(g) = gpu() else { return };
-    let x = self_test_input();
     for ty in TYPES {
-        if let Some(got) = gpu_bytes(g, ty, &x, 32) {
-            assert_same(ty, &got, &cpu_bytes(ty, &x, 32), "self-test rows");
+        let x = self_test_rows(ty);
+        let (qk, _) = ty.block();
+        if let Some(got) = gpu_bytes(g, ty, &x, qk) {
+            assert_same(ty, &got, &cpu_bytes(ty, &x, qk), "self-test rows");
+        }
+        // The same blocks as rows of two and of three blocks (the pairs of one invocation differ).
+        for row in [2 * qk, 3 * qk] {
+            let n = x.len() / row * row;
+            if let Some(got) = gpu_bytes(g, ty, &x[..n], row) {
+                assert_same(ty, &got, &cpu_bytes(ty, &x[..n], row), &format!("self-test rows of {row}"));
+            }
         }
     }
 }
@@ -68,24 +79,34 @@ fn adversarial_blocks_give_the_cpus_bytes() {
 #[test]
 fn every_exponent_and_odd_block_counts_give_the_cpus_bytes() {
     let Some(g) = gpu() else { return };
-    let mut rng = Rng(0x5eed);
-    // Any finite bit pattern (subnormals, huge values whose scale overflows f16 or whose range
-    // overflows f32: flagged and redone on the CPU), and blocks of one exponent band.
-    let mut x: Vec<f32> = (0..32 * 301)
-        .map(|_| loop {
-            let v = f32::from_bits(rng.next_u64() as u32);
-            if v.is_finite() {
-                break v;
-            }
-        })
-        .collect();
-    for band in [-149i32, -140, -126, -100, -20, 0, 15, 16, 100, 127] {
-        x.extend((0..32 * 7).map(|_| (rng.unit() - 0.5) * 2f32.powi(band)));
-    }
     for ty in TYPES {
-        for n in [32, 64, 96, x.len()] {
-            let Some(got) = gpu_bytes(g, ty, &x[..n], 32) else { continue };
-            assert_same(ty, &got, &cpu_bytes(ty, &x[..n], 32), &format!("{n} values"));
+        let (qk, _) = ty.block();
+        let mut rng = Rng(0x5eed);
+        // Any finite bit pattern (subnormals, huge values whose scale overflows f16 or whose
+        // range overflows f32: flagged and redone on the CPU), and blocks of one exponent band.
+        let blocks = if qk == 32 { 301 } else { 13 };
+        let mut x: Vec<f32> = (0..qk * blocks)
+            .map(|_| loop {
+                let v = f32::from_bits(rng.next_u64() as u32);
+                if v.is_finite() {
+                    break v;
+                }
+            })
+            .collect();
+        let per_band = if qk == 32 { 7 } else { 2 };
+        for band in [-149i32, -140, -126, -100, -60, -20, -5, 0, 5, 10, 15, 16, 17, 100, 127] {
+            x.extend((0..qk * per_band).map(|_| (rng.unit() - 0.5) * 2f32.powi(band)));
+        }
+        if qk != 32 {
+            // bands of sixteen and thirty-two: the sub-blocks of one block at different scales
+            for band in [-140i32, -100, -40, -10, 0, 12] {
+                x.extend((0..qk).map(|i| (rng.unit() - 0.5) * 2f32.powi(band + (i / 16 % 5) as i32 * 4)));
+                x.extend((0..qk).map(|i| (rng.unit() - 0.5) * 2f32.powi(band - (i / 32 % 3) as i32 * 9)));
+            }
+        }
+        for n in [qk, 2 * qk, 3 * qk, x.len()] {
+            let Some(got) = gpu_bytes(g, ty, &x[..n], qk) else { continue };
+            assert_same(ty, &got, &cpu_bytes(ty, &x[..n], qk), &format!("{n} values"));
         }
     }
 }
@@ -96,11 +117,12 @@ fn layers_larger_than_a_chunk_give_the_cpus_bytes() {
     let mut rng = Rng(42);
     // More than two chunks, rows of five blocks, an odd number of rows: the last chunk ends on
     // half a pair.
-    let row = 32 * 5;
-    let rows = (g.chunk_bytes() / 4 * 2 / row + 3) | 1;
-    let n = rows * row;
-    let x: Vec<f32> = (0..n).map(|_| rng.normal_ish() * 0.05).collect();
-    for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+    for (ty, qk) in [(GgmlType::Q4_0, 32), (GgmlType::Q8_0, 32), (GgmlType::Q4_K, 256), (GgmlType::Q6_K, 256)] {
+        assert!(TYPES.contains(&ty));
+        let row = qk * 5;
+        let rows = (g.chunk_bytes() / 4 * 2 / row + 3) | 1;
+        let n = rows * row;
+        let x: Vec<f32> = (0..n).map(|_| rng.normal_ish() * 0.05).collect();
         let Some(got) = gpu_bytes(g, ty, &x, row) else { continue };
         assert_same(ty, &got, &cpu_bytes(ty, &x, row), "a multi-chunk layer");
     }
@@ -111,15 +133,21 @@ fn types_and_options_without_a_kernel_are_refused_with_the_reason() {
     let Some(g) = gpu() else { return };
     let x = vec![0.5f32; 256 * 2];
     let w = vec![1f32; 256];
-    let mut out = vec![0u8; ggml::check_rows(GgmlType::Q4_K, x.len(), 256, None).unwrap()];
-    match g.quantize_ggml(GgmlType::Q4_K, &x, 256, None, &mut out) {
-        Err(QuantError::Unsupported(why)) => assert!(why.contains("q4_k has no GPU kernel") && why.contains("device='cpu'"), "{why}"),
-        other => panic!("q4_k on the GPU: {other:?}"),
+    for ty in K_TYPES.into_iter().filter(|t| !TYPES.contains(t)) {
+        let name = ty.name().to_ascii_lowercase();
+        let mut out = vec![0u8; ggml::check_rows(ty, x.len(), 256, None).unwrap()];
+        match g.quantize_ggml(ty, &x, 256, None, &mut out) {
+            Err(QuantError::Unsupported(why)) => assert!(why.contains(&format!("{name} has no GPU kernel")) && why.contains("device='cpu'"), "{why}"),
+            other => panic!("{name} on the GPU: {other:?}"),
+        }
     }
-    let mut out = vec![0u8; ggml::check_rows(GgmlType::Q4_0, x.len(), 256, None).unwrap()];
-    match g.quantize_ggml(GgmlType::Q4_0, &x, 256, Some(&w), &mut out) {
-        Err(QuantError::Unsupported(why)) => assert!(why.contains("q4_0 with an importance matrix"), "{why}"),
-        other => panic!("q4_0 with an imatrix on the GPU: {other:?}"),
+    for ty in TYPES {
+        let mut out = vec![0u8; ggml::check_rows(ty, x.len(), 256, None).unwrap()];
+        let name = ty.name().to_ascii_lowercase();
+        match g.quantize_ggml(ty, &x, 256, Some(&w), &mut out) {
+            Err(QuantError::Unsupported(why)) => assert!(why.contains(&format!("{name} with an importance matrix")) && why.contains(&format!("encodes q4_0, q4_1, q5_0, q5_1, q8_0")), "{why}"),
+            other => panic!("{name} with an imatrix on the GPU: {other:?}"),
+        }
     }
     // Shapes are checked as on the CPU.
     let mut short = vec![0u8; 3];
@@ -149,7 +177,7 @@ fn the_converter_writes_the_same_file_on_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("m.safetensors");
     model_common::write(&src, &model_common::small_model());
-    for ft in [FileType::Q4_0, FileType::Q4_1, FileType::Q5_0, FileType::Q5_1, FileType::Q8_0, FileType::Q4_K_M] {
+    for ft in [FileType::Q4_0, FileType::Q4_1, FileType::Q5_0, FileType::Q5_1, FileType::Q8_0, FileType::Q6_K, FileType::Q5_K_M, FileType::Q4_K_M] {
         let mut files = Vec::new();
         let mut notes = Notes(Vec::new());
         for device in [Device::Cpu, Device::Gpu] {
@@ -159,7 +187,16 @@ fn the_converter_writes_the_same_file_on_the_gpu() {
             files.push(std::fs::read(&dst).unwrap());
         }
         assert!(files[0] == files[1], "{ft:?}: the GPU's file differs from the CPU's");
-        let fell_back = notes.0.iter().any(|n| n.contains("no GPU kernel yet for") && n.contains("q4_k"));
-        assert_eq!(fell_back, ft == FileType::Q4_K_M, "{ft:?}: {:?}", notes.0);
+        // The note names the types of the mix still without a kernel (none outside Q4_K_M), and
+        // only those: q4_k while it has none.
+        let fell_back: Vec<&String> = notes.0.iter().filter(|n| n.contains("no GPU kernel yet for")).collect();
+        for ty in K_TYPES {
+            if fell_back.iter().any(|n| n.contains(&ty.name().to_ascii_lowercase())) {
+                assert!(ft == FileType::Q4_K_M && !TYPES.contains(&ty), "{ft:?}: {ty} has a kernel: {:?}", notes.0);
+            }
+        }
+        let q4_k_named = fell_back.iter().any(|n| n.contains("q4_k"));
+        assert_eq!(q4_k_named, ft == FileType::Q4_K_M && !TYPES.contains(&GgmlType::Q4_K), "{ft:?}: {:?}", notes.0);
+        assert!(ft == FileType::Q4_K_M || fell_back.is_empty(), "{ft:?}: {:?}", notes.0);
     }
 }

@@ -32,18 +32,30 @@ use super::quantize::Stages;
 use super::staging::{self, buffer, InFlight, Timer, Upload, READBACK, STORAGE};
 
 /// The types with a GPU kernel (without an importance matrix).
-pub const TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
-
-const QK: usize = 32;
+pub const TYPES: [GgmlType; 8] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 /// The shader file with `ty`'s encoder (appended to `ggml_common.wgsl`).
 fn family(ty: GgmlType) -> &'static str {
     match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => super::shaders::GGML_KQUANTS,
         _ => super::shaders::GGML_LEGACY,
     }
 }
-/// Largest block of the kernel's types (Q8_0).
-const MAX_BLOCK_BYTES: usize = 34;
+
+/// Whole pairs of `ty`'s blocks in a chunk of `elems` values (at least one pair).
+fn chunk_blocks(ty: GgmlType, elems: usize) -> usize {
+    (elems / ty.block().0 / 2 * 2).max(2)
+}
+
+/// What a buffer set must hold for any of [`TYPES`] in chunks of `elems` values: (input bytes,
+/// output bytes, pairs).
+fn capacity(elems: usize) -> (usize, usize, usize) {
+    TYPES.iter().fold((0, 0, 0), |(i, o, p), &ty| {
+        let (qk, bytes) = ty.block();
+        let b = chunk_blocks(ty, elems);
+        (i.max(b * qk * 4), o.max(b * bytes), p.max(b / 2))
+    })
+}
 
 /// The kernels' shared state: bind group layout, a pipeline per type (built on first use,
 /// with its verdict), and the buffer sets.
@@ -51,7 +63,8 @@ pub struct GgmlKernels {
     layout: wgpu::BindGroupLayout,
     pipelines: Mutex<HashMap<GgmlType, std::result::Result<wgpu::ComputePipeline, String>>>,
     sets: Mutex<Option<[Set; 2]>>,
-    blocks: usize,
+    /// Values per chunk (each type takes whole pairs of its blocks, [`chunk_blocks`]).
+    elems: usize,
 }
 
 struct Set {
@@ -66,20 +79,22 @@ struct Set {
 }
 
 /// Offsets in a set's read-back buffer: the blocks' bytes, one redo flag per pair, timestamps.
-fn offsets(blocks: usize) -> (u64, u64, u64) {
-    let redo = (blocks * MAX_BLOCK_BYTES) as u64;
-    let time = redo + (blocks / 2) as u64 * 4;
+fn offsets(elems: usize) -> (u64, u64, u64) {
+    let (_, out, pairs) = capacity(elems);
+    let redo = out.next_multiple_of(4) as u64;
+    let time = redo + pairs as u64 * 4;
     (redo, time, time + 16)
 }
 
 impl Set {
-    fn new(ctx: &GpuContext, layout: &wgpu::BindGroupLayout, blocks: usize) -> Self {
+    fn new(ctx: &GpuContext, layout: &wgpu::BindGroupLayout, elems: usize) -> Self {
+        let (input_bytes, out_bytes, pairs) = capacity(elems);
         let uniform = buffer(ctx, "ggml uniforms", 16, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
-        let upload = Upload::new(ctx, "ggml weights upload", (blocks * QK * 4) as u64);
-        let input = buffer(ctx, "ggml weights", (blocks * QK * 4) as u64, STORAGE);
-        let words = buffer(ctx, "ggml blocks", (blocks * MAX_BLOCK_BYTES) as u64, STORAGE);
-        let redo = buffer(ctx, "ggml redo flags", (blocks / 2 * 4) as u64, STORAGE);
-        let staging = buffer(ctx, "ggml read-back", offsets(blocks).2, READBACK);
+        let upload = Upload::new(ctx, "ggml weights upload", input_bytes as u64);
+        let input = buffer(ctx, "ggml weights", input_bytes as u64, STORAGE);
+        let words = buffer(ctx, "ggml blocks", out_bytes.next_multiple_of(4) as u64, STORAGE);
+        let redo = buffer(ctx, "ggml redo flags", (pairs * 4) as u64, STORAGE);
+        let staging = buffer(ctx, "ggml read-back", offsets(elems).2, READBACK);
         let entries: Vec<wgpu::BindGroupEntry> =
             [&uniform, &input, &words, &redo].iter().enumerate().map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() }).collect();
         let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("ggml blocks"), layout, entries: &entries });
@@ -104,8 +119,7 @@ impl GgmlKernels {
             entries: &[entry(0, wgpu::BufferBindingType::Uniform), entry(1, storage(true)), entry(2, storage(false)), entry(3, storage(false))],
         });
         // Whole pairs of blocks, as many as the min/max kernel's chunk holds elements.
-        let blocks = (caps.elems / QK / 2 * 2).max(2);
-        Self { layout, pipelines: Mutex::new(HashMap::new()), sets: Mutex::new(None), blocks }
+        Self { layout, pipelines: Mutex::new(HashMap::new()), sets: Mutex::new(None), elems: caps.elems }
     }
 
     /// The pipeline for `ty`, built on first use (`Err(why)` if this adapter cannot build it).
@@ -122,13 +136,14 @@ impl GgmlKernels {
     /// CPU reference for flagged pairs. The caller has checked the adapter (`verdict`).
     pub fn run(&self, ctx: &GpuContext, ty: GgmlType, x: &[f32], out: &mut [u8], timed: bool) -> Result<Stages> {
         let pipeline = self.pipeline(ctx, ty).map_err(QuantError::Unsupported)?;
-        let (_, bytes) = ty.block();
-        let n_blocks = x.len() / QK;
-        let (redo_at, time_at, len) = offsets(self.blocks);
+        let (qk, bytes) = ty.block();
+        let n_blocks = x.len() / qk;
+        let blocks = chunk_blocks(ty, self.elems);
+        let (redo_at, time_at, len) = offsets(self.elems);
         let mut guard = self.sets.lock().unwrap_or_else(|p| p.into_inner());
-        let sets = guard.get_or_insert_with(|| [0, 1].map(|_| Set::new(ctx, &self.layout, self.blocks)));
+        let sets = guard.get_or_insert_with(|| [0, 1].map(|_| Set::new(ctx, &self.layout, self.elems)));
         let mut stages = Stages { kernel: (timed && ctx.timestamps).then_some(0.0), ..Stages::default() };
-        let chunks: Vec<(usize, usize)> = (0..n_blocks).step_by(self.blocks).map(|b0| (b0, (b0 + self.blocks).min(n_blocks))).collect();
+        let chunks: Vec<(usize, usize)> = (0..n_blocks).step_by(blocks).map(|b0| (b0, (b0 + blocks).min(n_blocks))).collect();
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let result = (|| -> Result<()> {
             let finish = |f: InFlight, out: &mut [u8], stages: &mut Stages| -> Result<()> {
@@ -144,7 +159,7 @@ impl GgmlKernels {
                     let flags: &[u32] = bytemuck::cast_slice(&view[redo_at as usize..redo_at as usize + (b1 - b0).div_ceil(2) * 4]);
                     for (p, _) in flags.iter().enumerate().filter(|(_, &f)| f != 0) {
                         let (c0, c1) = (b0 + 2 * p, (b0 + 2 * p + 2).min(b1));
-                        ggml::quantize_with(Simd::Scalar, ty, &x[c0 * QK..c1 * QK], QK, None, &mut out[c0 * bytes..c1 * bytes])?;
+                        ggml::quantize_with(Simd::Scalar, ty, &x[c0 * qk..c1 * qk], qk, None, &mut out[c0 * bytes..c1 * bytes])?;
                     }
                     if let Some(k) = stages.kernel.as_mut() {
                         *k += Timer::seconds(ctx, &view[time_at as usize..time_at as usize + 16]);
@@ -162,7 +177,7 @@ impl GgmlKernels {
                 let set = &sets[si];
                 let pairs = (b1 - b0).div_ceil(2);
                 ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs: (b1 - b0) as u32, n_units: pairs as u32, zero_mask: 0, pad: 0 }));
-                let src: &[u8] = bytemuck::cast_slice(&x[b0 * QK..b1 * QK]);
+                let src: &[u8] = bytemuck::cast_slice(&x[b0 * qk..b1 * qk]);
                 let filling = Instant::now();
                 set.upload.fill(ctx, src.len(), |block, at| block.copy_from_slice(&src[at..at + block.len()]))?;
                 stages.fill += filling.elapsed().as_secs_f64();
@@ -199,14 +214,9 @@ impl GgmlKernels {
 /// zeros, constant and all-zero blocks, subnormal values and subnormal f16 scales, blocks whose
 /// inverse scale overflows (flagged), ranges and scales past f16 and f32, NaN and infinity.
 pub fn self_test_input() -> Vec<f32> {
+    const QK: usize = 32;
     let mut x = Vec::new();
-    let mut h = 0x9e37_79b9u32;
-    let mut next = || {
-        h ^= h << 13;
-        h ^= h >> 17;
-        h ^= h << 5;
-        h
-    };
+    let mut next = xorshift(0x9e37_79b9);
     let scales = [1.0f32, 0.02, 3.0e4, 1.0e6, 1.0e-6, 6.0e-5, 1.0e-38, 1.0e-43, 3.0e38];
     for &s in &scales {
         for _ in 0..4 {
@@ -227,14 +237,151 @@ pub fn self_test_input() -> Vec<f32> {
     x
 }
 
-/// The CPU's bytes of [`self_test_input`] for `ty`, against the kernel's: `Some(why)` if any
+fn xorshift(mut h: u32) -> impl FnMut() -> u32 {
+    move || {
+        h ^= h << 13;
+        h ^= h >> 17;
+        h ^= h << 5;
+        h
+    }
+}
+
+/// [`self_test_input`] for the K-quants' 256-element super-blocks: random blocks of many
+/// magnitudes (up to the kernels' 2^16 bound and past it: flagged), all-zero, signed-zero and
+/// constant blocks, zero and near-`GROUP_MAX_EPS` sub-blocks inside non-zero blocks, sub-blocks
+/// whose scale rounds to 0 beside large ones, subnormal and tiny values, values on the code
+/// grids and their ties, huge values (flagged), NaN and infinity.
+pub fn self_test_input_k() -> Vec<f32> {
+    const QK: usize = 256;
+    let mut x = Vec::new();
+    let mut next = xorshift(0x2545_f491);
+    let mut unit = move || (next() >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+    let scales = [1.0f32, 0.02, 3.0e4, 65535.0, 1.3e5, 1.0e-6, 6.0e-5, 1.0e-12, 1.0e-20, 1.0e-38, 1.0e-43, 1.0e30, 3.0e38];
+    for &s in &scales {
+        for _ in 0..2 {
+            x.extend((0..QK).map(|_| unit() * s));
+        }
+    }
+    // Skewed blocks: all positive, all negative, one outlier.
+    x.extend((0..QK).map(|_| unit() + 0.5));
+    x.extend((0..QK).map(|_| -(unit() + 0.5) * 3.0));
+    x.extend((0..QK).map(|i| if i == 77 { 40.0 } else { unit() * 0.01 }));
+    // Sub-blocks of zeros (of 16 and of 32), of ±1e-15 (GROUP_MAX_EPS) and just below it, and
+    // sub-blocks a thousandth and a millionth the size of the others.
+    x.extend((0..QK).map(|i| if (i / 16) % 2 == 0 { 0.0 } else { unit() }));
+    x.extend((0..QK).map(|i| if (i / 32) % 3 == 1 { 0.0 } else { unit() * 7.0 }));
+    x.extend((0..QK).map(|i| match (i / 16) % 4 {
+        0 => 1.0e-15,
+        1 => -9.99e-16,
+        2 => unit() * 2.0e-15,
+        _ => unit(),
+    }));
+    x.extend((0..QK).map(|i| unit() * [1.0, 1.0e-3, 1.0e-6, 3.0][(i / 16) % 4]));
+    x.extend((0..QK).map(|i| unit() * [1.0, 1.0e-3, 1.0e-6, 3.0][(i / 32) % 4]));
+    // Constant and zero blocks.
+    x.extend([0.0f32; QK]);
+    x.extend([-0.0f32; QK]);
+    x.extend((0..QK).map(|i| if i % 2 == 0 { 0.0 } else { -0.0 }));
+    x.extend([0.75f32; QK]);
+    x.extend([-3.0f32; QK]);
+    x.extend((0..QK).map(|i| if i < 128 { 2.0 } else { -2.0 }));
+    // The code grids and their ties.
+    x.extend((0..QK).map(|i| (i % 64) as f32 - 32.0));
+    x.extend((0..QK).map(|i| ((i % 64) as f32 - 32.0) * 0.5));
+    x.extend((0..QK).map(|i| (i % 32) as f32));
+    x.extend((0..QK).map(|i| (i % 16) as f32 + 0.5));
+    x.extend((0..QK).map(|i| (i % 8) as f32 - 4.0));
+    x.extend((0..QK).map(|i| (i % 4) as f32 * 1.5));
+    // Tiny: subnormal patterns, subnormals beside normals.
+    x.extend((0..QK).map(|i| f32::from_bits(1 + i as u32 * 977)));
+    x.extend((0..QK).map(|i| f32::from_bits((i as u32 * 0x9e37) & 0x807f_ffff)));
+    x.extend((0..QK).map(|i| if i % 3 == 0 { f32::from_bits(i as u32 + 1) } else { unit() * 1.0e-30 }));
+    // Huge and non-finite: flagged, encoded by the CPU.
+    x.extend((0..QK).map(|i| if i == 5 { f32::MAX } else { -f32::MAX * (i as f32 / 256.0) }));
+    x.extend((0..QK).map(|i| if i == 200 { 1.0e30 } else { unit() }));
+    x.extend((0..QK).map(|i| if i == 3 { f32::NAN } else { i as f32 }));
+    x.extend((0..QK).map(|i| if i == 250 { f32::NEG_INFINITY } else { unit() }));
+    x
+}
+
+/// The self-test rows for `ty`'s block size.
+pub fn self_test_rows(ty: GgmlType) -> Vec<f32> {
+    if ty.block().0 == 32 {
+        self_test_input()
+    } else {
+        self_test_input_k()
+    }
+}
+
+/// The CPU's bytes of [`self_test_rows`] for `ty`, against the kernel's: `Some(why)` if any
 /// byte differs.
 pub fn self_test(kernels: &GgmlKernels, ctx: &GpuContext, ty: GgmlType) -> Result<Option<String>> {
-    let x = self_test_input();
-    let n = ggml::check_rows(ty, x.len(), QK, None)?;
+    let x = self_test_rows(ty);
+    let (qk, bytes) = ty.block();
+    let n = ggml::check_rows(ty, x.len(), qk, None)?;
     let (mut got, mut want) = (vec![0u8; n], vec![0u8; n]);
-    ggml::quantize_with(Simd::Scalar, ty, &x, QK, None, &mut want)?;
+    ggml::quantize_with(Simd::Scalar, ty, &x, qk, None, &mut want)?;
     kernels.run(ctx, ty, &x, &mut got, false)?;
-    let (_, bytes) = ty.block();
     Ok(got.chunks(bytes).zip(want.chunks(bytes)).position(|(a, b)| a != b).map(|b| format!("the {ty} kernel's bytes differ from the CPU's in block {b} of its self-test")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sqrt_rn` of ggml_kquants.wgsl (Q4_K's and Q5_K's `sqrtf`) on this adapter against
+    /// Rust's correctly rounded `f32::sqrt`, bit for bit: zeros, every subnormal scale, exact
+    /// squares and their neighbours (where a wrong rounding shows first), powers of two, the
+    /// largest floats and random bit patterns.
+    #[test]
+    fn the_kernels_square_root_is_correctly_rounded() {
+        let backend = match crate::gpu::GpuBackend::shared() {
+            Ok(b) => b,
+            Err(e) if std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => return eprintln!("skipping GPU test: {e}"),
+            Err(e) => panic!("no GPU adapter for the GPU tests ({e}); set ARROW_QUANT_SKIP_GPU_TESTS=1 to skip"),
+        };
+        let ctx = backend.ctx;
+        let mut x: Vec<u32> = vec![0, 1, 2, 3, 0x007f_ffff, 0x0080_0000, 0x7f7f_ffff, 0x7f7f_fffe, 0x3f80_0000, 0x4000_0000];
+        x.extend((0..23).map(|k| 1u32 << k));
+        for m in 1u32..2000 {
+            for e in [-140i32, -75, -1, 0, 1, 20, 63] {
+                let sq = (m as f32 * 2f32.powi(e)).powi(2).to_bits();
+                if sq != 0 && sq < 0x7f80_0000 {
+                    x.extend([sq - 1, sq, sq + 1]);
+                }
+            }
+        }
+        let mut next = xorshift(0x1234_5678);
+        x.extend((0..150_000).map(|_| next() & 0x7fff_ffff).filter(|&b| b < 0x7f80_0000));
+        x.extend((0..20_000).map(|_| next() & 0x00ff_ffff));
+        let kernels = GgmlKernels::new(ctx, &backend.caps);
+        let (input_bytes, out_bytes, _) = capacity(kernels.elems);
+        let per_run = input_bytes.min(out_bytes) / 4;
+        let pipeline = ctx.exact_f32_pipeline("sqrt check", &super::super::shaders::ggml_source(super::super::shaders::GGML_KQUANTS), "sqrt_check", &[("TYPE", 12.0)], &kernels.layout).unwrap();
+        let set = Set::new(ctx, &kernels.layout, kernels.elems);
+        for part in x.chunks(per_run) {
+            ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs: 0, n_units: part.len() as u32, zero_mask: 0, pad: 0 }));
+            ctx.queue.write_buffer(&set.input, 0, bytemuck::cast_slice(part));
+            let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sqrt check") });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("sqrt check"), timestamp_writes: None });
+                pass.set_pipeline(&pipeline);
+                pass.set_bind_group(0, &set.bind, &[]);
+                staging::dispatch(ctx, &mut pass, part.len());
+            }
+            let len = (part.len() * 4) as u64;
+            enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, len);
+            let f = staging::submit(ctx, enc, &set.staging, len, 0, 0);
+            staging::wait_mapped(ctx, &f).unwrap();
+            {
+                let view = set.staging.slice(..len).get_mapped_range().unwrap();
+                let got: &[u32] = bytemuck::cast_slice(&view);
+                for (&b, &g) in part.iter().zip(got) {
+                    let want = f32::from_bits(b).sqrt().to_bits();
+                    assert_eq!(g, want, "sqrt_rn({b:#010x} = {:e}): {g:#010x}, f32::sqrt gives {want:#010x}", f32::from_bits(b));
+                }
+            }
+            set.staging.unmap();
+        }
+    }
 }

@@ -231,8 +231,10 @@ impl GpuBackend {
         if !has_ggml_kernel(ty, imatrix.is_some()) {
             let name = ty.name().to_ascii_lowercase();
             let what = if imatrix.is_some() && ggml::TYPES.contains(&ty) { format!("{name} with an importance matrix") } else { name };
+            let gpu_types: Vec<String> = ggml::TYPES.iter().map(|t| t.name().to_ascii_lowercase()).collect();
             return Err(QuantError::Unsupported(format!(
-                "device='gpu': {what} has no GPU kernel yet (the GPU encodes q4_0, q4_1, q5_0, q5_1 and q8_0 without an importance matrix); use device='cpu'"
+                "device='gpu': {what} has no GPU kernel yet (the GPU encodes {} without an importance matrix); use device='cpu'",
+                gpu_types.join(", ")
             )));
         }
         if x.is_empty() {

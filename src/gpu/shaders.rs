@@ -8,6 +8,7 @@ pub const LSQ: &str = include_str!("../../shaders/lsq.wgsl");
 pub const DEQUANTIZE: &str = include_str!("../../shaders/dequantize.wgsl");
 pub const GGML_COMMON: &str = include_str!("../../shaders/ggml_common.wgsl");
 pub const GGML_LEGACY: &str = include_str!("../../shaders/ggml_legacy.wgsl");
+pub const GGML_KQUANTS: &str = include_str!("../../shaders/ggml_kquants.wgsl");
 
 pub fn quantize_source() -> String {
     format!("{COMMON}\n{LSQ}\n{QUANTIZE}")
@@ -17,7 +18,7 @@ pub fn dequantize_source() -> String {
     format!("{COMMON}\n{DEQUANTIZE}")
 }
 
-/// A ggml block kernel: the shared part, then one family's encoders (`GGML_LEGACY`, ...).
+/// A ggml block kernel: the shared part, then one family's encoders (`GGML_LEGACY`, `GGML_KQUANTS`).
 pub fn ggml_source(family: &str) -> String {
     format!("{COMMON}\n{GGML_COMMON}\n{family}")
 }
@@ -27,7 +28,7 @@ mod tests {
     /// Parses and validates every shader with naga, with no adapter needed.
     #[test]
     fn shaders_validate_with_naga() {
-        for (name, src) in [("quantize", super::quantize_source()), ("dequantize", super::dequantize_source()), ("ggml legacy", super::ggml_source(super::GGML_LEGACY))] {
+        for (name, src) in [("quantize", super::quantize_source()), ("dequantize", super::dequantize_source()), ("ggml legacy", super::ggml_source(super::GGML_LEGACY)), ("ggml kquants", super::ggml_source(super::GGML_KQUANTS))] {
             let module = naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&src)));
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
                 .validate(&module)

@@ -1,0 +1,493 @@
+// ggml's K-quants without an importance matrix: the twin of src/quant/ggml/q6_k.rs, q4_k.rs
+// (Q4_K, Q5_K) and search.rs read with one lane (V = f32, qw = None), line by line and in the
+// same order. Follows ggml_common.wgsl.
+//
+// Exact as the CPU, beyond what ggml_common.wgsl says:
+// * every division is `kdiv` (correctly rounded `fdiv`); a division by zero or one that
+//   overflows, which the reference does not guard, flags the block (`bad`);
+// * every product that feeds an addition, and every sum that feeds another operation with a
+//   constant, goes through `opaque` (`pm`, `keep`), so the compiler can neither fuse it into an
+//   FMA nor reassociate the constants;
+// * ggml's `nearest_int` is the bits of `v + 12582912.0` (`nearest`);
+// * no run-time infinity or NaN is ever computed: a block with a magnitude of 2^16 or more is
+//   left to the CPU (below that bound no product or sum of the searches can overflow), as is a
+//   block whose f16 super-scale would be infinite;
+// * `sqrtf` is `sqrt_rn`, correctly rounded in integer arithmetic (WGSL's `sqrt` is not);
+// * 256 elements per block, still two blocks per invocation: per block, Q6_K's searches take
+//   about 5,700 loop iterations (16 sub-blocks x (16 + 19 x 16 + 16)), Q4_K's about 13,000
+//   (8 x (4 x 32 + 21 x 2 x 32 + 32), plus 25 per square root), Q5_K's fewer (16 steps): a pair
+//   stays far below llvmpipe's 65,535 per invocation. The codes of a search's best candidate
+//   are recomputed from its inverse scale (and min) at the end instead of copied at each
+//   improvement.
+
+const QK: u32 = 256u;
+
+const GROUP_MAX_EPS: u32 = 0x26901d7du; // 1e-15f
+const BIG: u32 = 0x47800000u;           // 2^16: a block with a larger magnitude goes to the CPU
+const TENTH: u32 = 0x3dcccccdu;         // 0.1f
+
+var<private> xb: array<u32, 256>;
+var<private> codes: array<i32, 256>;
+var<private> sc: array<i32, 16>;
+var<private> scales: array<f32, 16>;
+var<private> bad: bool;
+var<private> mins: array<f32, 16>;
+var<private> wts: array<f32, 32>;
+var<private> laux: array<i32, 32>;
+var<private> ls: array<u32, 16>;
+var<private> lm: array<u32, 16>;
+
+fn block_bytes() -> u32 {
+    switch TYPE {
+        case 10u: { return 84u; }
+        case 11u: { return 110u; }
+        case 12u: { return 144u; }
+        case 13u: { return 176u; }
+        default: { return 210u; }
+    }
+}
+
+// A product no compiler may fuse with the addition it feeds.
+fn pm(a: f32, b: f32) -> f32 {
+    return f(opaque(bitcast<u32>(a * b)));
+}
+
+// A rounded value the compiler may not reassociate with what follows.
+fn keep(v: f32) -> f32 {
+    return f(opaque(bitcast<u32>(v)));
+}
+
+// ggml's `nearest_int`: the float adder rounds to nearest even.
+fn nearest(v: f32) -> i32 {
+    return i32(bitcast<u32>(keep(v) + 12582912.0) & MANT) - 0x400000;
+}
+
+// `a / b`, correctly rounded; a zero divisor or an overflow flags the block.
+fn kdiv(a: f32, b: f32) -> f32 {
+    if (bitcast<u32>(b) & 0x7fffffffu) == 0u {
+        bad = true;
+        return 0.0;
+    }
+    let q = fdiv(bitcast<u32>(a), bitcast<u32>(b));
+    if !is_finite(q) {
+        bad = true;
+        return 0.0;
+    }
+    return f(q);
+}
+
+// ggml's f16 → f32 of a finite f16 (an infinite one flags the block).
+fn f16_value(h: u32) -> f32 {
+    let e = (h >> 10u) & 0x1fu;
+    let m = h & 0x3ffu;
+    let sign = (h & 0x8000u) << 16u;
+    if e == 31u {
+        bad = true;
+        return 0.0;
+    }
+    if e == 0u {
+        return f(sign | bitcast<u32>(f32(m) * f(0x33800000u))); // m * 2^-24, exact
+    }
+    return f(sign | ((e + 112u) << 23u) | (m << 13u));
+}
+
+// t*t for t < 2^25, as (high, low) words.
+fn square64(t: u32) -> vec2<u32> {
+    let a = t >> 16u;
+    let b = t & 0xffffu;
+    let lo0 = b * b;
+    let mid = 2u * a * b; // < 2^26
+    let lo = lo0 + (mid << 16u);
+    return vec2<u32>(a * a + (mid >> 16u) + select(0u, 1u, lo < lo0), lo);
+}
+
+// C's `sqrtf` of a finite non-negative float, correctly rounded: `sig * 2^exp` becomes
+// N = sig << p (p = 25 or 26, so exp - p is even and N in [2^48, 2^50)); q = floor(sqrt(N)) has
+// 25 bits, found bit by bit against N as a pair of words; the 24-bit result is q rounded by its
+// last bit (a square root is never exactly halfway between two floats).
+fn sqrt_rn(b: u32) -> u32 {
+    if (b & 0x7fffffffu) == 0u {
+        return b;
+    }
+    let x = unpack(b);
+    var p = 26u;
+    if (x.exp & 1) != 0 {
+        p = 25u;
+    }
+    let nhi = x.sig >> (32u - p);
+    let nlo = x.sig << p;
+    var q = 0u;
+    for (var k = 0u; k < 25u; k++) {
+        let t = q | (1u << (24u - k));
+        let s = square64(t);
+        if s.x < nhi || (s.x == nhi && s.y <= nlo) {
+            q = t;
+        }
+    }
+    let e = (x.exp - i32(p)) / 2 + 1; // the result is m * 2^e, m = (q + 1) >> 1 in [2^23, 2^24]
+    return (u32(e + 149) << 23u) + ((q + 1u) >> 1u);
+}
+
+fn x_at(i: u32) -> f32 {
+    return f(xb[i]);
+}
+
+// `make_qx_quants(n, nmax, x, L, 1, NULL)` over xb[o..o+n] for an `iscale`: the sums of the
+// codes it gives, (sumlx, suml2), weights x².
+fn qx_sums(o: u32, n: u32, nmax: i32, iscale: f32) -> vec2<f32> {
+    var sumlx = 0.0;
+    var suml2 = 0.0;
+    for (var i = 0u; i < n; i++) {
+        let x = x_at(o + i);
+        let l = clamp(nearest(pm(iscale, x)), -nmax, nmax - 1);
+        let w = pm(x, x);
+        let lf = f32(l);
+        sumlx = sumlx + pm(pm(w, x), lf);
+        suml2 = suml2 + pm(pm(w, lf), lf);
+    }
+    return vec2<f32>(sumlx, suml2);
+}
+
+// search.rs' make_qx_quants (rmse_type 1, no weights) over xb[o..o+n]: codes `l + nmax` into
+// codes[o..o+n], returns the scale. The codes of the best candidate are recomputed from its
+// inverse scale at the end (the same operations give the same codes).
+fn make_qx_quants(o: u32, n: u32, nmax: i32) -> f32 {
+    var amax = 0u;
+    var mx = 0u;
+    for (var i = 0u; i < n; i++) {
+        let a = xb[o + i] & 0x7fffffffu;
+        if a > amax {
+            amax = a;
+            mx = xb[o + i];
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        for (var i = 0u; i < n; i++) {
+            codes[o + i] = 0;
+        }
+        return 0.0;
+    }
+    let nmaxf = f32(nmax);
+    var best_is = kdiv(-nmaxf, f(mx));
+    let s = qx_sums(o, n, nmax, best_is);
+    var scale = 0.0;
+    if s.y != 0.0 {
+        scale = kdiv(s.x, s.y);
+    }
+    var best = pm(scale, s.x);
+    for (var is = -9; is <= 9; is++) {
+        if is == 0 {
+            continue;
+        }
+        let iscale = kdiv(-keep(nmaxf + pm(f(TENTH), f32(is))), f(mx));
+        let t = qx_sums(o, n, nmax, iscale);
+        if t.y > 0.0 && pm(t.x, t.x) > pm(best, t.y) {
+            scale = kdiv(t.x, t.y);
+            best = pm(scale, t.x);
+            best_is = iscale;
+        }
+    }
+    for (var i = 0u; i < n; i++) {
+        codes[o + i] = clamp(nearest(pm(best_is, x_at(o + i))), -nmax, nmax - 1) + nmax;
+    }
+    return scale;
+}
+
+// Q6_K: sixteen make_qx_quants(16, 32) sub-blocks, 8-bit scales against -128/max_scale.
+fn encode_q6_k() -> bool {
+    for (var ib = 0u; ib < 16u; ib++) {
+        scales[ib] = make_qx_quants(16u * ib, 16u, 32);
+    }
+    var max_scale = 0.0;
+    var max_abs = 0.0;
+    for (var ib = 0u; ib < 16u; ib++) {
+        if abs(scales[ib]) > max_abs {
+            max_abs = abs(scales[ib]);
+            max_scale = scales[ib];
+        }
+    }
+    if bitcast<u32>(max_abs) < GROUP_MAX_EPS {
+        for (var k = 0u; k < 210u; k++) {
+            emit(0u); // ggml writes an all-zero block
+        }
+        return !bad;
+    }
+    let iscale = kdiv(-128.0, max_scale);
+    let dbits = f16_bits(bitcast<u32>(kdiv(1.0, iscale)));
+    for (var ib = 0u; ib < 16u; ib++) {
+        sc[ib] = as_i8(min(nearest(pm(iscale, scales[ib])), 127));
+    }
+    let d = f16_value(dbits);
+    for (var j = 0u; j < 16u; j++) {
+        let dj = pm(d, f32(sc[j]));
+        if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
+            continue;
+        }
+        for (var ii = 0u; ii < 16u; ii++) {
+            let i = 16u * j + ii;
+            codes[i] = clamp(nearest(kdiv(x_at(i), dj)), -32, 31) + 32;
+        }
+    }
+    if bad {
+        return false;
+    }
+    // ql: byte k of each 64-byte half holds the low nibbles of codes k and k+64 (then k+32 and
+    // k+96); qh: the top two bits of codes k, k+32, k+64, k+96.
+    for (var q = 0u; q < 128u; q++) {
+        let i = 128u * (q / 64u) + q % 64u;
+        emit(u32((codes[i] & 15) | ((codes[i + 64u] & 15) << 4u)));
+    }
+    for (var q = 0u; q < 64u; q++) {
+        let i = 128u * (q / 32u) + q % 32u;
+        emit(u32((codes[i] >> 4u) | ((codes[i + 32u] >> 4u) << 2u) | ((codes[i + 64u] >> 4u) << 4u) | ((codes[i + 96u] >> 4u) << 6u)));
+    }
+    for (var ib = 0u; ib < 16u; ib++) {
+        emit(u32(sc[ib]));
+    }
+    emit16(dbits);
+    return true;
+}
+
+// `make_qkx2_quants` (search.rs' make_qkx_quants) over xb[o..o+n] with weights wts[0..n]: the
+// weighted error (|diff| or diff², `diff = scale*l + min - x`) of the codes in laux, and the
+// codes of inverse scale `iscale` against `lmin`.
+fn qkx_error(o: u32, n: u32, scale: f32, min_: f32, abs_err: bool) -> f32 {
+    var err = 0.0;
+    for (var i = 0u; i < n; i++) {
+        let x = x_at(o + i);
+        let lf = f32(laux[i]);
+        let diff = keep(keep(pm(scale, lf) + min_) - x);
+        var e = pm(diff, diff);
+        if abs_err {
+            e = abs(diff);
+        }
+        err = err + pm(wts[i], e);
+    }
+    return err;
+}
+
+fn qkx_codes(o: u32, n: u32, nmax: i32, iscale: f32, lmin: f32) {
+    for (var i = 0u; i < n; i++) {
+        laux[i] = clamp(nearest(pm(iscale, keep(x_at(o + i) - lmin))), 0, nmax);
+    }
+}
+
+// Returns (scale, the_min = -min); codes L into codes[o..o+n]. A flat group gives codes 0.
+fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i32, abs_err: bool) -> vec2<f32> {
+    var mn = x_at(o);
+    var mx = x_at(o);
+    var sum_w = wts[0];
+    var sum_x = pm(sum_w, x_at(o));
+    for (var i = 1u; i < n; i++) {
+        let x = x_at(o + i);
+        if x < mn {
+            mn = x;
+        }
+        if x > mx {
+            mx = x;
+        }
+        sum_w = sum_w + wts[i];
+        sum_x = sum_x + pm(wts[i], x);
+    }
+    if mn > 0.0 {
+        mn = 0.0;
+    }
+    if mx == mn {
+        for (var i = 0u; i < n; i++) {
+            codes[o + i] = 0;
+        }
+        return vec2<f32>(0.0, -mn);
+    }
+    let nmaxf = f32(nmax);
+    let iscale = kdiv(nmaxf, keep(mx - mn));
+    var scale = kdiv(1.0, iscale);
+    qkx_codes(o, n, nmax, iscale, mn);
+    var best_error = qkx_error(o, n, scale, mn, abs_err);
+    var best_is = iscale;
+    var best_lmin = mn;
+    for (var is = 0; is <= nstep; is++) {
+        if bad {
+            break;
+        }
+        let cand = kdiv(keep(keep(rmin + pm(rdelta, f32(is))) + nmaxf), keep(mx - mn));
+        var sum_l = 0.0;
+        var sum_l2 = 0.0;
+        var sum_xl = 0.0;
+        for (var i = 0u; i < n; i++) {
+            let x = x_at(o + i);
+            let l = clamp(nearest(pm(cand, keep(x - mn))), 0, nmax);
+            laux[i] = l;
+            let w = wts[i];
+            let lf = f32(l);
+            sum_l = sum_l + pm(w, lf);
+            sum_l2 = sum_l2 + pm(pm(w, lf), lf);
+            sum_xl = sum_xl + pm(pm(w, lf), x);
+        }
+        let d = keep(pm(sum_w, sum_l2) - pm(sum_l, sum_l));
+        if !(d > 0.0) {
+            continue;
+        }
+        var this_min = kdiv(keep(pm(sum_l2, sum_x) - pm(sum_l, sum_xl)), d);
+        var this_scale: f32;
+        if this_min > 0.0 {
+            this_min = 0.0;
+            this_scale = kdiv(sum_xl, sum_l2);
+        } else {
+            this_scale = kdiv(keep(pm(sum_w, sum_xl) - pm(sum_x, sum_l)), d);
+        }
+        // Beyond 2^40 the error below could overflow (inputs are below 2^16): the CPU's.
+        if (bitcast<u32>(this_scale) & 0x7fffffffu) >= 0x53800000u || (bitcast<u32>(this_min) & 0x7fffffffu) >= 0x53800000u {
+            bad = true;
+            break;
+        }
+        let cur_error = qkx_error(o, n, this_scale, this_min, abs_err);
+        if cur_error < best_error {
+            best_error = cur_error;
+            scale = this_scale;
+            best_is = cand;
+            best_lmin = mn;
+            mn = this_min;
+        }
+    }
+    for (var i = 0u; i < n; i++) {
+        codes[o + i] = clamp(nearest(pm(best_is, keep(x_at(o + i) - best_lmin))), 0, nmax);
+    }
+    return vec2<f32>(scale, -mn);
+}
+
+// ggml's 12-byte packing of eight 6-bit scales and mins (`pack_scale_min`).
+fn emit_scale_min() {
+    var s: array<u32, 12>;
+    for (var j = 0u; j < 8u; j++) {
+        if j < 4u {
+            s[j] = ls[j];
+            s[j + 4u] = lm[j];
+        } else {
+            s[j + 4u] = (ls[j] & 0xfu) | ((lm[j] & 0xfu) << 4u);
+            s[j - 4u] = s[j - 4u] | ((ls[j] >> 4u) << 6u);
+            s[j] = s[j] | ((lm[j] >> 4u) << 6u);
+        }
+    }
+    for (var k = 0u; k < 12u; k++) {
+        emit(s[k]);
+    }
+}
+
+// Q4_K (nmax 15) and Q5_K (nmax 31): eight make_qkx2_quants(32) sub-blocks with weights
+// av_x + |x|, 6-bit scales and mins against their maxima, every weight again against them.
+fn encode_q45_k(nmax: i32) -> bool {
+    for (var j = 0u; j < 8u; j++) {
+        let o = 32u * j;
+        var sum_x2 = 0.0;
+        for (var l = 0u; l < 32u; l++) {
+            sum_x2 = sum_x2 + pm(x_at(o + l), x_at(o + l));
+        }
+        let av_x = f(sqrt_rn(bitcast<u32>(kdiv(sum_x2, 32.0))));
+        for (var l = 0u; l < 32u; l++) {
+            wts[l] = keep(av_x + abs(x_at(o + l)));
+        }
+        var r: vec2<f32>;
+        if nmax == 15 {
+            r = make_qkx2_quants(o, 32u, 15, -1.0, f(TENTH), 20, false);
+        } else {
+            r = make_qkx2_quants(o, 32u, 31, -0.5, f(TENTH), 15, false);
+        }
+        scales[j] = r.x;
+        mins[j] = r.y;
+        if bad {
+            return false;
+        }
+    }
+    var max_scale = 0.0;
+    var max_min = 0.0;
+    for (var j = 0u; j < 8u; j++) {
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    var inv_scale = 0.0;
+    if max_scale > 0.0 {
+        inv_scale = kdiv(63.0, max_scale);
+    }
+    var inv_min = 0.0;
+    if max_min > 0.0 {
+        inv_min = kdiv(63.0, max_min);
+    }
+    for (var j = 0u; j < 8u; j++) {
+        ls[j] = min(u32(nearest(pm(inv_scale, scales[j]))) & 0xffu, 63u); // `(uint8_t)` then MIN
+        lm[j] = min(u32(nearest(pm(inv_min, mins[j]))) & 0xffu, 63u);
+    }
+    let dbits = f16_bits(bitcast<u32>(kdiv(max_scale, 63.0)));
+    let mbits = f16_bits(bitcast<u32>(kdiv(max_min, 63.0)));
+    let d = f16_value(dbits);
+    let dmin = f16_value(mbits);
+    for (var j = 0u; j < 8u; j++) {
+        let dj = pm(d, f32(ls[j]));
+        if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
+            continue;
+        }
+        let dm = pm(dmin, f32(lm[j]));
+        for (var ii = 0u; ii < 32u; ii++) {
+            let i = 32u * j + ii;
+            codes[i] = clamp(nearest(kdiv(keep(x_at(i) + dm), dj)), 0, nmax);
+        }
+    }
+    if bad {
+        return false;
+    }
+    emit16(dbits);
+    emit16(mbits);
+    emit_scale_min();
+    if nmax == 31 {
+        // qh: bit 4 of codes 64g+k and 64g+k+32 at bits 2g and 2g+1 of byte k
+        for (var k = 0u; k < 32u; k++) {
+            var h = 0u;
+            for (var g = 0u; g < 4u; g++) {
+                h = h | (u32((codes[64u * g + k] >> 4u) & 1) << (2u * g));
+                h = h | (u32((codes[64u * g + k + 32u] >> 4u) & 1) << (2u * g + 1u));
+            }
+            emit(h);
+        }
+    }
+    for (var q = 0u; q < 128u; q++) {
+        let i = 64u * (q / 32u) + q % 32u;
+        emit(u32((codes[i] & 15) | ((codes[i + 32u] & 15) << 4u)));
+    }
+    return true;
+}
+
+fn encode_block() -> bool {
+    bad = false;
+    var amax = 0u;
+    for (var j = 0u; j < QK; j++) {
+        amax = max(amax, xb[j] & 0x7fffffffu);
+    }
+    if amax >= BIG {
+        return false;
+    }
+    switch TYPE {
+        case 12u: {
+            return encode_q45_k(15);
+        }
+        case 13u: {
+            return encode_q45_k(31);
+        }
+        default: {
+            return encode_q6_k();
+        }
+    }
+}
+
+// A check of `sqrt_rn` alone (src/gpu/ggml.rs' tests): out_words[i] = sqrt_rn(input[i]) for
+// i < n_units.
+@compute @workgroup_size(256)
+fn sqrt_check(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if i >= u.n_units {
+        return;
+    }
+    out_words[i] = sqrt_rn(input[i]);
+}
