@@ -23,7 +23,7 @@ fn gpu() -> Option<&'static GpuBackend> {
     }
 }
 
-const TYPES: [GgmlType; 8] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+const TYPES: [GgmlType; 10] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 /// The K-quants, with or without a GPU kernel yet: those without one must be refused.
 const K_TYPES: [GgmlType; 5] = [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
@@ -117,7 +117,7 @@ fn layers_larger_than_a_chunk_give_the_cpus_bytes() {
     let mut rng = Rng(42);
     // More than two chunks, rows of five blocks, an odd number of rows: the last chunk ends on
     // half a pair.
-    for (ty, qk) in [(GgmlType::Q4_0, 32), (GgmlType::Q8_0, 32), (GgmlType::Q4_K, 256), (GgmlType::Q6_K, 256)] {
+    for (ty, qk) in [(GgmlType::Q4_0, 32), (GgmlType::Q8_0, 32), (GgmlType::Q3_K, 256), (GgmlType::Q4_K, 256), (GgmlType::Q6_K, 256)] {
         assert!(TYPES.contains(&ty));
         let row = qk * 5;
         let rows = (g.chunk_bytes() / 4 * 2 / row + 3) | 1;
@@ -177,7 +177,7 @@ fn the_converter_writes_the_same_file_on_the_gpu() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("m.safetensors");
     model_common::write(&src, &model_common::small_model());
-    for ft in [FileType::Q4_0, FileType::Q4_1, FileType::Q5_0, FileType::Q5_1, FileType::Q8_0, FileType::Q6_K, FileType::Q5_K_M, FileType::Q4_K_M] {
+    for ft in [FileType::Q4_0, FileType::Q4_1, FileType::Q5_0, FileType::Q5_1, FileType::Q8_0, FileType::Q2_K, FileType::Q3_K_M, FileType::Q4_K_S, FileType::Q5_K_M, FileType::Q6_K, FileType::Q4_K_M] {
         let mut files = Vec::new();
         let mut notes = Notes(Vec::new());
         for device in [Device::Cpu, Device::Gpu] {

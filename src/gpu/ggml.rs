@@ -32,7 +32,7 @@ use super::quantize::Stages;
 use super::staging::{self, buffer, InFlight, Timer, Upload, READBACK, STORAGE};
 
 /// The types with a GPU kernel (without an importance matrix).
-pub const TYPES: [GgmlType; 8] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+pub const TYPES: [GgmlType; 10] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 /// The shader file with `ty`'s encoder (appended to `ggml_common.wgsl`).
 fn family(ty: GgmlType) -> &'static str {
