@@ -1,6 +1,6 @@
 // ggml's K-quants without an importance matrix: the twin of src/quant/ggml/q2_k.rs, q3_k.rs,
-// q4_k.rs (Q4_K, Q5_K), q6_k.rs and search.rs read with one lane (V = f32, qw = None), line by line and in the
-// same order. Follows ggml_common.wgsl.
+// q4_k.rs (Q4_K, Q5_K), q6_k.rs and search.rs read with one lane (V = f32, qw = None), line by
+// line and in the same order. Follows ggml_common.wgsl.
 //
 // Exact as the CPU, beyond what ggml_common.wgsl says:
 // * every division is `kdiv` (correctly rounded `fdiv`); a division by zero or one that
@@ -9,18 +9,19 @@
 //   constant, goes through `opaque` (`pm`, `keep`), so the compiler can neither fuse it into an
 //   FMA nor reassociate the constants;
 // * ggml's `nearest_int` is the bits of `v + 12582912.0` (`nearest`);
+// * `sqrtf` is `sqrt_rn`, correctly rounded in integer arithmetic (WGSL's `sqrt` is not);
 // * no run-time infinity or NaN is ever computed: a block with a magnitude of 2^16 or more
 //   (Q3_K: 2^12, whose descent compares products of four sums) is left to the CPU (below that
-//   bound no product or sum of the searches can overflow), as is a block whose f16 super-scale
-//   would be infinite;
-// * `sqrtf` is `sqrt_rn`, correctly rounded in integer arithmetic (WGSL's `sqrt` is not);
+//   bound no product or sum of the searches can overflow), as is a block where a qkx2 candidate
+//   scale or min reaches 2^40 (its error sum could overflow) or whose f16 super-scale would be
+//   infinite;
 // * 256 elements per block, still two blocks per invocation: per block, Q6_K's searches take
 //   about 5,700 loop iterations (16 sub-blocks x (16 + 19 x 16 + 16)), Q4_K's about 13,000
-//   (8 x (4 x 32 + 21 x 2 x 32 + 32), plus 25 per square root), Q5_K's fewer (16 steps), Q2_K's
-//   about 10,000 (16 x (5 x 16 + 16 x 2 x 16)), Q3_K's about 3,000 (at most five passes of
-//   16 per sub-block): a pair stays far below llvmpipe's 65,535 per invocation. The codes of a search's best candidate
-//   are recomputed from its inverse scale (and min) at the end instead of copied at each
-//   improvement.
+//   (8 x (4 x 32 + 21 x 2 x 32 + 32), plus 25 per square root), Q5_K's fewer (16 steps),
+//   Q2_K's about 10,000 (16 x (5 x 16 + 16 x 2 x 16)), Q3_K's about 3,000 (at most five passes
+//   of 16 per sub-block): a pair stays far below llvmpipe's 65,535 per invocation. The codes of
+//   a search's best candidate are recomputed from its inverse scale (and min) at the end
+//   instead of copied at each improvement.
 
 const QK: u32 = 256u;
 
