@@ -132,6 +132,13 @@ fn sqrt_rn(b: u32) -> u32 {
     return (u32(e + 149) << 23u) + ((q + 1u) >> 1u);
 }
 
+// `a < b` for finite floats on their order keys (-0 == +0): a compare-and-replace the compiler
+// cannot turn into fmin/fmax, whose choice between -0 and +0 is free (and which a zero's sign
+// would reach: a super-scale of -0 is stored as f16 0x8000).
+fn lt(a: f32, b: f32) -> bool {
+    return key(bitcast<u32>(a)) < key(bitcast<u32>(b));
+}
+
 fn x_at(i: u32) -> f32 {
     return f(xb[i]);
 }
@@ -284,16 +291,16 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
     var sum_x = pm(sum_w, x_at(o));
     for (var i = 1u; i < n; i++) {
         let x = x_at(o + i);
-        if x < mn {
+        if lt(x, mn) {
             mn = x;
         }
-        if x > mx {
+        if lt(mx, x) {
             mx = x;
         }
         sum_w = sum_w + wts[i];
         sum_x = sum_x + pm(wts[i], x);
     }
-    if mn > 0.0 {
+    if lt(0.0, mn) {
         mn = 0.0;
     }
     if mx == mn {
@@ -333,7 +340,7 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
         }
         var this_min = kdiv(keep(pm(sum_l2, sum_x) - pm(sum_l, sum_xl)), d);
         var this_scale: f32;
-        if this_min > 0.0 {
+        if lt(0.0, this_min) {
             this_min = 0.0;
             this_scale = kdiv(sum_xl, sum_l2);
         } else {
@@ -405,10 +412,10 @@ fn encode_q45_k(nmax: i32) -> bool {
     var max_scale = 0.0;
     var max_min = 0.0;
     for (var j = 0u; j < 8u; j++) {
-        if scales[j] > max_scale {
+        if lt(max_scale, scales[j]) {
             max_scale = scales[j];
         }
-        if mins[j] > max_min {
+        if lt(max_min, mins[j]) {
             max_min = mins[j];
         }
     }
@@ -481,10 +488,10 @@ fn encode_q2_k() -> bool {
     var max_scale = 0.0;
     var max_min = 0.0;
     for (var j = 0u; j < 16u; j++) {
-        if scales[j] > max_scale {
+        if lt(max_scale, scales[j]) {
             max_scale = scales[j];
         }
-        if mins[j] > max_min {
+        if lt(max_min, mins[j]) {
             max_min = mins[j];
         }
         ls[j] = 0u;
