@@ -117,12 +117,13 @@ fn layers_larger_than_a_chunk_give_the_cpus_bytes() {
     let mut rng = Rng(42);
     // More than two chunks, rows of five blocks, an odd number of rows: the last chunk ends on
     // half a pair.
-    for (ty, qk) in [(GgmlType::Q4_0, 32), (GgmlType::Q8_0, 32), (GgmlType::Q3_K, 256), (GgmlType::Q4_K, 256), (GgmlType::Q6_K, 256)] {
+    for (ty, qk) in [(GgmlType::Q4_0, 32), (GgmlType::Q8_0, 32), (GgmlType::Q2_K, 256), (GgmlType::Q3_K, 256), (GgmlType::Q4_K, 256), (GgmlType::Q5_K, 256), (GgmlType::Q6_K, 256)] {
         assert!(TYPES.contains(&ty));
         let row = qk * 5;
         let rows = (g.chunk_bytes() / 4 * 2 / row + 3) | 1;
         let n = rows * row;
-        let x: Vec<f32> = (0..n).map(|_| rng.normal_ish() * 0.05).collect();
+        // weights of a model's size, with an outlier now and then
+        let x: Vec<f32> = (0..n).map(|_| rng.normal_ish() * if rng.below(997) == 0 { 3.0 } else { 0.05 }).collect();
         let Some(got) = gpu_bytes(g, ty, &x, row) else { continue };
         assert_same(ty, &got, &cpu_bytes(ty, &x, row), "a multi-chunk layer");
     }
