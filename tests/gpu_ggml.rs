@@ -204,3 +204,38 @@ fn the_converter_writes_the_same_file_on_the_gpu() {
         assert!(ft == FileType::Q4_K_M || fell_back.is_empty(), "{ft:?}: {:?}", notes.0);
     }
 }
+
+/// Many K-quant blocks, each drawn from a mix of hazards at a random magnitude (2^-44 to 2^11,
+/// so some pass the kernels' input bounds and are flagged): sub-blocks of different scales,
+/// zeros, values on a grid and its ties, one sign only, outliers. (Run once with 200,000 blocks
+/// and another seed: byte-equal too.)
+#[test]
+fn mixed_k_blocks_give_the_cpus_bytes() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(0xc0ffee);
+    let mut x = Vec::new();
+    for b in 0..20_000 {
+        let e = rng.below(56) as i32 - 44;
+        let s = 2f32.powi(e);
+        let kind = b % 7;
+        let base: Vec<f32> = (0..256i32)
+            .map(|i| {
+                let v = rng.normal_ish();
+                match kind {
+                    0 => v * s,
+                    1 => v * s * 2f32.powi(-(i / 16 % 4) * 7),
+                    2 => if rng.below(3) == 0 { 0.0 } else { v * s },
+                    3 => (rng.below(9) as f32 - 4.0) * s,
+                    4 => (v.abs() + 0.1) * s,
+                    5 => if i / 32 == 3 { 0.0 } else { (rng.below(33) as f32 - 16.0) * 0.5 * s },
+                    _ => v * s * if rng.below(50) == 0 { 30.0 } else { 1.0 },
+                }
+            })
+            .collect();
+        x.extend(base);
+    }
+    for ty in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        let Some(got) = gpu_bytes(g, ty, &x, 256) else { continue };
+        assert_same(ty, &got, &cpu_bytes(ty, &x, 256), "mixed blocks");
+    }
+}
