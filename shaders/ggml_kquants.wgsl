@@ -1,6 +1,6 @@
-// ggml's K-quants without an importance matrix: the twin of src/quant/ggml/q6_k.rs, q4_k.rs
-// (Q4_K, Q5_K) and search.rs read with one lane (V = f32, qw = None), line by line and in the
-// same order. Follows ggml_common.wgsl.
+// ggml's K-quants without an importance matrix: the twin of src/quant/ggml/q2_k.rs, q3_k.rs,
+// q4_k.rs (Q4_K, Q5_K), q6_k.rs and search.rs read with one lane (V = f32, qw = None), line by
+// line and in the same order. Follows ggml_common.wgsl.
 //
 // Exact as the CPU, beyond what ggml_common.wgsl says:
 // * every division is `kdiv` (correctly rounded `fdiv`); a division by zero or one that
@@ -9,21 +9,25 @@
 //   constant, goes through `opaque` (`pm`, `keep`), so the compiler can neither fuse it into an
 //   FMA nor reassociate the constants;
 // * ggml's `nearest_int` is the bits of `v + 12582912.0` (`nearest`);
-// * no run-time infinity or NaN is ever computed: a block with a magnitude of 2^16 or more is
-//   left to the CPU (below that bound no product or sum of the searches can overflow), as is a
-//   block whose f16 super-scale would be infinite;
 // * `sqrtf` is `sqrt_rn`, correctly rounded in integer arithmetic (WGSL's `sqrt` is not);
+// * no run-time infinity or NaN is ever computed: a block with a magnitude of 2^16 or more
+//   (Q3_K: 2^12, whose descent compares products of four sums) is left to the CPU (below that
+//   bound no product or sum of the searches can overflow), as is a block where a qkx2 candidate
+//   scale or min reaches 2^40 (its error sum could overflow) or whose f16 super-scale would be
+//   infinite;
 // * 256 elements per block, still two blocks per invocation: per block, Q6_K's searches take
 //   about 5,700 loop iterations (16 sub-blocks x (16 + 19 x 16 + 16)), Q4_K's about 13,000
-//   (8 x (4 x 32 + 21 x 2 x 32 + 32), plus 25 per square root), Q5_K's fewer (16 steps): a pair
-//   stays far below llvmpipe's 65,535 per invocation. The codes of a search's best candidate
-//   are recomputed from its inverse scale (and min) at the end instead of copied at each
-//   improvement.
+//   (8 x (4 x 32 + 21 x 2 x 32 + 32), plus 25 per square root), Q5_K's fewer (16 steps),
+//   Q2_K's about 10,000 (16 x (5 x 16 + 16 x 2 x 16)), Q3_K's about 3,000 (at most five passes
+//   of 16 per sub-block): a pair stays far below llvmpipe's 65,535 per invocation. The codes of
+//   a search's best candidate are recomputed from its inverse scale (and min) at the end
+//   instead of copied at each improvement.
 
 const QK: u32 = 256u;
 
 const GROUP_MAX_EPS: u32 = 0x26901d7du; // 1e-15f
 const BIG: u32 = 0x47800000u;           // 2^16: a block with a larger magnitude goes to the CPU
+const BIG_Q3_K: u32 = 0x45800000u;      // 2^12
 const TENTH: u32 = 0x3dcccccdu;         // 0.1f
 
 var<private> xb: array<u32, 256>;
@@ -126,6 +130,13 @@ fn sqrt_rn(b: u32) -> u32 {
     }
     let e = (x.exp - i32(p)) / 2 + 1; // the result is m * 2^e, m = (q + 1) >> 1 in [2^23, 2^24]
     return (u32(e + 149) << 23u) + ((q + 1u) >> 1u);
+}
+
+// `a < b` for finite floats on their order keys (-0 == +0): a compare-and-replace the compiler
+// cannot turn into fmin/fmax, whose choice between -0 and +0 is free (and which a zero's sign
+// would reach: a super-scale of -0 is stored as f16 0x8000).
+fn lt(a: f32, b: f32) -> bool {
+    return key(bitcast<u32>(a)) < key(bitcast<u32>(b));
 }
 
 fn x_at(i: u32) -> f32 {
@@ -280,16 +291,16 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
     var sum_x = pm(sum_w, x_at(o));
     for (var i = 1u; i < n; i++) {
         let x = x_at(o + i);
-        if x < mn {
+        if lt(x, mn) {
             mn = x;
         }
-        if x > mx {
+        if lt(mx, x) {
             mx = x;
         }
         sum_w = sum_w + wts[i];
         sum_x = sum_x + pm(wts[i], x);
     }
-    if mn > 0.0 {
+    if lt(0.0, mn) {
         mn = 0.0;
     }
     if mx == mn {
@@ -329,7 +340,7 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
         }
         var this_min = kdiv(keep(pm(sum_l2, sum_x) - pm(sum_l, sum_xl)), d);
         var this_scale: f32;
-        if this_min > 0.0 {
+        if lt(0.0, this_min) {
             this_min = 0.0;
             this_scale = kdiv(sum_xl, sum_l2);
         } else {
@@ -401,10 +412,10 @@ fn encode_q45_k(nmax: i32) -> bool {
     var max_scale = 0.0;
     var max_min = 0.0;
     for (var j = 0u; j < 8u; j++) {
-        if scales[j] > max_scale {
+        if lt(max_scale, scales[j]) {
             max_scale = scales[j];
         }
-        if mins[j] > max_min {
+        if lt(max_min, mins[j]) {
             max_min = mins[j];
         }
     }
@@ -459,16 +470,231 @@ fn encode_q45_k(nmax: i32) -> bool {
     return true;
 }
 
+// Q2_K: sixteen make_qkx2_quants(16, 3) sub-blocks with weights |x| (absolute error), 4-bit
+// scales and mins against their maxima.
+fn encode_q2_k() -> bool {
+    for (var j = 0u; j < 16u; j++) {
+        let o = 16u * j;
+        for (var l = 0u; l < 16u; l++) {
+            wts[l] = abs(x_at(o + l));
+        }
+        let r = make_qkx2_quants(o, 16u, 3, -0.5, f(TENTH), 15, true);
+        scales[j] = r.x;
+        mins[j] = r.y;
+        if bad {
+            return false;
+        }
+    }
+    var max_scale = 0.0;
+    var max_min = 0.0;
+    for (var j = 0u; j < 16u; j++) {
+        if lt(max_scale, scales[j]) {
+            max_scale = scales[j];
+        }
+        if lt(max_min, mins[j]) {
+            max_min = mins[j];
+        }
+        ls[j] = 0u;
+    }
+    var dbits = 0u;
+    if max_scale > 0.0 {
+        let iscale = kdiv(15.0, max_scale);
+        for (var j = 0u; j < 16u; j++) {
+            ls[j] = u32(nearest(pm(iscale, scales[j]))) & 0xffu;
+        }
+        dbits = f16_bits(bitcast<u32>(kdiv(max_scale, 15.0)));
+    }
+    var mbits = 0u;
+    if max_min > 0.0 {
+        let iscale = kdiv(15.0, max_min);
+        for (var j = 0u; j < 16u; j++) {
+            ls[j] = ls[j] | ((u32(nearest(pm(iscale, mins[j]))) << 4u) & 0xffu);
+        }
+        mbits = f16_bits(bitcast<u32>(kdiv(max_min, 15.0)));
+    }
+    let d = f16_value(dbits);
+    let dmin = f16_value(mbits);
+    for (var j = 0u; j < 16u; j++) {
+        let dj = pm(d, f32(ls[j] & 0xfu));
+        if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
+            continue;
+        }
+        let dm = pm(dmin, f32(ls[j] >> 4u));
+        for (var ii = 0u; ii < 16u; ii++) {
+            let i = 16u * j + ii;
+            codes[i] = clamp(nearest(kdiv(keep(x_at(i) + dm), dj)), 0, 3);
+        }
+    }
+    if bad {
+        return false;
+    }
+    for (var j = 0u; j < 16u; j++) {
+        emit(ls[j]);
+    }
+    emit_2bit();
+    emit16(dbits);
+    emit16(mbits);
+    return true;
+}
+
+// pack_2bit: byte k of each 32-byte group holds the low two bits of codes k, k+32, k+64, k+96
+// of its 128 weights, lowest first.
+fn emit_2bit() {
+    for (var q = 0u; q < 64u; q++) {
+        let i = 128u * (q / 32u) + q % 32u;
+        emit(u32((codes[i] & 3) | ((codes[i + 32u] & 3) << 2u) | ((codes[i + 64u] & 3) << 4u) | ((codes[i + 96u] & 3) << 6u)));
+    }
+}
+
+// search.rs' make_q3_quants(nmax 4) over xb[o..o+16]: codes `l + 4` (0 for a zero group) into
+// codes[o..o+16]; returns the scale.
+fn make_q3_quants(o: u32) -> f32 {
+    var amax = 0u;
+    var mx = 0u;
+    for (var i = 0u; i < 16u; i++) {
+        let a = xb[o + i] & 0x7fffffffu;
+        if a > amax {
+            amax = a;
+            mx = xb[o + i];
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        for (var i = 0u; i < 16u; i++) {
+            codes[o + i] = 0;
+        }
+        return 0.0;
+    }
+    let iscale = kdiv(-4.0, f(mx));
+    var sumlx = 0.0;
+    var suml2 = 0.0;
+    for (var i = 0u; i < 16u; i++) {
+        let x = x_at(o + i);
+        let l = clamp(nearest(pm(iscale, x)), -4, 3);
+        codes[o + i] = l;
+        let w = pm(x, x);
+        let lf = f32(l);
+        sumlx = sumlx + pm(pm(w, x), lf);
+        suml2 = suml2 + pm(pm(w, lf), lf);
+    }
+    for (var it = 0u; it < 5u; it++) {
+        var changed = false;
+        for (var i = 0u; i < 16u; i++) {
+            let x = x_at(o + i);
+            let w = pm(x, x);
+            let wx = pm(w, x);
+            let li = f32(codes[o + i]);
+            let slx = keep(sumlx - pm(wx, li));
+            if !(slx > 0.0) {
+                continue; // not taken; the reference's quotient is not needed
+            }
+            let sl2 = keep(suml2 - pm(pm(w, li), li));
+            let new_l = clamp(nearest(kdiv(pm(x, sl2), slx)), -4, 3);
+            let nf = f32(new_l);
+            let slx2 = keep(slx + pm(wx, nf));
+            let sl22 = keep(sl2 + pm(pm(w, nf), nf));
+            if new_l != codes[o + i] && sl22 > 0.0 && pm(pm(slx2, slx2), suml2) > pm(pm(sumlx, sumlx), sl22) {
+                codes[o + i] = new_l;
+                sumlx = slx2;
+                suml2 = sl22;
+                changed = true;
+            }
+        }
+        if !changed || bad {
+            break;
+        }
+    }
+    for (var i = 0u; i < 16u; i++) {
+        codes[o + i] = codes[o + i] + 4;
+    }
+    if !(suml2 > 0.0) {
+        return 0.0;
+    }
+    return kdiv(sumlx, suml2);
+}
+
+// Q3_K: sixteen make_q3_quants sub-blocks, 6-bit signed scales against -32/max_scale.
+fn encode_q3_k() -> bool {
+    for (var j = 0u; j < 16u; j++) {
+        scales[j] = make_q3_quants(16u * j);
+    }
+    if bad {
+        return false;
+    }
+    var amax = 0.0;
+    var max_scale = 0.0;
+    for (var j = 0u; j < 16u; j++) {
+        if abs(scales[j]) > amax {
+            amax = abs(scales[j]);
+            max_scale = scales[j];
+        }
+    }
+    var d = 0.0;
+    if max_scale != 0.0 {
+        let iscale = kdiv(-32.0, max_scale);
+        for (var j = 0u; j < 16u; j++) {
+            ls[j] = u32(clamp(as_i8(nearest(pm(iscale, scales[j]))), -32, 31) + 32);
+        }
+        d = kdiv(1.0, iscale);
+    } else {
+        for (var j = 0u; j < 16u; j++) {
+            ls[j] = 0u; // ggml leaves the scales (and d) zero
+        }
+    }
+    let dbits = f16_bits(bitcast<u32>(d));
+    let d16 = f16_value(dbits);
+    for (var j = 0u; j < 16u; j++) {
+        let dj = pm(d16, f32(i32(ls[j]) - 32));
+        if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
+            continue;
+        }
+        for (var ii = 0u; ii < 16u; ii++) {
+            let i = 16u * j + ii;
+            codes[i] = clamp(nearest(kdiv(x_at(i), dj)), -4, 3) + 4;
+        }
+    }
+    if bad {
+        return false;
+    }
+    // hmask: the high bit of code j at bit j / 32 of byte j % 32
+    for (var m = 0u; m < 32u; m++) {
+        var h = 0u;
+        for (var k = 0u; k < 8u; k++) {
+            h = h | (u32((codes[32u * k + m] >> 2u) & 1) << k);
+        }
+        emit(h);
+    }
+    emit_2bit();
+    // the low nibbles of scales k and k+8, then the top two bits of m, m+4, m+8, m+12
+    for (var k = 0u; k < 8u; k++) {
+        emit((ls[k] & 15u) | ((ls[k + 8u] & 15u) << 4u));
+    }
+    for (var m = 0u; m < 4u; m++) {
+        var t = 0u;
+        for (var g = 0u; g < 4u; g++) {
+            t = t | (((ls[4u * g + m] >> 4u) & 3u) << (2u * g));
+        }
+        emit(t);
+    }
+    emit16(dbits);
+    return true;
+}
+
 fn encode_block() -> bool {
     bad = false;
     var amax = 0u;
     for (var j = 0u; j < QK; j++) {
         amax = max(amax, xb[j] & 0x7fffffffu);
     }
-    if amax >= BIG {
+    if amax >= BIG || (TYPE == 11u && amax >= BIG_Q3_K) {
         return false;
     }
     switch TYPE {
+        case 10u: {
+            return encode_q2_k();
+        }
+        case 11u: {
+            return encode_q3_k();
+        }
         case 12u: {
             return encode_q45_k(15);
         }

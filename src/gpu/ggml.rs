@@ -1,23 +1,30 @@
-//! ggml's block types on the GPU: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 without an importance matrix
-//! (`shaders/ggml_legacy.wgsl`), giving the bytes of [`crate::quant::ggml::quantize`] (which are
-//! ggml's).
+//! ggml's block types on the GPU: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (`shaders/ggml_legacy.wgsl`)
+//! and the K-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (`shaders/ggml_kquants.wgsl`), without an
+//! importance matrix, giving the bytes of [`crate::quant::ggml::quantize`] (which are ggml's).
 //!
-//! How each hazard is met (the shader's header says the same from its side):
+//! How each hazard is met (the shaders' headers say the same from their side):
 //! * division: integer long division, correctly rounded (`div_rn`, shared with min/max);
-//! * fused multiply-add: the product that feeds an addition passes through `opaque`;
+//! * fused multiply-add: the product that feeds an addition passes through `opaque`, and so
+//!   does a sum that meets a constant next (no reassociation);
+//! * square root (Q4_K, Q5_K): `sqrt_rn`, correctly rounded in integer arithmetic, checked on
+//!   the adapter against `f32::sqrt` (tests below);
 //! * subnormals: the kernel is built like lsq's ([`GpuContext::exact_f32_pipeline`]) and runs
 //!   only where the subnormal probe passed and the kernel itself reproduced the CPU's bytes on
-//!   [`self_test_input`] (extreme, tiny, tied and subnormal blocks); otherwise the type is
+//!   [`self_test_rows`] (extreme, tiny, tied and subnormal blocks); otherwise the type is
 //!   refused on that adapter (`QuantError::Unsupported`);
-//! * summation order: nothing is summed; each block's extremes are scanned in the reference's
-//!   order inside one invocation;
+//! * summation order: each block's arithmetic runs inside one invocation, sums in the
+//!   reference's order;
 //! * infinities and NaNs, which WGSL leaves indeterminate: a block whose reference arithmetic
-//!   would meet one (a non-finite input, a range or an inverse scale past f32) is flagged, and
-//!   the host encodes its pair of blocks with the CPU reference.
+//!   would meet one (a non-finite input, a range or an inverse scale past f32, a K-quant block
+//!   past the bound under which its searches cannot overflow) is flagged, and the host encodes
+//!   its pair of blocks with the CPU reference;
+//! * llvmpipe's limit of about 65,535 loop iterations per invocation: one invocation encodes a
+//!   pair of blocks (two blocks of every type fill whole u32 words); the K-quants' searches
+//!   take at most about 13,000 iterations per block (Q4_K).
 //!
 //! The input is staged through the same persistent mapped buffers as min/max ([`Upload`]), in
-//! chunks of whole pairs of blocks; two buffer sets alternate, so chunk k+1 is filled and
-//! queued while chunk k runs.
+//! chunks of whole pairs of blocks of the type at hand, every type within the same buffers;
+//! two buffer sets alternate, so chunk k+1 is filled and queued while chunk k runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -32,7 +39,7 @@ use super::quantize::Stages;
 use super::staging::{self, buffer, InFlight, Timer, Upload, READBACK, STORAGE};
 
 /// The types with a GPU kernel (without an importance matrix).
-pub const TYPES: [GgmlType; 8] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
+pub const TYPES: [GgmlType; 10] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 /// The shader file with `ty`'s encoder (appended to `ggml_common.wgsl`).
 fn family(ty: GgmlType) -> &'static str {
@@ -118,7 +125,7 @@ impl GgmlKernels {
             label: Some("ggml blocks"),
             entries: &[entry(0, wgpu::BufferBindingType::Uniform), entry(1, storage(true)), entry(2, storage(false)), entry(3, storage(false))],
         });
-        // Whole pairs of blocks, as many as the min/max kernel's chunk holds elements.
+        // Chunks of as many values as the min/max kernel's, in whole pairs of blocks.
         Self { layout, pipelines: Mutex::new(HashMap::new()), sets: Mutex::new(None), elems: caps.elems }
     }
 
