@@ -14,8 +14,8 @@
 //   |sum_xl| < 2^57.5, so d and both numerators stay below 2^105; a candidate scale or min of
 //   2^40 or more flags the block (as for the K-quants), so |diff| < 2^45.1 and the error
 //   sum < 32 * 2^31.5 * 2^90.2 < 2^127.
-// Loops per weighted block: 32 square roots of 25 steps (800), make_qx_quants 19 x 32 + 64,
-// make_qkx2_quants 37 x 3 x 32 + 96 (about 3,700): a pair stays below 10,000.
+// Loops per weighted block: 64 + 32 square roots of 25 steps (about 900), then make_qx_quants
+// 19 x 32 + 64 or make_qkx2_quants 37 x 2 x 32 + 128 (about 2,500): a pair stays below 7,000.
 
 const QK: u32 = 32u;
 

@@ -1,6 +1,13 @@
 //! ggml's block types on the GPU: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (`shaders/ggml_legacy.wgsl`)
 //! and the K-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (`shaders/ggml_kquants.wgsl`), without an
-//! importance matrix, giving the bytes of [`crate::quant::ggml::quantize`] (which are ggml's).
+//! importance matrix, and the 32-element types with one ([`IMATRIX_TYPES`]), giving the bytes of
+//! [`crate::quant::ggml::quantize`] (which are ggml's).
+//!
+//! With an importance matrix the call uploads its row once (binding 4) and, for the 32-element
+//! types, each row's `sigma2` computed by the CPU's own code (`ggml::rows_sigma2`, binding 5);
+//! each chunk's uniforms carry its first block in the call and the blocks per row, from which
+//! a block finds its column (its weights) and its row (its sigma2), whatever row the chunk
+//! starts in. A flagged weighted pair is redone by encoding its row(s) on the CPU.
 //!
 //! How each hazard is met (the shaders' headers say the same from their side):
 //! * division: integer long division, correctly rounded (`div_rn`, shared with min/max);
