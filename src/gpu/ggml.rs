@@ -170,6 +170,7 @@ impl GgmlKernels {
     /// Encodes `x` (rows of `n_per_row`, whole blocks of `ty`, one of [`TYPES`]) into `out` on
     /// the GPU, weighted by `imatrix` (one weight per column) if given, with the CPU reference
     /// for flagged pairs. The caller has checked the rows and the adapter (`verdict`).
+    #[allow(clippy::too_many_arguments)] // the arguments of ggml::quantize, and the device's
     pub fn run(&self, ctx: &GpuContext, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, out: &mut [u8], timed: bool) -> Result<Stages> {
         let pipeline = self.pipeline(ctx, ty).map_err(QuantError::Unsupported)?;
         let (qk, bytes) = ty.block();
@@ -192,9 +193,9 @@ impl GgmlKernels {
             }
             _ => None,
         };
-        // The CPU's bytes of the last row a flagged weighted pair needed (row index, bytes).
-        let mut cpu_row: Option<(usize, Vec<u8>)> = None;
-        let row_bytes = blocks_per_row * bytes;
+        // The flagged pairs' blocks, redone on the CPU once the buffer sets are released: the CPU
+        // encoder runs on the thread pool, whose workers may be waiting for these sets.
+        let mut flagged: Vec<(usize, usize)> = Vec::new();
         let mut stages = Stages { kernel: (timed && ctx.timestamps).then_some(0.0), ..Stages::default() };
         let chunks: Vec<(usize, usize)> = (0..n_blocks).step_by(blocks).map(|b0| (b0, (b0 + blocks).min(n_blocks))).collect();
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
@@ -211,24 +212,7 @@ impl GgmlKernels {
                     out[b0 * bytes..b1 * bytes].copy_from_slice(&view[..(b1 - b0) * bytes]);
                     let flags: &[u32] = bytemuck::cast_slice(&view[redo_at as usize..redo_at as usize + (b1 - b0).div_ceil(2) * 4]);
                     for (p, _) in flags.iter().enumerate().filter(|(_, &f)| f != 0) {
-                        let (c0, c1) = (b0 + 2 * p, (b0 + 2 * p + 2).min(b1));
-                        if weighted.is_none() {
-                            ggml::quantize_with(Simd::Scalar, ty, &x[c0 * qk..c1 * qk], qk, None, &mut out[c0 * bytes..c1 * bytes])?;
-                            continue;
-                        }
-                        // A weighted block depends on its column and on its whole row (sigma2):
-                        // the CPU encodes the row (once for consecutive flagged pairs of it).
-                        for c in c0..c1 {
-                            let row = c / blocks_per_row;
-                            if cpu_row.as_ref().is_none_or(|(r, _)| *r != row) {
-                                let mut b = vec![0u8; row_bytes];
-                                ggml::quantize_with(Simd::Scalar, ty, &x[row * n_per_row..(row + 1) * n_per_row], n_per_row, imatrix, &mut b)?;
-                                cpu_row = Some((row, b));
-                            }
-                            let (_, b) = cpu_row.as_ref().expect("just encoded");
-                            let at = (c % blocks_per_row) * bytes;
-                            out[c * bytes..(c + 1) * bytes].copy_from_slice(&b[at..at + bytes]);
-                        }
+                        flagged.push((b0 + 2 * p, (b0 + 2 * p + 2).min(b1)));
                     }
                     if let Some(k) = stages.kernel.as_mut() {
                         *k += Timer::seconds(ctx, &view[time_at as usize..time_at as usize + 16]);
@@ -283,7 +267,29 @@ impl GgmlKernels {
         if result.is_err() {
             *guard = None; // buffers may still be mapped or in use: rebuild next time
         }
-        result.map(|_| stages)
+        drop(guard);
+        result?;
+        // A weighted block depends on its column and on its whole row (sigma2): the CPU encodes
+        // the row (once for consecutive flagged pairs of it) and the block's bytes are copied.
+        let mut cpu_row: Option<(usize, Vec<u8>)> = None;
+        for (c0, c1) in flagged {
+            if weighted.is_none() {
+                ggml::quantize_with(Simd::Scalar, ty, &x[c0 * qk..c1 * qk], qk, None, &mut out[c0 * bytes..c1 * bytes])?;
+                continue;
+            }
+            for c in c0..c1 {
+                let row = c / blocks_per_row;
+                if cpu_row.as_ref().is_none_or(|(r, _)| *r != row) {
+                    let mut b = vec![0u8; blocks_per_row * bytes];
+                    ggml::quantize_with(Simd::Scalar, ty, &x[row * n_per_row..(row + 1) * n_per_row], n_per_row, imatrix, &mut b)?;
+                    cpu_row = Some((row, b));
+                }
+                let (_, b) = cpu_row.as_ref().expect("just encoded");
+                let at = (c % blocks_per_row) * bytes;
+                out[c * bytes..(c + 1) * bytes].copy_from_slice(&b[at..at + bytes]);
+            }
+        }
+        Ok(stages)
     }
 }
 

@@ -257,15 +257,17 @@ impl GpuBackend {
         if let Some(got) = self.subnormal_flush()? {
             return Err(refuse(format!("it does not keep subnormal floats ({got})")));
         }
-        let mut verdicts = self.ggml_verdicts.lock().unwrap_or_else(|p| p.into_inner());
-        let verdict = match verdicts.get(&(ty, imatrix)) {
-            Some(v) => v.clone(),
+        // Not held during the self-test: its CPU side runs on the thread pool, whose workers may
+        // be waiting here (two callers may both test a type; the verdicts agree).
+        let known = self.ggml_verdicts.lock().unwrap_or_else(|p| p.into_inner()).get(&(ty, imatrix)).cloned();
+        let verdict = match known {
+            Some(v) => v,
             None => {
                 let v = match guarded(|| ggml::self_test(self.ggml_kernels(), self.ctx, ty, imatrix)) {
                     Err(QuantError::Unsupported(why)) => Some(why),
                     other => other?,
                 };
-                verdicts.insert((ty, imatrix), v.clone());
+                self.ggml_verdicts.lock().unwrap_or_else(|p| p.into_inner()).insert((ty, imatrix), v.clone());
                 v
             }
         };
