@@ -25,19 +25,14 @@
 
 const QK: u32 = 256u;
 
-const GROUP_MAX_EPS: u32 = 0x26901d7du; // 1e-15f
 const BIG: u32 = 0x47800000u;           // 2^16: a block with a larger magnitude goes to the CPU
 const BIG_Q3_K: u32 = 0x45800000u;      // 2^12
-const TENTH: u32 = 0x3dcccccdu;         // 0.1f
 
 var<private> xb: array<u32, 256>;
 var<private> codes: array<i32, 256>;
 var<private> sc: array<i32, 16>;
 var<private> scales: array<f32, 16>;
-var<private> bad: bool;
 var<private> mins: array<f32, 16>;
-var<private> wts: array<f32, 32>;
-var<private> laux: array<i32, 32>;
 var<private> ls: array<u32, 16>;
 var<private> lm: array<u32, 16>;
 
@@ -49,35 +44,6 @@ fn block_bytes() -> u32 {
         case 13u: { return 176u; }
         default: { return 210u; }
     }
-}
-
-// A product no compiler may fuse with the addition it feeds.
-fn pm(a: f32, b: f32) -> f32 {
-    return f(opaque(bitcast<u32>(a * b)));
-}
-
-// A rounded value the compiler may not reassociate with what follows.
-fn keep(v: f32) -> f32 {
-    return f(opaque(bitcast<u32>(v)));
-}
-
-// ggml's `nearest_int`: the float adder rounds to nearest even.
-fn nearest(v: f32) -> i32 {
-    return i32(bitcast<u32>(keep(v) + 12582912.0) & MANT) - 0x400000;
-}
-
-// `a / b`, correctly rounded; a zero divisor or an overflow flags the block.
-fn kdiv(a: f32, b: f32) -> f32 {
-    if (bitcast<u32>(b) & 0x7fffffffu) == 0u {
-        bad = true;
-        return 0.0;
-    }
-    let q = fdiv(bitcast<u32>(a), bitcast<u32>(b));
-    if !is_finite(q) {
-        bad = true;
-        return 0.0;
-    }
-    return f(q);
 }
 
 // ggml's f16 → f32 of a finite f16 (an infinite one flags the block).
@@ -93,54 +59,6 @@ fn f16_value(h: u32) -> f32 {
         return f(sign | bitcast<u32>(f32(m) * f(0x33800000u))); // m * 2^-24, exact
     }
     return f(sign | ((e + 112u) << 23u) | (m << 13u));
-}
-
-// t*t for t < 2^25, as (high, low) words.
-fn square64(t: u32) -> vec2<u32> {
-    let a = t >> 16u;
-    let b = t & 0xffffu;
-    let lo0 = b * b;
-    let mid = 2u * a * b; // < 2^26
-    let lo = lo0 + (mid << 16u);
-    return vec2<u32>(a * a + (mid >> 16u) + select(0u, 1u, lo < lo0), lo);
-}
-
-// C's `sqrtf` of a finite non-negative float, correctly rounded: `sig * 2^exp` becomes
-// N = sig << p (p = 25 or 26, so exp - p is even and N in [2^48, 2^50)); q = floor(sqrt(N)) has
-// 25 bits, found bit by bit against N as a pair of words; the 24-bit result is q rounded by its
-// last bit (a square root is never exactly halfway between two floats).
-fn sqrt_rn(b: u32) -> u32 {
-    if (b & 0x7fffffffu) == 0u {
-        return b;
-    }
-    let x = unpack(b);
-    var p = 26u;
-    if (x.exp & 1) != 0 {
-        p = 25u;
-    }
-    let nhi = x.sig >> (32u - p);
-    let nlo = x.sig << p;
-    var q = 0u;
-    for (var k = 0u; k < 25u; k++) {
-        let t = q | (1u << (24u - k));
-        let s = square64(t);
-        if s.x < nhi || (s.x == nhi && s.y <= nlo) {
-            q = t;
-        }
-    }
-    let e = (x.exp - i32(p)) / 2 + 1; // the result is m * 2^e, m = (q + 1) >> 1 in [2^23, 2^24]
-    return (u32(e + 149) << 23u) + ((q + 1u) >> 1u);
-}
-
-// `a < b` for finite floats on their order keys (-0 == +0): a compare-and-replace the compiler
-// cannot turn into fmin/fmax, whose choice between -0 and +0 is free (and which a zero's sign
-// would reach: a super-scale of -0 is stored as f16 0x8000).
-fn lt(a: f32, b: f32) -> bool {
-    return key(bitcast<u32>(a)) < key(bitcast<u32>(b));
-}
-
-fn x_at(i: u32) -> f32 {
-    return f(xb[i]);
 }
 
 // `make_qx_quants(n, nmax, x, L, 1, NULL)` over xb[o..o+n] for an `iscale`: the sums of the
@@ -257,113 +175,6 @@ fn encode_q6_k() -> bool {
     }
     emit16(dbits);
     return true;
-}
-
-// `make_qkx2_quants` (search.rs' make_qkx_quants) over xb[o..o+n] with weights wts[0..n]: the
-// weighted error (|diff| or diff², `diff = scale*l + min - x`) of the codes in laux, and the
-// codes of inverse scale `iscale` against `lmin`.
-fn qkx_error(o: u32, n: u32, scale: f32, min_: f32, abs_err: bool) -> f32 {
-    var err = 0.0;
-    for (var i = 0u; i < n; i++) {
-        let x = x_at(o + i);
-        let lf = f32(laux[i]);
-        let diff = keep(keep(pm(scale, lf) + min_) - x);
-        var e = pm(diff, diff);
-        if abs_err {
-            e = abs(diff);
-        }
-        err = err + pm(wts[i], e);
-    }
-    return err;
-}
-
-fn qkx_codes(o: u32, n: u32, nmax: i32, iscale: f32, lmin: f32) {
-    for (var i = 0u; i < n; i++) {
-        laux[i] = clamp(nearest(pm(iscale, keep(x_at(o + i) - lmin))), 0, nmax);
-    }
-}
-
-// Returns (scale, the_min = -min); codes L into codes[o..o+n]. A flat group gives codes 0.
-fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i32, abs_err: bool) -> vec2<f32> {
-    var mn = x_at(o);
-    var mx = x_at(o);
-    var sum_w = wts[0];
-    var sum_x = pm(sum_w, x_at(o));
-    for (var i = 1u; i < n; i++) {
-        let x = x_at(o + i);
-        if lt(x, mn) {
-            mn = x;
-        }
-        if lt(mx, x) {
-            mx = x;
-        }
-        sum_w = sum_w + wts[i];
-        sum_x = sum_x + pm(wts[i], x);
-    }
-    if lt(0.0, mn) {
-        mn = 0.0;
-    }
-    if mx == mn {
-        for (var i = 0u; i < n; i++) {
-            codes[o + i] = 0;
-        }
-        return vec2<f32>(0.0, -mn);
-    }
-    let nmaxf = f32(nmax);
-    let iscale = kdiv(nmaxf, keep(mx - mn));
-    var scale = kdiv(1.0, iscale);
-    qkx_codes(o, n, nmax, iscale, mn);
-    var best_error = qkx_error(o, n, scale, mn, abs_err);
-    var best_is = iscale;
-    var best_lmin = mn;
-    for (var is = 0; is <= nstep; is++) {
-        if bad {
-            break;
-        }
-        let cand = kdiv(keep(keep(rmin + pm(rdelta, f32(is))) + nmaxf), keep(mx - mn));
-        var sum_l = 0.0;
-        var sum_l2 = 0.0;
-        var sum_xl = 0.0;
-        for (var i = 0u; i < n; i++) {
-            let x = x_at(o + i);
-            let l = clamp(nearest(pm(cand, keep(x - mn))), 0, nmax);
-            laux[i] = l;
-            let w = wts[i];
-            let lf = f32(l);
-            sum_l = sum_l + pm(w, lf);
-            sum_l2 = sum_l2 + pm(pm(w, lf), lf);
-            sum_xl = sum_xl + pm(pm(w, lf), x);
-        }
-        let d = keep(pm(sum_w, sum_l2) - pm(sum_l, sum_l));
-        if !(d > 0.0) {
-            continue;
-        }
-        var this_min = kdiv(keep(pm(sum_l2, sum_x) - pm(sum_l, sum_xl)), d);
-        var this_scale: f32;
-        if lt(0.0, this_min) {
-            this_min = 0.0;
-            this_scale = kdiv(sum_xl, sum_l2);
-        } else {
-            this_scale = kdiv(keep(pm(sum_w, sum_xl) - pm(sum_x, sum_l)), d);
-        }
-        // Beyond 2^40 the error below could overflow (inputs are below 2^16): the CPU's.
-        if (bitcast<u32>(this_scale) & 0x7fffffffu) >= 0x53800000u || (bitcast<u32>(this_min) & 0x7fffffffu) >= 0x53800000u {
-            bad = true;
-            break;
-        }
-        let cur_error = qkx_error(o, n, this_scale, this_min, abs_err);
-        if cur_error < best_error {
-            best_error = cur_error;
-            scale = this_scale;
-            best_is = cand;
-            best_lmin = mn;
-            mn = this_min;
-        }
-    }
-    for (var i = 0u; i < n; i++) {
-        codes[o + i] = clamp(nearest(pm(best_is, keep(x_at(o + i) - best_lmin))), 0, nmax);
-    }
-    return vec2<f32>(scale, -mn);
 }
 
 // ggml's 12-byte packing of eight 6-bit scales and mins (`pack_scale_min`).

@@ -25,20 +25,31 @@ fn gpu() -> Option<&'static GpuBackend> {
 
 const TYPES: [GgmlType; 10] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
+/// The types whose GPU kernel takes an importance matrix (Q8_0's ignores it, as ggml's does).
+const IMATRIX_TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+
 /// The K-quants, with or without a GPU kernel yet: those without one must be refused.
 const K_TYPES: [GgmlType; 5] = [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 fn cpu_bytes(ty: GgmlType, x: &[f32], n_per_row: usize) -> Vec<u8> {
-    let mut out = vec![0u8; ggml::check_rows(ty, x.len(), n_per_row, None).unwrap()];
-    ggml::quantize(ty, x, n_per_row, None, &mut out).unwrap();
+    cpu_bytes_w(ty, x, n_per_row, None)
+}
+
+fn cpu_bytes_w(ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Vec<u8> {
+    let mut out = vec![0u8; ggml::check_rows(ty, x.len(), n_per_row, imatrix).unwrap()];
+    ggml::quantize(ty, x, n_per_row, imatrix, &mut out).unwrap();
     out
 }
 
 /// GPU bytes, or None where this adapter refuses the type (a device that flushes subnormals):
 /// then the refusal must say why.
 fn gpu_bytes(g: &GpuBackend, ty: GgmlType, x: &[f32], n_per_row: usize) -> Option<Vec<u8>> {
-    let mut out = vec![0u8; ggml::check_rows(ty, x.len(), n_per_row, None).unwrap()];
-    match g.quantize_ggml(ty, x, n_per_row, None, &mut out) {
+    gpu_bytes_w(g, ty, x, n_per_row, None)
+}
+
+fn gpu_bytes_w(g: &GpuBackend, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; ggml::check_rows(ty, x.len(), n_per_row, imatrix).unwrap()];
+    match g.quantize_ggml(ty, x, n_per_row, imatrix, &mut out) {
         Ok(_) => Some(out),
         Err(QuantError::Unsupported(why)) => {
             assert!(g.subnormal_flush().unwrap().is_some(), "{ty} refused on an adapter that keeps subnormals: {why}");
@@ -143,9 +154,10 @@ fn types_and_options_without_a_kernel_are_refused_with_the_reason() {
             other => panic!("{name} on the GPU: {other:?}"),
         }
     }
-    // The message lists the types the GPU encodes.
-    let listed = format!("encodes {} without", TYPES.map(|t| t.name().to_ascii_lowercase()).join(", "));
-    for ty in TYPES {
+    // The message lists the types the GPU encodes, without an importance matrix and with one.
+    let names = |types: &[GgmlType]| types.iter().map(|t| t.name().to_ascii_lowercase()).collect::<Vec<_>>().join(", ");
+    let listed = format!("encodes {} without an importance matrix, {} with one", names(&TYPES), names(&IMATRIX_TYPES));
+    for ty in TYPES.into_iter().filter(|t| !IMATRIX_TYPES.contains(t)) {
         let mut out = vec![0u8; ggml::check_rows(ty, x.len(), 256, None).unwrap()];
         let name = ty.name().to_ascii_lowercase();
         match g.quantize_ggml(ty, &x, 256, Some(&w), &mut out) {
@@ -237,5 +249,141 @@ fn mixed_k_blocks_give_the_cpus_bytes() {
     for ty in [GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
         let Some(got) = gpu_bytes(g, ty, &x, 256) else { continue };
         assert_same(ty, &got, &cpu_bytes(ty, &x, 256), "mixed blocks");
+    }
+}
+
+/// Importance rows of `n` weights of each kind: random (many magnitudes), zeros, one huge weight
+/// (1e30, past the kernels' bound: flagged), tiny (1e-38 and subnormals), and a mix of all with
+/// weights at the bound 2^15 and just below it.
+fn imatrices(n: usize, rng: &mut Rng) -> Vec<(&'static str, Vec<f32>)> {
+    let random: Vec<f32> = (0..n).map(|i| rng.unit() * [1.0, 50.0, 1.0e-3, 2.0e4][i % 4]).collect();
+    let mut one_huge: Vec<f32> = (0..n).map(|_| rng.unit()).collect();
+    one_huge[n / 3 + 1] = 1.0e30;
+    let tiny: Vec<f32> = (0..n).map(|i| if i % 3 == 0 { f32::from_bits(1 + rng.below(1000) as u32) } else { 1.0e-38 * rng.unit() }).collect();
+    let mixed: Vec<f32> = (0..n)
+        .map(|i| match rng.below(7) {
+            0 => 0.0,
+            1 => 1.0e-38,
+            2 => f32::from_bits(1 + i as u32),
+            3 => 32767.0,
+            4 => 32768.0,
+            5 => rng.unit() * 1.0e3,
+            _ => rng.unit(),
+        })
+        .collect();
+    vec![("random", random), ("zeros", vec![0.0; n]), ("one-huge", one_huge), ("tiny", tiny), ("mixed", mixed)]
+}
+
+/// Every type with an importance matrix of each kind, on the adversarial rows of the self-test
+/// and on random finite bit patterns, in rows of three and of five blocks (pairs straddle rows;
+/// each block has its column's weights and its row's sigma2).
+#[test]
+fn imatrix_rows_give_the_cpus_bytes() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(0x1a7);
+    for ty in IMATRIX_TYPES {
+        let (qk, _) = ty.block();
+        let adversarial = self_test_rows(ty);
+        let random: Vec<f32> = (0..qk * 150)
+            .map(|_| loop {
+                let v = f32::from_bits(rng.next_u64() as u32);
+                if v.is_finite() {
+                    break v;
+                }
+            })
+            .collect();
+        // Rows of one exponent band each (a row's sigma2 stays in range): most blocks on the GPU.
+        let banded: Vec<f32> = (0..qk * 150).map(|i| (rng.unit() - 0.5) * 2f32.powi([-140, -100, -30, -3, 0, 4, 12, 15][i / (qk * 15) % 8])).collect();
+        for (rows, x) in [("adversarial", &adversarial), ("random bits", &random), ("banded", &banded)] {
+            for row in [3 * qk, 5 * qk] {
+                let n = x.len() / row * row;
+                for (kind, w) in imatrices(row, &mut rng) {
+                    let Some(got) = gpu_bytes_w(g, ty, &x[..n], row, Some(&w)) else { continue };
+                    assert_same(ty, &got, &cpu_bytes_w(ty, &x[..n], row, Some(&w)), &format!("{rows} rows of {row}, imatrix {kind}"));
+                }
+            }
+        }
+    }
+}
+
+/// With an importance matrix over more than two chunks, in rows of seven blocks: the chunks
+/// start inside rows, so a block's column and row come from the call, not the chunk.
+#[test]
+fn imatrix_layers_larger_than_a_chunk_give_the_cpus_bytes() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(7);
+    for ty in IMATRIX_TYPES {
+        let (qk, _) = ty.block();
+        let row = qk * 7;
+        let rows = (g.chunk_bytes() / 4 * 2 / row + 3) | 1;
+        assert!((g.chunk_bytes() / 4 / qk / 2 * 2) % 7 != 0, "a chunk must not hold whole rows");
+        let x: Vec<f32> = (0..rows * row).map(|i| rng.normal_ish() * if rng.below(997) == 0 { 3.0 } else { 0.05 } * (1.0 + (i / row % 5) as f32)).collect();
+        let w: Vec<f32> = (0..row).map(|i| rng.unit() * 10.0 * (1 + i / qk) as f32).collect();
+        let Some(got) = gpu_bytes_w(g, ty, &x, row, Some(&w)) else { continue };
+        assert_same(ty, &got, &cpu_bytes_w(ty, &x, row, Some(&w)), "a multi-chunk layer with an imatrix");
+    }
+}
+
+/// An importance matrix in llama.cpp's legacy .dat format (ncall 1).
+fn write_imatrix_dat(path: &std::path::Path, entries: &[(&str, Vec<f32>)]) {
+    let mut b = Vec::new();
+    b.extend((entries.len() as i32).to_le_bytes());
+    for (name, v) in entries {
+        b.extend((name.len() as i32).to_le_bytes());
+        b.extend(name.as_bytes());
+        b.extend(1i32.to_le_bytes());
+        b.extend((v.len() as i32).to_le_bytes());
+        for x in v {
+            b.extend(x.to_le_bytes());
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+/// The converter with an importance matrix: `--device gpu` writes the file `--device cpu` writes,
+/// with a 3-D tensor whose slices each have their own importance row.
+#[test]
+fn the_converter_writes_the_same_file_with_an_imatrix_on_the_gpu() {
+    use arrow_quant_v2::device::Device;
+    use arrow_quant_v2::gguf::mix::FileType;
+    use arrow_quant_v2::model::{convert, Options, Progress, QuantType};
+    use safetensors::Dtype;
+
+    struct Notes(Vec<String>);
+    impl Progress for Notes {
+        fn message(&mut self, line: &str) {
+            self.0.push(line.to_string());
+        }
+    }
+    let Some(g) = gpu() else { return };
+    if g.subnormal_flush().unwrap().is_some() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("m.safetensors");
+    let mut model = model_common::small_model();
+    model.push(model_common::t("experts.weight", Dtype::F32, &[4, 64, 96], 7));
+    model_common::write(&src, &model);
+    let mut rng = Rng(99);
+    let mut row = |n: usize| -> Vec<f32> { (0..n).map(|i| if i % 13 == 0 { 0.0 } else { rng.unit() * 4.0 }).collect() };
+    let mut experts = Vec::new();
+    for s in 0..4 {
+        experts.extend(row(96).into_iter().map(|v| v * (s + 1) as f32));
+    }
+    let imatrix = dir.path().join("m.imatrix.dat");
+    write_imatrix_dat(&imatrix, &[("linear.weight", row(256)), ("proj.weight", row(128)), ("tiny.weight", row(32)), ("experts.weight", experts)]);
+    for ft in [FileType::Q4_0, FileType::Q4_1, FileType::Q5_0, FileType::Q5_1, FileType::Q8_0, FileType::Q4_K_M] {
+        let mut files = Vec::new();
+        let mut notes = Notes(Vec::new());
+        for device in [Device::Cpu, Device::Gpu] {
+            let dst = dir.path().join(format!("m-{device:?}.gguf"));
+            let opts = Options { qtype: Some(QuantType::Gguf(ft)), device, imatrix: Some(imatrix.clone()), ..Options::default() };
+            convert(&src, &dst, &opts, &mut notes).unwrap();
+            files.push(std::fs::read(&dst).unwrap());
+        }
+        assert!(files[0] == files[1], "{ft:?} with an imatrix: the GPU's file differs from the CPU's");
+        assert!(!notes.0.iter().any(|n| n.contains("no entry for")), "{ft:?}: {:?}", notes.0);
+        let fell_back = notes.0.iter().any(|n| n.contains("no GPU kernel yet for"));
+        assert_eq!(fell_back, ft == FileType::Q4_K_M, "{ft:?}: {:?}", notes.0);
     }
 }

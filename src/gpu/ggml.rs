@@ -1,6 +1,13 @@
 //! ggml's block types on the GPU: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (`shaders/ggml_legacy.wgsl`)
 //! and the K-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (`shaders/ggml_kquants.wgsl`), without an
-//! importance matrix, giving the bytes of [`crate::quant::ggml::quantize`] (which are ggml's).
+//! importance matrix, and the 32-element types with one ([`IMATRIX_TYPES`]), giving the bytes of
+//! [`crate::quant::ggml::quantize`] (which are ggml's).
+//!
+//! With an importance matrix the call uploads its row once (binding 4) and, for the 32-element
+//! types, each row's `sigma2` computed by the CPU's own code (`ggml::rows_sigma2`, binding 5);
+//! each chunk's uniforms carry its first block in the call and the blocks per row, from which
+//! a block finds its column (its weights) and its row (its sigma2), whatever row the chunk
+//! starts in. A flagged weighted pair is redone by encoding its row(s) on the CPU.
 //!
 //! How each hazard is met (the shaders' headers say the same from their side):
 //! * division: integer long division, correctly rounded (`div_rn`, shared with min/max);
@@ -34,9 +41,24 @@ use crate::error::{QuantError, Result};
 use crate::quant::ggml::{self, GgmlType, Simd};
 
 use super::context::GpuContext;
-use super::plan::{Caps, Uniforms};
+use super::plan::Caps;
 use super::quantize::Stages;
 use super::staging::{self, buffer, InFlight, Timer, Upload, READBACK, STORAGE};
+
+/// Mirror of `struct GgmlUniforms` (ggml_common.wgsl): `Uniforms`' four words, then where the
+/// chunk starts in the call and the row geometry for the importance matrix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GgmlUniforms {
+    pub n_segs: u32,
+    pub n_units: u32,
+    pub zero_mask: u32,
+    pub pad: u32,
+    pub first_block: u32,
+    pub blocks_per_row: u32,
+    pub weighted: u32,
+    pub pad2: u32,
+}
 
 /// The types with a GPU kernel (without an importance matrix).
 pub const TYPES: [GgmlType; 10] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
@@ -81,6 +103,7 @@ struct Set {
     words: wgpu::Buffer,
     redo: wgpu::Buffer,
     staging: wgpu::Buffer,
+    /// Bound with 4-byte stand-ins for the importance matrix and the rows' sigma2.
     bind: wgpu::BindGroup,
     timer: Option<Timer>,
 }
@@ -96,17 +119,22 @@ fn offsets(elems: usize) -> (u64, u64, u64) {
 impl Set {
     fn new(ctx: &GpuContext, layout: &wgpu::BindGroupLayout, elems: usize) -> Self {
         let (input_bytes, out_bytes, pairs) = capacity(elems);
-        let uniform = buffer(ctx, "ggml uniforms", 16, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
+        let uniform = buffer(ctx, "ggml uniforms", std::mem::size_of::<GgmlUniforms>() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         let upload = Upload::new(ctx, "ggml weights upload", input_bytes as u64);
         let input = buffer(ctx, "ggml weights", input_bytes as u64, STORAGE);
         let words = buffer(ctx, "ggml blocks", out_bytes.next_multiple_of(4) as u64, STORAGE);
         let redo = buffer(ctx, "ggml redo flags", (pairs * 4) as u64, STORAGE);
         let staging = buffer(ctx, "ggml read-back", offsets(elems).2, READBACK);
-        let entries: Vec<wgpu::BindGroupEntry> =
-            [&uniform, &input, &words, &redo].iter().enumerate().map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() }).collect();
-        let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("ggml blocks"), layout, entries: &entries });
+        let none = buffer(ctx, "ggml no importance matrix", 4, STORAGE);
+        let bind = bind(ctx, layout, [&uniform, &input, &words, &redo, &none, &none]);
         Set { uniform, upload, input, words, redo, staging, bind, timer: Timer::new(ctx) }
     }
+}
+
+fn bind(ctx: &GpuContext, layout: &wgpu::BindGroupLayout, buffers: [&wgpu::Buffer; 6]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> =
+        buffers.iter().enumerate().map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() }).collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("ggml blocks"), layout, entries: &entries })
 }
 
 fn entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
@@ -123,7 +151,7 @@ impl GgmlKernels {
         let storage = |read_only| wgpu::BufferBindingType::Storage { read_only };
         let layout = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("ggml blocks"),
-            entries: &[entry(0, wgpu::BufferBindingType::Uniform), entry(1, storage(true)), entry(2, storage(false)), entry(3, storage(false))],
+            entries: &[entry(0, wgpu::BufferBindingType::Uniform), entry(1, storage(true)), entry(2, storage(false)), entry(3, storage(false)), entry(4, storage(true)), entry(5, storage(true))],
         });
         // Chunks of as many values as the min/max kernel's, in whole pairs of blocks.
         Self { layout, pipelines: Mutex::new(HashMap::new()), sets: Mutex::new(None), elems: caps.elems }
@@ -139,21 +167,40 @@ impl GgmlKernels {
             .clone()
     }
 
-    /// Encodes `x` (whole blocks of `ty`, one of [`TYPES`]) into `out` on the GPU, with the
-    /// CPU reference for flagged pairs. The caller has checked the adapter (`verdict`).
-    pub fn run(&self, ctx: &GpuContext, ty: GgmlType, x: &[f32], out: &mut [u8], timed: bool) -> Result<Stages> {
+    /// Encodes `x` (rows of `n_per_row`, whole blocks of `ty`, one of [`TYPES`]) into `out` on
+    /// the GPU, weighted by `imatrix` (one weight per column) if given, with the CPU reference
+    /// for flagged pairs. The caller has checked the rows and the adapter (`verdict`).
+    #[allow(clippy::too_many_arguments)] // the arguments of ggml::quantize, and the device's
+    pub fn run(&self, ctx: &GpuContext, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, out: &mut [u8], timed: bool) -> Result<Stages> {
         let pipeline = self.pipeline(ctx, ty).map_err(QuantError::Unsupported)?;
         let (qk, bytes) = ty.block();
         let n_blocks = x.len() / qk;
+        let blocks_per_row = n_per_row / qk;
         let blocks = chunk_blocks(ty, self.elems);
         let (redo_at, time_at, len) = offsets(self.elems);
         let mut guard = self.sets.lock().unwrap_or_else(|p| p.into_inner());
         let sets = guard.get_or_insert_with(|| [0, 1].map(|_| Set::new(ctx, &self.layout, self.elems)));
+        // With an importance matrix: its row and the rows' sigma2 (the CPU's own code, for the
+        // 32-element types), uploaded once for the call and bound beside each set's buffers.
+        let weighted: Option<[wgpu::BindGroup; 2]> = match imatrix {
+            Some(w) if ty != GgmlType::Q8_0 => {
+                let qw = buffer(ctx, "ggml importance matrix", (w.len() * 4) as u64, STORAGE);
+                ctx.queue.write_buffer(&qw, 0, bytemuck::cast_slice(w));
+                let sigma2: Vec<f32> = if qk == 32 { ggml::rows_sigma2(x, n_per_row) } else { vec![0.0] };
+                let sig = buffer(ctx, "ggml row sigma2", (sigma2.len() * 4) as u64, STORAGE);
+                ctx.queue.write_buffer(&sig, 0, bytemuck::cast_slice(&sigma2));
+                Some([0, 1].map(|s| bind(ctx, &self.layout, [&sets[s].uniform, &sets[s].input, &sets[s].words, &sets[s].redo, &qw, &sig])))
+            }
+            _ => None,
+        };
+        // The flagged pairs' blocks, redone on the CPU once the buffer sets are released: the CPU
+        // encoder runs on the thread pool, whose workers may be waiting for these sets.
+        let mut flagged: Vec<(usize, usize)> = Vec::new();
         let mut stages = Stages { kernel: (timed && ctx.timestamps).then_some(0.0), ..Stages::default() };
         let chunks: Vec<(usize, usize)> = (0..n_blocks).step_by(blocks).map(|b0| (b0, (b0 + blocks).min(n_blocks))).collect();
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let result = (|| -> Result<()> {
-            let finish = |f: InFlight, out: &mut [u8], stages: &mut Stages| -> Result<()> {
+            let mut finish = |f: InFlight, out: &mut [u8], stages: &mut Stages| -> Result<()> {
                 let waiting = Instant::now();
                 staging::wait_mapped(ctx, &f)?;
                 stages.wait += waiting.elapsed().as_secs_f64();
@@ -165,8 +212,7 @@ impl GgmlKernels {
                     out[b0 * bytes..b1 * bytes].copy_from_slice(&view[..(b1 - b0) * bytes]);
                     let flags: &[u32] = bytemuck::cast_slice(&view[redo_at as usize..redo_at as usize + (b1 - b0).div_ceil(2) * 4]);
                     for (p, _) in flags.iter().enumerate().filter(|(_, &f)| f != 0) {
-                        let (c0, c1) = (b0 + 2 * p, (b0 + 2 * p + 2).min(b1));
-                        ggml::quantize_with(Simd::Scalar, ty, &x[c0 * qk..c1 * qk], qk, None, &mut out[c0 * bytes..c1 * bytes])?;
+                        flagged.push((b0 + 2 * p, (b0 + 2 * p + 2).min(b1)));
                     }
                     if let Some(k) = stages.kernel.as_mut() {
                         *k += Timer::seconds(ctx, &view[time_at as usize..time_at as usize + 16]);
@@ -183,7 +229,15 @@ impl GgmlKernels {
                 }
                 let set = &sets[si];
                 let pairs = (b1 - b0).div_ceil(2);
-                ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs: (b1 - b0) as u32, n_units: pairs as u32, zero_mask: 0, pad: 0 }));
+                let uniforms = GgmlUniforms {
+                    n_segs: (b1 - b0) as u32,
+                    n_units: pairs as u32,
+                    first_block: b0 as u32,
+                    blocks_per_row: blocks_per_row.max(1) as u32,
+                    weighted: weighted.is_some() as u32,
+                    ..GgmlUniforms::default()
+                };
+                ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&uniforms));
                 let src: &[u8] = bytemuck::cast_slice(&x[b0 * qk..b1 * qk]);
                 let filling = Instant::now();
                 set.upload.fill(ctx, src.len(), |block, at| block.copy_from_slice(&src[at..at + block.len()]))?;
@@ -194,7 +248,7 @@ impl GgmlKernels {
                     let timer = set.timer.as_ref().filter(|_| stages.kernel.is_some());
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("ggml blocks"), timestamp_writes: timer.map(Timer::writes) });
                     pass.set_pipeline(&pipeline);
-                    pass.set_bind_group(0, &set.bind, &[]);
+                    pass.set_bind_group(0, weighted.as_ref().map_or(&set.bind, |b| &b[si]), &[]);
                     staging::dispatch(ctx, &mut pass, pairs);
                 }
                 enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, ((b1 - b0) * bytes).next_multiple_of(4) as u64);
@@ -213,7 +267,29 @@ impl GgmlKernels {
         if result.is_err() {
             *guard = None; // buffers may still be mapped or in use: rebuild next time
         }
-        result.map(|_| stages)
+        drop(guard);
+        result?;
+        // A weighted block depends on its column and on its whole row (sigma2): the CPU encodes
+        // the row (once for consecutive flagged pairs of it) and the block's bytes are copied.
+        let mut cpu_row: Option<(usize, Vec<u8>)> = None;
+        for (c0, c1) in flagged {
+            if weighted.is_none() {
+                ggml::quantize_with(Simd::Scalar, ty, &x[c0 * qk..c1 * qk], qk, None, &mut out[c0 * bytes..c1 * bytes])?;
+                continue;
+            }
+            for c in c0..c1 {
+                let row = c / blocks_per_row;
+                if cpu_row.as_ref().is_none_or(|(r, _)| *r != row) {
+                    let mut b = vec![0u8; blocks_per_row * bytes];
+                    ggml::quantize_with(Simd::Scalar, ty, &x[row * n_per_row..(row + 1) * n_per_row], n_per_row, imatrix, &mut b)?;
+                    cpu_row = Some((row, b));
+                }
+                let (_, b) = cpu_row.as_ref().expect("just encoded");
+                let at = (c % blocks_per_row) * bytes;
+                out[c * bytes..(c + 1) * bytes].copy_from_slice(&b[at..at + bytes]);
+            }
+        }
+        Ok(stages)
     }
 }
 
@@ -320,16 +396,50 @@ pub fn self_test_rows(ty: GgmlType) -> Vec<f32> {
     }
 }
 
-/// The CPU's bytes of [`self_test_rows`] for `ty`, against the kernel's: `Some(why)` if any
-/// byte differs.
-pub fn self_test(kernels: &GgmlKernels, ctx: &GpuContext, ty: GgmlType) -> Result<Option<String>> {
-    let x = self_test_rows(ty);
+/// The types whose kernel takes an importance matrix (Q8_0 ignores it, as ggml does).
+pub const IMATRIX_TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
+
+/// Blocks per row of the weighted self-test: odd, so that pairs straddle rows.
+const SELF_TEST_ROW_BLOCKS: usize = 5;
+
+/// The importance matrix of the weighted self-test, one weight per column of a row of
+/// [`SELF_TEST_ROW_BLOCKS`] blocks of `qk`: a block of each kind, zeros (with a few tiny and
+/// subnormal weights), random weights of many magnitudes, weights at the kernels' bound 2^15 and
+/// just below it, one huge weight (1e30, flagged), and tiny ones (1e-38 and subnormals).
+pub fn self_test_imatrix(qk: usize) -> Vec<f32> {
+    let mut next = xorshift(0x6a09_e667);
+    let mut unit = move || (next() >> 8) as f32 / (1u32 << 24) as f32;
+    let mut w = Vec::new();
+    w.extend((0..qk).map(|i| if i % 7 == 3 { 1.0e-38 } else if i % 11 == 5 { f32::from_bits(3) } else { 0.0 }));
+    w.extend((0..qk).map(|i| unit() * [1.0, 100.0, 1.0e-3, 3.0e4, 1.0e-20][i % 5]));
+    w.extend((0..qk).map(|i| if i == 9 { 32768.0 } else if i % 2 == 0 { 32767.0 } else { unit() }));
+    w.extend((0..qk).map(|i| if i == qk / 2 { 1.0e30 } else { unit() }));
+    w.extend((0..qk).map(|i| if i % 3 == 0 { f32::from_bits(1 + i as u32) } else { unit() * 1.0e-38 }));
+    w
+}
+
+/// The CPU's bytes of [`self_test_rows`] for `ty` (with [`self_test_imatrix`] if `imatrix`),
+/// against the kernel's: `Some(why)` if any byte differs.
+pub fn self_test(kernels: &GgmlKernels, ctx: &GpuContext, ty: GgmlType, imatrix: bool) -> Result<Option<String>> {
+    let mut x = self_test_rows(ty);
     let (qk, bytes) = ty.block();
-    let n = ggml::check_rows(ty, x.len(), qk, None)?;
+    let (n_per_row, w) = if imatrix {
+        // Whole rows: the first blocks again at the end.
+        let mut k = 0;
+        while !(x.len() / qk).is_multiple_of(SELF_TEST_ROW_BLOCKS) {
+            x.extend_from_within(k * qk..(k + 1) * qk);
+            k += 1;
+        }
+        (SELF_TEST_ROW_BLOCKS * qk, Some(self_test_imatrix(qk)))
+    } else {
+        (qk, None)
+    };
+    let n = ggml::check_rows(ty, x.len(), n_per_row, w.as_deref())?;
     let (mut got, mut want) = (vec![0u8; n], vec![0u8; n]);
-    ggml::quantize_with(Simd::Scalar, ty, &x, qk, None, &mut want)?;
-    kernels.run(ctx, ty, &x, &mut got, false)?;
-    Ok(got.chunks(bytes).zip(want.chunks(bytes)).position(|(a, b)| a != b).map(|b| format!("the {ty} kernel's bytes differ from the CPU's in block {b} of its self-test")))
+    ggml::quantize_with(Simd::Scalar, ty, &x, n_per_row, w.as_deref(), &mut want)?;
+    kernels.run(ctx, ty, &x, n_per_row, w.as_deref(), &mut got, false)?;
+    let what = if imatrix { " with an importance matrix" } else { "" };
+    Ok(got.chunks(bytes).zip(want.chunks(bytes)).position(|(a, b)| a != b).map(|b| format!("the {ty} kernel's bytes{what} differ from the CPU's in block {b} of its self-test")))
 }
 
 #[cfg(test)]
@@ -367,7 +477,7 @@ mod tests {
         let pipeline = ctx.exact_f32_pipeline("sqrt check", &super::super::shaders::ggml_source(super::super::shaders::GGML_KQUANTS), "sqrt_check", &[("TYPE", 12.0)], &kernels.layout).unwrap();
         let set = Set::new(ctx, &kernels.layout, kernels.elems);
         for part in x.chunks(per_run) {
-            ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs: 0, n_units: part.len() as u32, zero_mask: 0, pad: 0 }));
+            ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&GgmlUniforms { n_units: part.len() as u32, ..GgmlUniforms::default() }));
             ctx.queue.write_buffer(&set.input, 0, bytemuck::cast_slice(part));
             let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("sqrt check") });
             {

@@ -47,7 +47,7 @@ pub struct GpuBackend {
     subnormals: std::sync::OnceLock<std::result::Result<Option<String>, String>>,
     /// ggml's block types (built on first use), and each type's self-test verdict.
     ggml: std::sync::OnceLock<ggml::GgmlKernels>,
-    ggml_verdicts: Mutex<std::collections::HashMap<GgmlType, Option<String>>>,
+    ggml_verdicts: Mutex<std::collections::HashMap<(GgmlType, bool), Option<String>>>,
 }
 
 /// The backend on the live context (see [`context::context`]): replaced together with it.
@@ -231,18 +231,19 @@ impl GpuBackend {
         if !has_ggml_kernel(ty, imatrix.is_some()) {
             let name = ty.name().to_ascii_lowercase();
             let what = if imatrix.is_some() && ggml::TYPES.contains(&ty) { format!("{name} with an importance matrix") } else { name };
-            let gpu_types: Vec<String> = ggml::TYPES.iter().map(|t| t.name().to_ascii_lowercase()).collect();
+            let names = |types: &[GgmlType]| types.iter().map(|t| t.name().to_ascii_lowercase()).collect::<Vec<String>>().join(", ");
             return Err(QuantError::Unsupported(format!(
-                "device='gpu': {what} has no GPU kernel yet (the GPU encodes {} without an importance matrix); use device='cpu'",
-                gpu_types.join(", ")
+                "device='gpu': {what} has no GPU kernel yet (the GPU encodes {} without an importance matrix, {} with one); use device='cpu'",
+                names(&ggml::TYPES),
+                names(&ggml::IMATRIX_TYPES)
             )));
         }
         if x.is_empty() {
             return Ok(Stages::default());
         }
-        self.check_ggml(ty)?;
+        self.check_ggml(ty, imatrix.is_some())?;
         let kernels = self.ggml_kernels();
-        guarded(|| kernels.run(self.ctx, ty, x, out, true))
+        guarded(|| kernels.run(self.ctx, ty, x, n_per_row, imatrix, out, true))
     }
 
     fn ggml_kernels(&self) -> &ggml::GgmlKernels {
@@ -251,20 +252,22 @@ impl GpuBackend {
 
     /// The kernel for `ty` keeps the CPU's bytes on this adapter: the subnormal probe passed
     /// (shared with lsq) and the kernel reproduced the CPU on its self-test (once per type).
-    fn check_ggml(&self, ty: GgmlType) -> Result<()> {
+    fn check_ggml(&self, ty: GgmlType, imatrix: bool) -> Result<()> {
         let refuse = |why: String| QuantError::Unsupported(format!("device='gpu': {ty} cannot be encoded exactly on adapter {}: {why}; use device='cpu'", self.ctx.describe()));
         if let Some(got) = self.subnormal_flush()? {
             return Err(refuse(format!("it does not keep subnormal floats ({got})")));
         }
-        let mut verdicts = self.ggml_verdicts.lock().unwrap_or_else(|p| p.into_inner());
-        let verdict = match verdicts.get(&ty) {
-            Some(v) => v.clone(),
+        // Not held during the self-test: its CPU side runs on the thread pool, whose workers may
+        // be waiting here (two callers may both test a type; the verdicts agree).
+        let known = self.ggml_verdicts.lock().unwrap_or_else(|p| p.into_inner()).get(&(ty, imatrix)).cloned();
+        let verdict = match known {
+            Some(v) => v,
             None => {
-                let v = match guarded(|| ggml::self_test(self.ggml_kernels(), self.ctx, ty)) {
+                let v = match guarded(|| ggml::self_test(self.ggml_kernels(), self.ctx, ty, imatrix)) {
                     Err(QuantError::Unsupported(why)) => Some(why),
                     other => other?,
                 };
-                verdicts.insert(ty, v.clone());
+                self.ggml_verdicts.lock().unwrap_or_else(|p| p.into_inner()).insert((ty, imatrix), v.clone());
                 v
             }
         };
@@ -305,7 +308,11 @@ impl GpuBackend {
 
 /// Whether a GPU kernel encodes `ty` (with an importance matrix or without).
 pub fn has_ggml_kernel(ty: GgmlType, imatrix: bool) -> bool {
-    !imatrix && ggml::TYPES.contains(&ty)
+    if imatrix {
+        ggml::IMATRIX_TYPES.contains(&ty)
+    } else {
+        ggml::TYPES.contains(&ty)
+    }
 }
 
 /// Runs `f`, turning a wgpu panic into `QuantError::Device`.

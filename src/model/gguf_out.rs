@@ -219,7 +219,16 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
     };
     let on_gpu = dev.on_gpu(ty, imatrix.is_some());
     if on_gpu {
-        dev.quantize(ty, &values.to_f32(), n_per_row, None, &mut data)?;
+        let x = values.to_f32();
+        match (slice_rows, imatrix) {
+            // Each importance slice with its own row (one call per slice: the kernel takes one).
+            (Some(k), Some(m)) => {
+                for (s, (xs, out)) in x.chunks(k * n_per_row).zip(data.chunks_mut(k * row_bytes)).enumerate() {
+                    dev.quantize(ty, xs, n_per_row, Some(&m[s * n_per_row..(s + 1) * n_per_row]), out)?;
+                }
+            }
+            _ => dev.quantize(ty, &x, n_per_row, None, &mut data)?,
+        }
     }
     let chunk_rows = rows_per_chunk(n_per_row);
     let piece_rows = (PIECE_ELEMENTS / n_per_row).clamp(1, chunk_rows);

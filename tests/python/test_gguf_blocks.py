@@ -207,11 +207,34 @@ def test_minilm_blocks_on_the_gpu_equal_ggml(ggml, minilm, type_name):
     assert_all(failures, n, 26 if type_name in K_TYPES else 60)
 
 
+# The types whose GPU kernel takes an importance matrix (q8_0's ignores it, as ggml's does).
+GPU_IMATRIX_TYPES = LEGACY_TYPES
+
+
+@no_gpu_tests
+@pytest.mark.parametrize("kind", ["random", "zeros", "one_huge", "tiny"])
+@pytest.mark.parametrize("type_name", GPU_IMATRIX_TYPES)
+def test_minilm_blocks_with_imatrix_on_the_gpu_equal_ggml(ggml, minilm, type_name, kind):
+    """device="gpu" with an importance matrix of each kind, on MiniLM's layer-0 tensors, its
+    position embeddings, every layer's ffn_down and the adversarial rows: ggml's bytes."""
+    failures, n = [], 0
+    arrays = {k: v for k, v in minilm.items() if "layer.0." in k or "position" in k or ("output.dense" in k and "attention" not in k)}
+    arrays.update({f"[{k}]": v for k, v in adversarial_rows().items()})
+    for name, x in arrays.items():
+        n += 1
+        w = imatrices(x.shape[-1])[kind]
+        if (d := check_equal(ggml, x, type_name, w, what=f"{name} imatrix {kind}", device="gpu")) is not None:
+            failures.append(d)
+    assert_all(failures, n, 26)
+
+
 @no_gpu_tests
 def test_the_gpu_refuses_what_it_has_no_kernel_for():
     x = np.ones((2, 256), f32)
-    with pytest.raises(NotImplementedError, match="q4_0 with an importance matrix has no GPU kernel"):
-        aq.gguf_quantize(x, "q4_0", imatrix=np.ones(256, f32), device="gpu")
+    for t in K_TYPES:
+        if t not in GPU_IMATRIX_TYPES:
+            with pytest.raises(NotImplementedError, match=f"{t} with an importance matrix has no GPU kernel"):
+                aq.gguf_quantize(x, t, imatrix=np.ones(256, f32), device="gpu")
     for t in BLOCK_TYPES:
         if t not in aq.GGUF_GPU_TYPES:
             with pytest.raises(NotImplementedError, match=f"{t} has no GPU kernel yet"):
@@ -224,6 +247,8 @@ def test_the_gpu_refuses_what_it_has_no_kernel_for():
     assert aq.gguf_quantize(x * 0.3, "q5_1", device="auto") == aq.gguf_quantize(x * 0.3, "q5_1", device="gpu")
     w = np.linspace(0.1, 2, 256).astype(f32)
     assert aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="auto") == aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="cpu")
+    assert aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="gpu") == aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="cpu")
+    assert aq.gguf_quantize(x * 0.3, "q4_k", imatrix=w, device="auto") == aq.gguf_quantize(x * 0.3, "q4_k", imatrix=w, device="cpu")
 
 
 @pytest.mark.parametrize("type_name", PLAIN_TYPES)

@@ -224,6 +224,22 @@ fn encode_rows_avx512(ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option
     encode_rows_in::<lanes::x86::Avx512>(ty, x, n_per_row, imatrix, out)
 }
 
+/// The mean square of a row, `sigma2` of the 32-element types' `quantize_row_*_impl`: summed in
+/// order, then divided by the row's length.
+#[inline(always)]
+pub fn row_sigma2(row: &[f32]) -> f32 {
+    let mut sum_x2 = 0f32;
+    for &v in row {
+        sum_x2 += v * v;
+    }
+    sum_x2 / row.len() as f32
+}
+
+/// [`row_sigma2`] of each row of `n_per_row` (rows in parallel; the GPU kernels' input).
+pub fn rows_sigma2(x: &[f32], n_per_row: usize) -> Vec<f32> {
+    crate::threads::install(|| x.par_chunks_exact(n_per_row).map(row_sigma2).collect())
+}
+
 /// Encodes whole rows, `V::N` blocks at a time. The blocks of one step may come from different
 /// rows; a short last step repeats the last block in the spare lanes and drops their output.
 #[inline(always)]
@@ -236,16 +252,7 @@ fn encode_rows_in<V: Lanes>(ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: 
     let n_blocks = x.len() / qk;
     // The legacy `_impl` quantizers weight by the mean square of the whole row.
     let row_sigma2: Vec<f32> = match (imatrix, qk) {
-        (Some(_), 32) => x
-            .chunks_exact(n_per_row)
-            .map(|row| {
-                let mut sum_x2 = 0f32;
-                for &v in row {
-                    sum_x2 += v * v;
-                }
-                sum_x2 / n_per_row as f32
-            })
-            .collect(),
+        (Some(_), 32) => x.chunks_exact(n_per_row).map(row_sigma2).collect(),
         _ => Vec::new(),
     };
     let mut xt = [V::splat(0.0); QK_K];
