@@ -178,6 +178,12 @@ impl GgmlKernels {
         let blocks_per_row = n_per_row / qk;
         let blocks = chunk_blocks(ty, self.elems);
         let (redo_at, time_at, len) = offsets(self.elems);
+        // The rows' sigma2 (the 32-element types with an importance matrix) before the lock: it
+        // runs on the thread pool, whose workers may be waiting for the sets.
+        let sigma2: Vec<f32> = match imatrix {
+            Some(_) if qk == 32 && ty != GgmlType::Q8_0 => ggml::rows_sigma2(x, n_per_row),
+            _ => vec![0.0],
+        };
         let mut guard = self.sets.lock().unwrap_or_else(|p| p.into_inner());
         let sets = guard.get_or_insert_with(|| [0, 1].map(|_| Set::new(ctx, &self.layout, self.elems)));
         // With an importance matrix: its row and the rows' sigma2 (the CPU's own code, for the
@@ -186,7 +192,6 @@ impl GgmlKernels {
             Some(w) if ty != GgmlType::Q8_0 => {
                 let qw = buffer(ctx, "ggml importance matrix", (w.len() * 4) as u64, STORAGE);
                 ctx.queue.write_buffer(&qw, 0, bytemuck::cast_slice(w));
-                let sigma2: Vec<f32> = if qk == 32 { ggml::rows_sigma2(x, n_per_row) } else { vec![0.0] };
                 let sig = buffer(ctx, "ggml row sigma2", (sigma2.len() * 4) as u64, STORAGE);
                 ctx.queue.write_buffer(&sig, 0, bytemuck::cast_slice(&sigma2));
                 Some([0, 1].map(|s| bind(ctx, &self.layout, [&sets[s].uniform, &sets[s].input, &sets[s].words, &sets[s].redo, &qw, &sig])))
