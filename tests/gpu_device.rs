@@ -2,6 +2,8 @@
 //! would fail every other GPU test running beside them). Runs on whatever adapter wgpu finds
 //! (lavapipe in CI); without one these tests fail unless `ARROW_QUANT_SKIP_GPU_TESTS=1`.
 
+mod common;
+
 use arrow_quant_v2::backend::{Backend, QuantJob};
 use arrow_quant_v2::cpu::CpuBackend;
 use arrow_quant_v2::device::{auto, backend, describe, gpu_with_fallback, probe, Device};
@@ -12,14 +14,7 @@ use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantConfig, QuantError};
 static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn gpu() -> Option<&'static GpuBackend> {
-    match GpuBackend::shared() {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("no GPU adapter for the GPU tests ({e}); set ARROW_QUANT_SKIP_GPU_TESTS=1 to skip"),
-    }
+    common::shared_gpu()
 }
 
 /// (packed, scale bits, zero-point bits) of a 4-bit g64 quantize of `n` values on `b`.

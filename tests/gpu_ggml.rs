@@ -13,14 +13,7 @@ use arrow_quant_v2::quant::ggml::{self, GgmlType};
 use common::Rng;
 
 fn gpu() -> Option<&'static GpuBackend> {
-    match GpuBackend::shared() {
-        Ok(b) => Some(b),
-        Err(e) if std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("no GPU adapter for the GPU tests ({e}); set ARROW_QUANT_SKIP_GPU_TESTS=1 to skip"),
-    }
+    common::shared_gpu()
 }
 
 const TYPES: [GgmlType; 10] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];

@@ -185,6 +185,9 @@ struct ChunkOut {
     overflow: Option<usize>,
 }
 
+/// Values per GPU call of [`encode`] (64 Mi: 256 MiB as f32, many of the kernels' chunks).
+const GPU_PIECE: usize = 1 << 26;
+
 /// Encodes one tensor (rows along its last axis) as `ty`, with its importance row (one slice of
 /// `ne[0]` per 2-D matrix, as llama-quantize quantizes each expert of a 3-D tensor), and
 /// measures the result against the values.
@@ -219,15 +222,23 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
     };
     let on_gpu = dev.on_gpu(ty, imatrix.is_some());
     if on_gpu {
-        let x = values.to_f32();
-        match (slice_rows, imatrix) {
-            // Each importance slice with its own row (one call per slice: the kernel takes one).
-            (Some(k), Some(m)) => {
-                for (s, (xs, out)) in x.chunks(k * n_per_row).zip(data.chunks_mut(k * row_bytes)).enumerate() {
-                    dev.quantize(ty, xs, n_per_row, Some(&m[s * n_per_row..(s + 1) * n_per_row]), out)?;
-                }
+        // Whole rows of at most GPU_PIECE values per call, converted from the stored dtype on
+        // the way (an f16 tensor is never held as f32 whole), each importance slice with its
+        // own row (the kernel takes one).
+        let rows_per_call = (GPU_PIECE / n_per_row).max(1);
+        let slice = slice_rows.unwrap_or(n_rows);
+        let mut buf = vec![0f32; rows_per_call.min(n_rows) * n_per_row];
+        for s0 in (0..n_rows).step_by(slice) {
+            let row = match (slice_rows, imatrix) {
+                (Some(_), Some(m)) => Some(&m[s0 / slice * n_per_row..][..n_per_row]),
+                _ => None,
+            };
+            let s1 = (s0 + slice).min(n_rows);
+            for r0 in (s0..s1).step_by(rows_per_call) {
+                let r1 = (r0 + rows_per_call).min(s1);
+                let x = values.get(r0 * n_per_row..r1 * n_per_row, &mut buf);
+                dev.quantize(ty, x, n_per_row, row, &mut data[r0 * row_bytes..r1 * row_bytes])?;
             }
-            _ => dev.quantize(ty, &x, n_per_row, None, &mut data)?,
         }
     }
     let chunk_rows = rows_per_chunk(n_per_row);

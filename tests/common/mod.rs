@@ -99,3 +99,18 @@ pub fn assert_matches_reference(backend: &dyn Backend, weights: &[f32], layout: 
     let got_back = got.dequantize(backend).unwrap();
     assert_eq!(bits_of(&got_back), bits_of(&want_back), "dequantized values differ for {layout:?}");
 }
+
+/// The shared GPU backend for the GPU tests (lavapipe in CI), or None when
+/// `ARROW_QUANT_SKIP_GPU_TESTS=1` says there is no adapter to test; without an adapter
+/// otherwise, a panic: a missing GPU must not pass silently.
+#[cfg(feature = "gpu")]
+pub fn shared_gpu() -> Option<&'static arrow_quant_v2::gpu::GpuBackend> {
+    match arrow_quant_v2::gpu::GpuBackend::shared() {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("no GPU adapter for the GPU tests ({e}); set ARROW_QUANT_SKIP_GPU_TESTS=1 to skip"),
+    }
+}
