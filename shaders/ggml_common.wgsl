@@ -3,9 +3,10 @@
 // declares `QK` (elements per block), `xb` (the block's input bits, `array<u32, QK>`),
 // `block_bytes()` and `encode_block()` for its types (`TYPE`).
 //
-// One invocation per pair of blocks: two blocks of every ggml type fill whole u32 words (36,
-// 40, 44, 48, 68, 168, 220, 288, 352 or 420 bytes), so no word has two writers. Each block's
-// arithmetic runs inside one invocation, in the reference's order.
+// One invocation per unit of `UNIT` blocks: one block where a block is whole u32 words (Q4_1,
+// Q5_1, Q2_K, Q4_K, Q5_K: 20, 24, 84, 144, 176 bytes), else a pair, which always is (36, 44,
+// 68, 220, 420 bytes), so no word has two writers. Each block's arithmetic runs inside one
+// invocation, in the reference's order.
 //
 // Exact as the CPU, and why (src/gpu/ggml.rs says what the host checks):
 // * division: `fdiv`, correctly rounded integer long division (`div_rn`), never WGSL's `/`;
@@ -15,14 +16,16 @@
 // * extremes, signed zeros, the f16 rounding and C's float → int conversion are computed on
 //   the bits;
 // * a block whose reference arithmetic meets an infinity or a NaN (a non-finite input, an
-//   overflowing range, an inverse scale past f32's range) is not encoded here: its pair is
-//   flagged and the host encodes the pair with the CPU reference (WGSL leaves a run-time
+//   overflowing range, an inverse scale past f32's range) is not encoded here: its unit is
+//   flagged and the host encodes the unit with the CPU reference (WGSL leaves a run-time
 //   infinity or NaN indeterminate).
 
 // ggml's type id (`GgmlType::id`: 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q8_0, 10 Q2_K, ...).
 override TYPE: u32;
+// Blocks per invocation (1 or 2; the host's `unit_blocks`).
+override UNIT: u32;
 
-// n_segs: blocks in the chunk; n_units: pairs (invocations that do work); with an importance
+// n_segs: blocks in the chunk; n_units: units (invocations that do work); with an importance
 // matrix (`weighted` 1), the chunk's first block in the call is `first_block`, and a block's
 // column (block within its row) and row follow from `blocks_per_row`.
 struct GgmlUniforms {
@@ -167,11 +170,35 @@ fn key(b: u32) -> i32 {
 
 const GROUP_MAX_EPS: u32 = 0x26901d7du; // 1e-15f
 const TENTH: u32 = 0x3dcccccdu;         // 0.1f
+// The make_qkx3_quants grid of the importance-matrix quantizers: rmin -0.9f, rdelta 0.05f (bits,
+// not literals, whose rounding to f32 WGSL does not pin down).
+const QKX3_RMIN: u32 = 0xbf666666u;
+const QKX3_RDELTA: u32 = 0x3d4ccccdu;
+// An importance-matrix weight of this magnitude (2^15) or more sends its block to the CPU.
+const BIG_QW: u32 = 0x47000000u;
 
 // Set when a block's reference arithmetic would leave the exact range: the block goes to the CPU.
 var<private> bad: bool;
 var<private> wts: array<f32, 32>;
 var<private> laux: array<i32, 32>;
+
+// `e` with |v| < 2^e, for a finite v: the exponent field, unbiased, plus one.
+fn ex(v: f32) -> i32 {
+    return i32((bitcast<u32>(v) >> 23u) & 0xffu) - 126;
+}
+
+// Flags the block when 2^e, a bound on a product or sum its reference arithmetic computes, could
+// reach f32's range (2^128; the margin covers the bounds' own rounding).
+fn fits(e: i32) {
+    if e >= 126 {
+        bad = true;
+    }
+}
+
+// Bits of the largest code magnitude `nmax` (a code |l| <= nmax is below 2^bits(nmax)).
+fn bits(nmax: i32) -> i32 {
+    return 32 - i32(countLeadingZeros(u32(nmax)));
+}
 
 // A product no compiler may fuse with the addition it feeds.
 fn pm(a: f32, b: f32) -> f32 {
@@ -359,36 +386,38 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
 
 @compute @workgroup_size(256)
 fn quantize_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let pair = flat_index(gid, nwg);
-    if pair >= u.n_units {
+    let unit = flat_index(gid, nwg);
+    if unit >= u.n_units {
         return;
     }
-    word_at = pair * (2u * block_bytes() / 4u);
+    word_at = unit * (UNIT * block_bytes() / 4u);
     acc = 0u;
     acc_n = 0u;
-    for (var k = 0u; k < 2u; k++) {
-        let block = 2u * pair + k;
+    for (var k = 0u; k < UNIT; k++) {
+        let block = UNIT * unit + k;
         if block >= u.n_segs {
             break;
         }
         if u.weighted != 0u {
             let g = u.first_block + block;
             qw_at = (g % u.blocks_per_row) * QK;
-            sigma2 = row_sigma2[g / u.blocks_per_row];
+            if QK == 32u {
+                sigma2 = row_sigma2[g / u.blocks_per_row];
+            }
         }
         var finite = true;
         for (var j = 0u; j < QK; j++) {
             xb[j] = input[block * QK + j];
             finite = finite && is_finite(xb[j]);
         }
-        // The host encodes both blocks of a flagged pair on the CPU (whatever was written).
+        // The host encodes every block of a flagged unit on the CPU (whatever was written).
         if !finite || !encode_block() {
-            redo[pair] = 1u;
+            redo[unit] = 1u;
             return;
         }
     }
     if acc_n != 0u {
         out_words[word_at] = acc;
     }
-    redo[pair] = 0u;
+    redo[unit] = 0u;
 }

@@ -15,7 +15,7 @@
 //   2^40 or more flags the block (as for the K-quants), so |diff| < 2^45.1 and the error
 //   sum < 32 * 2^31.5 * 2^90.2 < 2^127.
 // Loops per weighted block: 64 + 32 square roots of 25 steps (about 900), then make_qx_quants
-// 19 x 32 + 64 or make_qkx2_quants 37 x 2 x 32 + 128 (about 2,500): a pair stays below 7,000.
+// 19 x 32 + 64 or make_qkx2_quants 37 x 2 x 32 + 128 (about 2,500): a unit (one block or a pair) stays below 7,000.
 
 const QK: u32 = 32u;
 
@@ -113,7 +113,6 @@ fn encode_q8_0() -> bool {
 
 const BIG: u32 = 0x47800000u;        // 2^16: |x| bound of a weighted block
 const BIG_SIGMA2: u32 = 0x4f800000u; // 2^32
-const BIG_QW: u32 = 0x47000000u;     // 2^15
 
 // `qw[i] * sqrtf(sigma2 + x[i]*x[i])` into wts; false if the block is past the bounds above.
 fn imatrix_weights() -> bool {
@@ -219,7 +218,7 @@ fn encode_affine_w(nmax: u32) -> bool {
     if !imatrix_weights() {
         return false;
     }
-    let r = make_qkx2_quants(0u, QK, i32(nmax), -0.9, 0.05, 36, false);
+    let r = make_qkx2_quants(0u, QK, i32(nmax), f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
     if bad {
         return false;
     }

@@ -71,18 +71,29 @@ fn family(ty: GgmlType) -> &'static str {
     }
 }
 
-/// Whole pairs of `ty`'s blocks in a chunk of `elems` values (at least one pair).
+/// Blocks per invocation (the kernels' unit, `UNIT`): one where a block is whole u32 words,
+/// else a pair (two blocks of every type are), so that no output word has two writers.
+pub fn unit_blocks(ty: GgmlType) -> usize {
+    if ty.block().1.is_multiple_of(4) {
+        1
+    } else {
+        2
+    }
+}
+
+/// Whole units of `ty`'s blocks in a chunk of `elems` values (at least one unit).
 fn chunk_blocks(ty: GgmlType, elems: usize) -> usize {
-    (elems / ty.block().0 / 2 * 2).max(2)
+    let unit = unit_blocks(ty);
+    (elems / ty.block().0 / unit * unit).max(unit)
 }
 
 /// What a buffer set must hold for any of [`TYPES`] in chunks of `elems` values: (input bytes,
-/// output bytes, pairs).
+/// output bytes, units).
 fn capacity(elems: usize) -> (usize, usize, usize) {
-    TYPES.iter().fold((0, 0, 0), |(i, o, p), &ty| {
+    TYPES.iter().fold((0, 0, 0), |(i, o, u), &ty| {
         let (qk, bytes) = ty.block();
         let b = chunk_blocks(ty, elems);
-        (i.max(b * qk * 4), o.max(b * bytes), p.max(b / 2))
+        (i.max(b * qk * 4), o.max(b * bytes), u.max(b / unit_blocks(ty)))
     })
 }
 
@@ -108,22 +119,22 @@ struct Set {
     timer: Option<Timer>,
 }
 
-/// Offsets in a set's read-back buffer: the blocks' bytes, one redo flag per pair, timestamps.
+/// Offsets in a set's read-back buffer: the blocks' bytes, one redo flag per unit, timestamps.
 fn offsets(elems: usize) -> (u64, u64, u64) {
-    let (_, out, pairs) = capacity(elems);
+    let (_, out, units) = capacity(elems);
     let redo = out.next_multiple_of(4) as u64;
-    let time = redo + pairs as u64 * 4;
+    let time = redo + units as u64 * 4;
     (redo, time, time + 16)
 }
 
 impl Set {
     fn new(ctx: &GpuContext, layout: &wgpu::BindGroupLayout, elems: usize) -> Self {
-        let (input_bytes, out_bytes, pairs) = capacity(elems);
+        let (input_bytes, out_bytes, units) = capacity(elems);
         let uniform = buffer(ctx, "ggml uniforms", std::mem::size_of::<GgmlUniforms>() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         let upload = Upload::new(ctx, "ggml weights upload", input_bytes as u64);
         let input = buffer(ctx, "ggml weights", input_bytes as u64, STORAGE);
         let words = buffer(ctx, "ggml blocks", out_bytes.next_multiple_of(4) as u64, STORAGE);
-        let redo = buffer(ctx, "ggml redo flags", (pairs * 4) as u64, STORAGE);
+        let redo = buffer(ctx, "ggml redo flags", (units * 4) as u64, STORAGE);
         let staging = buffer(ctx, "ggml read-back", offsets(elems).2, READBACK);
         let none = buffer(ctx, "ggml no importance matrix", 4, STORAGE);
         let bind = bind(ctx, layout, [&uniform, &input, &words, &redo, &none, &none]);
@@ -162,7 +173,7 @@ impl GgmlKernels {
         let mut p = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
         p.entry(ty)
             .or_insert_with(|| {
-                ctx.exact_f32_pipeline(&format!("ggml {ty}"), &super::shaders::ggml_source(family(ty)), "quantize_blocks", &[("TYPE", ty.id() as f64)], &self.layout)
+                ctx.exact_f32_pipeline(&format!("ggml {ty}"), &super::shaders::ggml_source(family(ty)), "quantize_blocks", &[("TYPE", ty.id() as f64), ("UNIT", unit_blocks(ty) as f64)], &self.layout)
             })
             .clone()
     }
@@ -177,6 +188,7 @@ impl GgmlKernels {
         let n_blocks = x.len() / qk;
         let blocks_per_row = n_per_row / qk;
         let blocks = chunk_blocks(ty, self.elems);
+        let unit = unit_blocks(ty);
         let (redo_at, time_at, len) = offsets(self.elems);
         // The rows' sigma2 (the 32-element types with an importance matrix) before the lock: it
         // runs on the thread pool, whose workers may be waiting for the sets.
@@ -198,7 +210,7 @@ impl GgmlKernels {
             }
             _ => None,
         };
-        // The flagged pairs' blocks, redone on the CPU once the buffer sets are released: the CPU
+        // The flagged units' blocks, redone on the CPU once the buffer sets are released: the CPU
         // encoder runs on the thread pool, whose workers may be waiting for these sets.
         let mut flagged: Vec<(usize, usize)> = Vec::new();
         let mut stages = Stages { kernel: (timed && ctx.timestamps).then_some(0.0), ..Stages::default() };
@@ -215,9 +227,9 @@ impl GgmlKernels {
                 {
                     let view = set.staging.slice(..len).get_mapped_range().map_err(|e| QuantError::Device(format!("mapping the read-back buffer failed: {e}")))?;
                     out[b0 * bytes..b1 * bytes].copy_from_slice(&view[..(b1 - b0) * bytes]);
-                    let flags: &[u32] = bytemuck::cast_slice(&view[redo_at as usize..redo_at as usize + (b1 - b0).div_ceil(2) * 4]);
-                    for (p, _) in flags.iter().enumerate().filter(|(_, &f)| f != 0) {
-                        flagged.push((b0 + 2 * p, (b0 + 2 * p + 2).min(b1)));
+                    let flags: &[u32] = bytemuck::cast_slice(&view[redo_at as usize..redo_at as usize + (b1 - b0).div_ceil(unit) * 4]);
+                    for (k, _) in flags.iter().enumerate().filter(|(_, &f)| f != 0) {
+                        flagged.push((b0 + unit * k, (b0 + unit * (k + 1)).min(b1)));
                     }
                     if let Some(k) = stages.kernel.as_mut() {
                         *k += Timer::seconds(ctx, &view[time_at as usize..time_at as usize + 16]);
@@ -233,10 +245,10 @@ impl GgmlKernels {
                     finish(inflight.pop_front().expect("a set in flight"), out, &mut stages)?;
                 }
                 let set = &sets[si];
-                let pairs = (b1 - b0).div_ceil(2);
+                let units = (b1 - b0).div_ceil(unit);
                 let uniforms = GgmlUniforms {
                     n_segs: (b1 - b0) as u32,
-                    n_units: pairs as u32,
+                    n_units: units as u32,
                     first_block: b0 as u32,
                     blocks_per_row: blocks_per_row.max(1) as u32,
                     weighted: weighted.is_some() as u32,
@@ -254,10 +266,10 @@ impl GgmlKernels {
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("ggml blocks"), timestamp_writes: timer.map(Timer::writes) });
                     pass.set_pipeline(&pipeline);
                     pass.set_bind_group(0, weighted.as_ref().map_or(&set.bind, |b| &b[si]), &[]);
-                    staging::dispatch(ctx, &mut pass, pairs);
+                    staging::dispatch(ctx, &mut pass, units);
                 }
                 enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, ((b1 - b0) * bytes).next_multiple_of(4) as u64);
-                enc.copy_buffer_to_buffer(&set.redo, 0, &set.staging, redo_at, pairs as u64 * 4);
+                enc.copy_buffer_to_buffer(&set.redo, 0, &set.staging, redo_at, units as u64 * 4);
                 if let (Some(t), Some(_)) = (&set.timer, stages.kernel) {
                     t.resolve(&mut enc, &set.staging, time_at);
                 }
@@ -479,7 +491,7 @@ mod tests {
         let kernels = GgmlKernels::new(ctx, &backend.caps);
         let (input_bytes, out_bytes, _) = capacity(kernels.elems);
         let per_run = input_bytes.min(out_bytes) / 4;
-        let pipeline = ctx.exact_f32_pipeline("sqrt check", &super::super::shaders::ggml_source(super::super::shaders::GGML_KQUANTS), "sqrt_check", &[("TYPE", 12.0)], &kernels.layout).unwrap();
+        let pipeline = ctx.exact_f32_pipeline("sqrt check", &super::super::shaders::ggml_source(super::super::shaders::GGML_KQUANTS), "sqrt_check", &[("TYPE", 12.0), ("UNIT", 1.0)], &kernels.layout).unwrap();
         let set = Set::new(ctx, &kernels.layout, kernels.elems);
         for part in x.chunks(per_run) {
             ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&GgmlUniforms { n_units: part.len() as u32, ..GgmlUniforms::default() }));
