@@ -1,6 +1,7 @@
-// ggml's K-quants without an importance matrix: the twin of src/quant/ggml/q2_k.rs, q3_k.rs,
-// q4_k.rs (Q4_K, Q5_K), q6_k.rs and search.rs read with one lane (V = f32, qw = None), line by
-// line and in the same order. Follows ggml_common.wgsl.
+// ggml's K-quants: the twin of src/quant/ggml/q2_k.rs, q3_k.rs, q4_k.rs (Q4_K, Q5_K), q6_k.rs
+// and search.rs read with one lane (V = f32), line by line and in the same order; `qw = None`
+// (ggml's `_ref` quantizers), or with an importance matrix (`u.weighted`, ggml's `_impl`: the
+// block's weights are `imatrix[qw_at..qw_at + 256]`). Follows ggml_common.wgsl.
 //
 // Exact as the CPU, beyond what ggml_common.wgsl says:
 // * every division is `kdiv` (correctly rounded `fdiv`); a division by zero or one that
@@ -22,6 +23,23 @@
 //   of 16 per sub-block): a pair stays far below llvmpipe's 65,535 per invocation. The codes of
 //   a search's best candidate are recomputed from its inverse scale (and min) at the end
 //   instead of copied at each improvement.
+//
+// With an importance matrix, beyond the above:
+// * a block whose weights reach 2^15 in magnitude goes to the CPU. Then every make_qkx2_quants
+//   weight `qw sqrt(sigma2 + x^2)` is below 2^15 * sqrt(3 * 2^32) < 2^31.8 (sigma2 is at most
+//   twice the block's largest x^2), and the bounds of the legacy types' weighted search hold
+//   (ggml_legacy.wgsl): with candidates below 2^40, an error sum of 32 terms stays below
+//   32 * 2^31.8 * 2^90.01 < 2^126.9;
+// * the weighted make_qx_quants (Q3_K, Q6_K) and make_qp_quants (the sub-block scales and mins
+//   of Q2_K, Q4_K, Q5_K) bound their sums from the magnitudes they meet: with S = sum |w|,
+//   M = max |x| and |l| < 2^b, |sumlx| < S M 2^b and suml2 < S 2^2b, and every product of sums
+//   they compare is checked against f32's range before it is computed (`fits`); past it, the
+//   block goes to the CPU. make_qp_quants also sends a block with a negative value to the CPU,
+//   and one whose coordinate-descent quotient reaches 2^22: then every code is in [0, nmax].
+//   On real weights none of these fires;
+// * 256 square roots per block (25 steps each) and 37 candidates per sub-block: Q4_K's and
+//   Q2_K's weighted blocks take about 28,000 loop iterations, one block per invocation; Q3_K's
+//   about 14,500 and Q6_K's about 6,500, a pair per invocation.
 
 const QK: u32 = 256u;
 
@@ -35,6 +53,12 @@ var<private> scales: array<f32, 16>;
 var<private> mins: array<f32, 16>;
 var<private> ls: array<u32, 16>;
 var<private> lm: array<u32, 16>;
+// A group searched by make_qx_quants or make_qp_quants: its values, weights and codes (a
+// sub-block's weights, or the sub-blocks' scales or mins and their summed weights `sw`).
+var<private> gx: array<f32, 16>;
+var<private> gw: array<f32, 16>;
+var<private> gl: array<i32, 16>;
+var<private> sw: array<f32, 16>;
 
 fn block_bytes() -> u32 {
     switch TYPE {
@@ -61,15 +85,18 @@ fn f16_value(h: u32) -> f32 {
     return f(sign | ((e + 112u) << 23u) | (m << 13u));
 }
 
-// `make_qx_quants(n, nmax, x, L, 1, NULL)` over xb[o..o+n] for an `iscale`: the sums of the
-// codes it gives, (sumlx, suml2), weights x².
-fn qx_sums(o: u32, n: u32, nmax: i32, iscale: f32) -> vec2<f32> {
+// `make_qx_quants(16, nmax, gx, L, 1, w)` for an `iscale`: the sums of the codes it gives,
+// (sumlx, suml2), weights gw (or x² unweighted).
+fn qx_sums(nmax: i32, iscale: f32, weighted: bool) -> vec2<f32> {
     var sumlx = 0.0;
     var suml2 = 0.0;
-    for (var i = 0u; i < n; i++) {
-        let x = x_at(o + i);
+    for (var i = 0u; i < 16u; i++) {
+        let x = gx[i];
         let l = clamp(nearest(pm(iscale, x)), -nmax, nmax - 1);
-        let w = pm(x, x);
+        var w = pm(x, x);
+        if weighted {
+            w = gw[i];
+        }
         let lf = f32(l);
         sumlx = sumlx + pm(pm(w, x), lf);
         suml2 = suml2 + pm(pm(w, lf), lf);
@@ -77,55 +104,225 @@ fn qx_sums(o: u32, n: u32, nmax: i32, iscale: f32) -> vec2<f32> {
     return vec2<f32>(sumlx, suml2);
 }
 
-// search.rs' make_qx_quants (rmse_type 1, no weights) over xb[o..o+n]: codes `l + nmax` into
-// codes[o..o+n], returns the scale. The codes of the best candidate are recomputed from its
-// inverse scale at the end (the same operations give the same codes).
-fn make_qx_quants(o: u32, n: u32, nmax: i32) -> f32 {
+// search.rs' make_qx_quants (rmse_type 1) over gx[0..16], weighted by gw or by x²: codes
+// `l + nmax` into gl, returns the scale. The codes of the best candidate are recomputed from
+// its inverse scale at the end (the same operations give the same codes). Weighted, the sums'
+// bounds are checked (the header): 2^eb1 bounds |sumlx|, 2^eb2 suml2.
+fn make_qx_quants(nmax: i32, weighted: bool) -> f32 {
     var amax = 0u;
     var mx = 0u;
-    for (var i = 0u; i < n; i++) {
-        let a = xb[o + i] & 0x7fffffffu;
+    for (var i = 0u; i < 16u; i++) {
+        let a = bitcast<u32>(gx[i]) & 0x7fffffffu;
         if a > amax {
             amax = a;
-            mx = xb[o + i];
+            mx = bitcast<u32>(gx[i]);
         }
     }
     if amax < GROUP_MAX_EPS {
-        for (var i = 0u; i < n; i++) {
-            codes[o + i] = 0;
+        for (var i = 0u; i < 16u; i++) {
+            gl[i] = 0;
         }
         return 0.0;
     }
+    var eb1 = 0;
+    var eb2 = 0;
+    if weighted {
+        var s = 0.0;
+        for (var i = 0u; i < 16u; i++) {
+            s = s + abs(gw[i]);
+        }
+        eb1 = ex(s) + 1 + ex(f(amax)) + bits(nmax);
+        eb2 = ex(s) + 1 + 2 * bits(nmax);
+        fits(2 * eb1); // sumlx²
+        if bad {
+            return 0.0;
+        }
+    }
     let nmaxf = f32(nmax);
     var best_is = kdiv(-nmaxf, f(mx));
-    let s = qx_sums(o, n, nmax, best_is);
+    let s = qx_sums(nmax, best_is, weighted);
     var scale = 0.0;
     if s.y != 0.0 {
         scale = kdiv(s.x, s.y);
     }
+    if weighted {
+        fits(ex(scale) + eb1 + eb2); // best * suml2
+    }
     var best = pm(scale, s.x);
     for (var is = -9; is <= 9; is++) {
-        if is == 0 {
+        if is == 0 || bad {
             continue;
         }
         let iscale = kdiv(-keep(nmaxf + pm(f(TENTH), f32(is))), f(mx));
-        let t = qx_sums(o, n, nmax, iscale);
+        let t = qx_sums(nmax, iscale, weighted);
         if t.y > 0.0 && pm(t.x, t.x) > pm(best, t.y) {
             scale = kdiv(t.x, t.y);
+            if weighted {
+                fits(ex(scale) + eb1 + eb2);
+            }
             best = pm(scale, t.x);
             best_is = iscale;
         }
     }
-    for (var i = 0u; i < n; i++) {
-        codes[o + i] = clamp(nearest(pm(best_is, x_at(o + i))), -nmax, nmax - 1) + nmax;
+    for (var i = 0u; i < 16u; i++) {
+        gl[i] = clamp(nearest(pm(best_is, gx[i])), -nmax, nmax - 1) + nmax;
     }
     return scale;
 }
 
-// Q6_K: sixteen make_qx_quants(16, 32) sub-blocks, 8-bit scales against -128/max_scale.
+// search.rs' make_qp_quants over gx[0..n] (the sub-blocks' scales or mins) with weights gw:
+// codes `(uint8_t)l`, l in [0, nmax], into gl; returns the scale. A negative value, a product
+// of sums that could leave f32's range, or a descent quotient of 2^22 or more flags the block
+// (the header).
+fn make_qp_quants(n: u32, nmax: i32) -> f32 {
+    var mx = 0.0;
+    for (var i = 0u; i < n; i++) {
+        if !lt(gx[i], mx) {
+            mx = gx[i]; // `max > x[i] ? max : x[i]`
+        }
+    }
+    for (var i = 0u; i < n; i++) {
+        gl[i] = 0;
+    }
+    if bitcast<u32>(mx) < GROUP_MAX_EPS || bitcast<u32>(mx) >= NEG_ZERO {
+        return 0.0; // a zero group (its max is 0, -0 or tiny): codes 0, scale 0
+    }
+    var s = 0.0;
+    for (var i = 0u; i < n; i++) {
+        if bitcast<u32>(gx[i]) > NEG_ZERO {
+            bad = true;
+        }
+        s = s + abs(gw[i]);
+    }
+    let es = ex(s) + 1;
+    let eb1 = es + ex(mx) + bits(nmax);
+    let eb2 = es + 2 * bits(nmax);
+    fits(es + 2 * ex(mx) + 2); // each mse: |diff| <= 1.01 max
+    fits(2 * (eb1 + 2) + eb2 + 2); // slx2² suml2: |slx2| < 3 * 2^eb1, suml2 < 3 * 2^eb2
+    if bad {
+        return 0.0;
+    }
+    let nmaxf = f32(nmax);
+    var iscale = kdiv(nmaxf, mx);
+    for (var i = 0u; i < n; i++) {
+        gl[i] = nearest(pm(iscale, gx[i])) & 0xff;
+    }
+    let scale = kdiv(1.0, iscale);
+    var best_mse = 0.0;
+    for (var i = 0u; i < n; i++) {
+        let diff = keep(gx[i] - pm(scale, f32(gl[i])));
+        best_mse = best_mse + pm(pm(gw[i], diff), diff);
+    }
+    for (var is = -4; is <= 4; is++) {
+        if is == 0 {
+            continue;
+        }
+        let iscale_is = kdiv(keep(pm(f(TENTH), f32(is)) + nmaxf), mx);
+        let scale_is = kdiv(1.0, iscale_is);
+        var mse = 0.0;
+        for (var i = 0u; i < n; i++) {
+            let l = min(nearest(pm(iscale_is, gx[i])), nmax);
+            let diff = keep(gx[i] - pm(scale_is, f32(l)));
+            mse = mse + pm(pm(gw[i], diff), diff);
+        }
+        if mse < best_mse {
+            best_mse = mse;
+            iscale = iscale_is;
+        }
+    }
+    var sumlx = 0.0;
+    var suml2 = 0.0;
+    for (var i = 0u; i < n; i++) {
+        let l = min(nearest(pm(iscale, gx[i])), nmax);
+        gl[i] = l & 0xff;
+        let lf = f32(l);
+        sumlx = sumlx + pm(pm(gw[i], gx[i]), lf);
+        suml2 = suml2 + pm(pm(gw[i], lf), lf);
+    }
+    for (var it = 0u; it < 5u; it++) {
+        var changed = false;
+        for (var i = 0u; i < n; i++) {
+            let w = gw[i];
+            let li = f32(gl[i]);
+            let slx = keep(sumlx - pm(pm(w, gx[i]), li));
+            let sl2 = keep(suml2 - pm(pm(w, li), li));
+            if !(slx > 0.0 && sl2 > 0.0) {
+                continue; // not taken; the reference's quotient is not needed
+            }
+            let q = kdiv(pm(gx[i], sl2), slx);
+            if q >= 4194304.0 {
+                bad = true;
+                return 0.0;
+            }
+            let new_l = min(nearest(q), nmax);
+            let nf = f32(new_l);
+            let slx2 = keep(slx + pm(pm(w, gx[i]), nf));
+            let sl22 = keep(sl2 + pm(pm(w, nf), nf));
+            if new_l != gl[i] && pm(pm(slx2, slx2), suml2) > pm(pm(sumlx, sumlx), sl22) {
+                gl[i] = new_l & 0xff;
+                sumlx = slx2;
+                suml2 = sl22;
+                changed = true;
+            }
+        }
+        if !changed || bad {
+            break;
+        }
+    }
+    if !(suml2 > 0.0) {
+        return 0.0;
+    }
+    return kdiv(sumlx, suml2);
+}
+
+// With an importance matrix: false if a weight of the block reaches 2^15 (the header).
+fn imatrix_ok() -> bool {
+    for (var j = 0u; j < QK; j++) {
+        if (imatrix[qw_at + j] & 0x7fffffffu) >= BIG_QW {
+            return false;
+        }
+    }
+    return true;
+}
+
+// The `_impl` quantizers' sigma2: the block's sum of x² over 256, doubled for Q3_K/Q4_K/Q5_K.
+fn block_sigma2(twice: bool) -> f32 {
+    var s = 0.0;
+    for (var j = 0u; j < QK; j++) {
+        s = s + pm(x_at(j), x_at(j));
+    }
+    if twice {
+        s = pm(2.0, s);
+    }
+    return kdiv(s, 256.0);
+}
+
+// Element i's weight `qw[i] * sqrtf(sigma2 + x[i]*x[i])`.
+fn kq_weight(i: u32, s2: f32) -> f32 {
+    return pm(f(imatrix[qw_at + i]), f(sqrt_rn(bitcast<u32>(keep(s2 + pm(x_at(i), x_at(i)))))));
+}
+
+// Q6_K: sixteen make_qx_quants(16, 32) sub-blocks (weighted by the importance matrix itself),
+// 8-bit scales against -128/max_scale.
 fn encode_q6_k() -> bool {
+    let weighted = u.weighted != 0u;
+    if weighted && !imatrix_ok() {
+        return false;
+    }
     for (var ib = 0u; ib < 16u; ib++) {
-        scales[ib] = make_qx_quants(16u * ib, 16u, 32);
+        for (var i = 0u; i < 16u; i++) {
+            gx[i] = x_at(16u * ib + i);
+            if weighted {
+                gw[i] = f(imatrix[qw_at + 16u * ib + i]);
+            }
+        }
+        scales[ib] = make_qx_quants(32, weighted);
+        for (var i = 0u; i < 16u; i++) {
+            codes[16u * ib + i] = gl[i];
+        }
+    }
+    if bad {
+        return false;
     }
     var max_scale = 0.0;
     var max_abs = 0.0;
@@ -197,22 +394,42 @@ fn emit_scale_min() {
 
 // Q4_K (nmax 15) and Q5_K (nmax 31): eight make_qkx2_quants(32) sub-blocks with weights
 // av_x + |x|, 6-bit scales and mins against their maxima, every weight again against them.
+// With an importance matrix: weights qw sqrt(sigma2 + x²), make_qkx3_quants' grid, and the
+// scales and mins quantized by make_qp_quants(63) weighted by each sub-block's summed weight.
 fn encode_q45_k(nmax: i32) -> bool {
+    let weighted = u.weighted != 0u;
+    var s2 = 0.0;
+    if weighted {
+        if !imatrix_ok() {
+            return false;
+        }
+        s2 = block_sigma2(true);
+    }
     for (var j = 0u; j < 8u; j++) {
         let o = 32u * j;
-        var sum_x2 = 0.0;
-        for (var l = 0u; l < 32u; l++) {
-            sum_x2 = sum_x2 + pm(x_at(o + l), x_at(o + l));
-        }
-        let av_x = f(sqrt_rn(bitcast<u32>(kdiv(sum_x2, 32.0))));
-        for (var l = 0u; l < 32u; l++) {
-            wts[l] = keep(av_x + abs(x_at(o + l)));
-        }
         var r: vec2<f32>;
-        if nmax == 15 {
-            r = make_qkx2_quants(o, 32u, 15, -1.0, f(TENTH), 20, false);
+        if weighted {
+            var sumw = 0.0;
+            for (var l = 0u; l < 32u; l++) {
+                wts[l] = kq_weight(o + l, s2);
+                sumw = sumw + wts[l];
+            }
+            sw[j] = sumw;
+            r = make_qkx2_quants(o, 32u, nmax, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
         } else {
-            r = make_qkx2_quants(o, 32u, 31, -0.5, f(TENTH), 15, false);
+            var sum_x2 = 0.0;
+            for (var l = 0u; l < 32u; l++) {
+                sum_x2 = sum_x2 + pm(x_at(o + l), x_at(o + l));
+            }
+            let av_x = f(sqrt_rn(bitcast<u32>(kdiv(sum_x2, 32.0))));
+            for (var l = 0u; l < 32u; l++) {
+                wts[l] = keep(av_x + abs(x_at(o + l)));
+            }
+            if nmax == 15 {
+                r = make_qkx2_quants(o, 32u, 15, -1.0, f(TENTH), 20, false);
+            } else {
+                r = make_qkx2_quants(o, 32u, 31, -0.5, f(TENTH), 15, false);
+            }
         }
         scales[j] = r.x;
         mins[j] = r.y;
@@ -220,6 +437,42 @@ fn encode_q45_k(nmax: i32) -> bool {
             return false;
         }
     }
+    var dbits: u32;
+    var mbits: u32;
+    if weighted {
+        for (var j = 0u; j < 8u; j++) {
+            gx[j] = scales[j];
+            gw[j] = sw[j];
+        }
+        let d = make_qp_quants(8u, 63);
+        for (var j = 0u; j < 8u; j++) {
+            ls[j] = u32(gl[j]);
+            gx[j] = mins[j];
+        }
+        let m = make_qp_quants(8u, 63);
+        for (var j = 0u; j < 8u; j++) {
+            lm[j] = u32(gl[j]);
+            if nmax == 31 {
+                ls[j] = min(ls[j], 63u);
+                lm[j] = min(lm[j], 63u);
+            }
+        }
+        if bad {
+            return false;
+        }
+        dbits = f16_bits(bitcast<u32>(d));
+        mbits = f16_bits(bitcast<u32>(m));
+    } else {
+        let b = q45_k_scales();
+        dbits = b.x;
+        mbits = b.y;
+    }
+    return finish_q45_k(nmax, dbits, mbits);
+}
+
+// The `_ref` path's 6-bit scales and mins of Q4_K/Q5_K against their maxima: ls, lm and the f16
+// bits of (max_scale / 63, max_min / 63).
+fn q45_k_scales() -> vec2<u32> {
     var max_scale = 0.0;
     var max_min = 0.0;
     for (var j = 0u; j < 8u; j++) {
@@ -242,8 +495,12 @@ fn encode_q45_k(nmax: i32) -> bool {
         ls[j] = min(u32(nearest(pm(inv_scale, scales[j]))) & 0xffu, 63u); // `(uint8_t)` then MIN
         lm[j] = min(u32(nearest(pm(inv_min, mins[j]))) & 0xffu, 63u);
     }
-    let dbits = f16_bits(bitcast<u32>(kdiv(max_scale, 63.0)));
-    let mbits = f16_bits(bitcast<u32>(kdiv(max_min, 63.0)));
+    return vec2<u32>(f16_bits(bitcast<u32>(kdiv(max_scale, 63.0))), f16_bits(bitcast<u32>(kdiv(max_min, 63.0))));
+}
+
+// Q4_K/Q5_K from the super-scales' f16 bits and the 6-bit ls, lm: every weight again against
+// the stored scales, then the bytes.
+fn finish_q45_k(nmax: i32, dbits: u32, mbits: u32) -> bool {
     let d = f16_value(dbits);
     let dmin = f16_value(mbits);
     for (var j = 0u; j < 8u; j++) {
@@ -282,20 +539,73 @@ fn encode_q45_k(nmax: i32) -> bool {
 }
 
 // Q2_K: sixteen make_qkx2_quants(16, 3) sub-blocks with weights |x| (absolute error), 4-bit
-// scales and mins against their maxima.
+// scales and mins against their maxima. With an importance matrix: weights
+// qw sqrt(sigma2 + x²) (squared error, make_qkx3_quants' grid), and the scales and mins
+// quantized by make_qp_quants(15) weighted by each sub-block's summed weight.
 fn encode_q2_k() -> bool {
+    let weighted = u.weighted != 0u;
+    var s2 = 0.0;
+    if weighted {
+        if !imatrix_ok() {
+            return false;
+        }
+        s2 = block_sigma2(false);
+    }
     for (var j = 0u; j < 16u; j++) {
         let o = 16u * j;
-        for (var l = 0u; l < 16u; l++) {
-            wts[l] = abs(x_at(o + l));
+        var r: vec2<f32>;
+        if weighted {
+            var sumw = 0.0;
+            for (var l = 0u; l < 16u; l++) {
+                wts[l] = kq_weight(o + l, s2);
+                sumw = sumw + wts[l];
+            }
+            sw[j] = sumw;
+            r = make_qkx2_quants(o, 16u, 3, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
+        } else {
+            for (var l = 0u; l < 16u; l++) {
+                wts[l] = abs(x_at(o + l));
+            }
+            r = make_qkx2_quants(o, 16u, 3, -0.5, f(TENTH), 15, true);
         }
-        let r = make_qkx2_quants(o, 16u, 3, -0.5, f(TENTH), 15, true);
         scales[j] = r.x;
         mins[j] = r.y;
         if bad {
             return false;
         }
     }
+    var dbits = 0u;
+    var mbits = 0u;
+    if weighted {
+        for (var j = 0u; j < 16u; j++) {
+            gx[j] = scales[j];
+            gw[j] = sw[j];
+        }
+        let d = make_qp_quants(16u, 15);
+        for (var j = 0u; j < 16u; j++) {
+            ls[j] = u32(gl[j]);
+            gx[j] = mins[j];
+        }
+        let m = make_qp_quants(16u, 15);
+        for (var j = 0u; j < 16u; j++) {
+            ls[j] = (ls[j] | (u32(gl[j]) << 4u)) & 0xffu;
+        }
+        if bad {
+            return false;
+        }
+        dbits = f16_bits(bitcast<u32>(d));
+        mbits = f16_bits(bitcast<u32>(m));
+    } else {
+        let b = q2_k_scales();
+        dbits = b.x;
+        mbits = b.y;
+    }
+    return finish_q2_k(dbits, mbits);
+}
+
+// The `_ref` path's 4-bit scales and mins of Q2_K against their maxima: ls (scale | min << 4)
+// and the f16 bits of (max_scale / 15, max_min / 15).
+fn q2_k_scales() -> vec2<u32> {
     var max_scale = 0.0;
     var max_min = 0.0;
     for (var j = 0u; j < 16u; j++) {
@@ -323,6 +633,12 @@ fn encode_q2_k() -> bool {
         }
         mbits = f16_bits(bitcast<u32>(kdiv(max_min, 15.0)));
     }
+    return vec2<u32>(dbits, mbits);
+}
+
+// Q2_K from the super-scales' f16 bits and the scale bytes ls: every weight again against the
+// stored scales, then the bytes.
+fn finish_q2_k(dbits: u32, mbits: u32) -> bool {
     let d = f16_value(dbits);
     let dmin = f16_value(mbits);
     for (var j = 0u; j < 16u; j++) {
@@ -423,14 +739,54 @@ fn make_q3_quants(o: u32) -> f32 {
     return kdiv(sumlx, suml2);
 }
 
-// Q3_K: sixteen make_q3_quants sub-blocks, 6-bit signed scales against -32/max_scale.
+// Q3_K: sixteen make_q3_quants sub-blocks, 6-bit signed scales against -32/max_scale. With an
+// importance matrix: sixteen make_qx_quants(16, 4) sub-blocks weighted by qw sqrt(sigma2 + x²),
+// and the scales quantized by make_qx_quants(16, 32) weighted by each sub-block's summed weight.
 fn encode_q3_k() -> bool {
-    for (var j = 0u; j < 16u; j++) {
-        scales[j] = make_q3_quants(16u * j);
+    var d = 0.0;
+    if u.weighted != 0u {
+        if !imatrix_ok() {
+            return false;
+        }
+        let s2 = block_sigma2(true);
+        for (var j = 0u; j < 16u; j++) {
+            var sumw = 0.0;
+            for (var l = 0u; l < 16u; l++) {
+                gx[l] = x_at(16u * j + l);
+                gw[l] = kq_weight(16u * j + l, s2);
+                sumw = sumw + gw[l];
+            }
+            sw[j] = sumw;
+            scales[j] = make_qx_quants(4, true);
+            for (var l = 0u; l < 16u; l++) {
+                codes[16u * j + l] = gl[l];
+            }
+        }
+        if bad {
+            return false;
+        }
+        for (var j = 0u; j < 16u; j++) {
+            gx[j] = scales[j];
+            gw[j] = sw[j];
+        }
+        d = make_qx_quants(32, true);
+        for (var j = 0u; j < 16u; j++) {
+            ls[j] = u32(gl[j]); // make_qx_quants' codes (0..63) are the stored scales
+        }
+    } else {
+        for (var j = 0u; j < 16u; j++) {
+            scales[j] = make_q3_quants(16u * j);
+        }
+        d = q3_k_scales();
     }
     if bad {
         return false;
     }
+    return finish_q3_k(d);
+}
+
+// The `_ref` path's 6-bit signed scales of Q3_K against -32/max_scale: ls (l + 32), returns d.
+fn q3_k_scales() -> f32 {
     var amax = 0.0;
     var max_scale = 0.0;
     for (var j = 0u; j < 16u; j++) {
@@ -451,6 +807,12 @@ fn encode_q3_k() -> bool {
             ls[j] = 0u; // ggml leaves the scales (and d) zero
         }
     }
+    return d;
+}
+
+// Q3_K from the super-scale d and the 6-bit ls: every weight again against the stored scales,
+// then the bytes.
+fn finish_q3_k(d: f32) -> bool {
     let dbits = f16_bits(bitcast<u32>(d));
     let d16 = f16_value(dbits);
     for (var j = 0u; j < 16u; j++) {

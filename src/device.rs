@@ -71,8 +71,9 @@ pub fn describe(device: Device) -> Result<String> {
             if let Some(lsq) = decided(Method::Lsq) {
                 text += &format!("; lsq: {}: {}", lsq.backend.name(), lsq.reason);
             }
-            for (ty, c) in decided_ggml() {
-                text += &format!("; {}: {}: {}", ty.name().to_ascii_lowercase(), if c.gpu { "gpu" } else { "cpu" }, c.reason);
+            for (ty, imatrix, c) in decided_ggml() {
+                let with = if imatrix { " with an importance matrix" } else { "" };
+                text += &format!("; {}{with}: {}: {}", ty.name().to_ascii_lowercase(), if c.gpu { "gpu" } else { "cpu" }, c.reason);
             }
             text + "]"
         }
@@ -282,14 +283,14 @@ impl GgmlDevice {
         Self { device: Device::Cpu }
     }
 
-    /// Whether a GPU kernel encodes `ty` (with an importance matrix or not), on any adapter
-    /// that keeps its bytes exact.
-    pub fn has_kernel(ty: GgmlType, imatrix: bool) -> bool {
+    /// Whether a GPU kernel encodes `ty` (with an importance matrix and without), on any
+    /// adapter that keeps its bytes exact.
+    pub fn has_kernel(ty: GgmlType) -> bool {
         #[cfg(feature = "gpu")]
-        return crate::gpu::has_ggml_kernel(ty, imatrix);
+        return crate::gpu::has_ggml_kernel(ty);
         #[cfg(not(feature = "gpu"))]
         {
-            let _ = (ty, imatrix);
+            let _ = ty;
             false
         }
     }
@@ -299,8 +300,8 @@ impl GgmlDevice {
     pub fn on_gpu(&self, ty: GgmlType, imatrix: bool) -> bool {
         match self.device {
             Device::Cpu => false,
-            Device::Gpu => Self::has_kernel(ty, imatrix),
-            Device::Auto => Self::has_kernel(ty, imatrix) && auto_ggml(ty).gpu,
+            Device::Gpu => Self::has_kernel(ty),
+            Device::Auto => Self::has_kernel(ty) && auto_ggml(ty, imatrix).gpu,
         }
     }
 
@@ -336,33 +337,35 @@ impl GgmlDevice {
     }
 }
 
-/// Per ggml type (`GgmlType::id`): "auto"'s decision and the process that made it.
-static AUTO_GGML: std::sync::Mutex<Vec<(GgmlType, u32, &'static AutoChoice)>> = std::sync::Mutex::new(Vec::new());
+/// Per ggml type and importance matrix or not: "auto"'s decision and the process that made it.
+type GgmlDecision = (GgmlType, bool, u32, &'static AutoChoice);
+static AUTO_GGML: std::sync::Mutex<Vec<GgmlDecision>> = std::sync::Mutex::new(Vec::new());
 
-/// The choice of "auto" for ggml's type `ty` (without an importance matrix): the CPU for a type
-/// without a GPU kernel, else a measurement of both on a probe ([`probe::race_ggml`]), made on
-/// first use and kept for the process (made again in a forked child).
-pub fn auto_ggml(ty: GgmlType) -> &'static AutoChoice {
+/// The choice of "auto" for ggml's type `ty`, with an importance matrix or without (the
+/// weighted searches cost more, on both sides): the CPU for a type without a GPU kernel, else
+/// a measurement of both on a probe ([`probe::race_ggml`]), made on first use and kept for the
+/// process (made again in a forked child).
+pub fn auto_ggml(ty: GgmlType, imatrix: bool) -> &'static AutoChoice {
     let pid = std::process::id();
     let mut made = AUTO_GGML.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, _, c)) = made.iter().find(|(t, p, _)| *t == ty && *p == pid) {
+    if let Some((_, _, _, c)) = made.iter().find(|(t, w, p, _)| *t == ty && *w == imatrix && *p == pid) {
         return c;
     }
-    let choice: &'static AutoChoice = Box::leak(Box::new(decide_ggml(ty)));
-    made.push((ty, pid, choice));
+    let choice: &'static AutoChoice = Box::leak(Box::new(decide_ggml(ty, imatrix)));
+    made.push((ty, imatrix, pid, choice));
     choice
 }
 
-/// The ggml types decided so far in this process, for [`describe`].
-fn decided_ggml() -> Vec<(GgmlType, &'static AutoChoice)> {
+/// The decisions made so far in this process, for [`describe`].
+fn decided_ggml() -> Vec<(GgmlType, bool, &'static AutoChoice)> {
     let pid = std::process::id();
-    AUTO_GGML.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, p, _)| *p == pid).map(|&(t, _, c)| (t, c)).collect()
+    AUTO_GGML.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|(_, _, p, _)| *p == pid).map(|&(t, w, _, c)| (t, w, c)).collect()
 }
 
 #[cfg(feature = "gpu")]
-fn decide_ggml(ty: GgmlType) -> AutoChoice {
+fn decide_ggml(ty: GgmlType, imatrix: bool) -> AutoChoice {
     let cpu = |reason: String| AutoChoice { backend: &CPU, reason, gpu: false };
-    if !GgmlDevice::has_kernel(ty, false) {
+    if !GgmlDevice::has_kernel(ty) {
         return cpu("no GPU kernel for this type".into());
     }
     let gpu = match gpu_candidate() {
@@ -372,7 +375,7 @@ fn decide_ggml(ty: GgmlType) -> AutoChoice {
     let Some(g) = gpu else {
         return AutoChoice { backend: &AUTO_GPU, reason: format!("software adapter allowed by {}=1", crate::gpu::ALLOW_SOFTWARE_ENV), gpu: true };
     };
-    match probe::race_ggml(g, ty) {
+    match probe::race_ggml(g, ty, imatrix) {
         Ok(r) if r.gpu_faster() => AutoChoice { backend: &AUTO_GPU, reason: format!("measured faster: {r}"), gpu: true },
         Ok(r) => cpu(format!("measured faster: {r}")),
         Err(e) => cpu(format!("the GPU failed its measurement: {e}")),
@@ -380,6 +383,6 @@ fn decide_ggml(ty: GgmlType) -> AutoChoice {
 }
 
 #[cfg(not(feature = "gpu"))]
-fn decide_ggml(_: GgmlType) -> AutoChoice {
+fn decide_ggml(_: GgmlType, _: bool) -> AutoChoice {
     AutoChoice { backend: &CPU, reason: "built without the 'gpu' feature".into(), gpu: false }
 }

@@ -1,6 +1,6 @@
 //! GPU vs CPU quantization throughput on the same data, in one run.
 //!
-//! `cargo run --release --bin bench-gpu -- [SIZES…] [--bits 2,4,8] [--methods minmax,lsq] [--group-size 128] [--types q4_0,q8_0] [--json]`
+//! `cargo run --release --bin bench-gpu -- [SIZES…] [--bits 2,4,8] [--methods minmax,lsq] [--group-size 128] [--types q4_0,q8_0] [--imatrix] [--json]`
 //! SIZES are element counts: `1000000`, `1M` (2^20), `16M`, `64K`, `2^24`. The GPU is forced
 //! (`device="gpu"`), so a software adapter such as lavapipe is used when it is the only one.
 //!
@@ -8,7 +8,9 @@
 //! shared or throttled machine): the kernels against a device-to-device copy, the whole GPU
 //! path against a mapped-staging upload of the same bytes, the GPU path against the CPU path.
 //! `--types` adds ggml's block types (GGUF tensor types, rows of 4096): their rows have the
-//! type's name as method, its code bits as bits and its block as group.
+//! type's name as method, its code bits as bits and its block as group; `--imatrix` adds each
+//! type again with an importance matrix (method `q4_k+imatrix`: the weighted searches), and
+//! `cpu_redo` is the share of blocks the GPU left to the CPU reference.
 //! It exits with status 1 if the GPU and CPU bytes differ.
 
 use std::time::Instant;
@@ -38,6 +40,9 @@ struct Args {
     /// ggml block types (GGUF tensor types), comma-separated: q4_0,q4_1,q5_0,q5_1,q8_0,…
     #[arg(long, value_delimiter = ',')]
     types: Vec<String>,
+    /// Also run each of --types with an importance matrix (a made-up row of positive weights).
+    #[arg(long)]
+    imatrix: bool,
     /// Timed repetitions per measurement (the best is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
@@ -101,6 +106,8 @@ struct Row {
     gpu_over_cpu: f64,
     /// GPU and CPU outputs byte for byte equal.
     identical: bool,
+    /// ggml's types: the share of blocks the GPU left to the CPU reference (past its bounds).
+    cpu_redo: Option<f64>,
 }
 
 impl Row {
@@ -112,7 +119,7 @@ impl Row {
             "write_buffer_gbs": self.write_buffer_gbs,
             "host_fill": self.host_fill, "host_wait": self.host_wait, "host_read": self.host_read,
             "cpu_gbs": self.cpu_gbs, "gpu_over_cpu": self.gpu_over_cpu,
-            "identical": self.identical,
+            "identical": self.identical, "cpu_redo": self.cpu_redo,
         })
     }
 }
@@ -206,13 +213,16 @@ fn main() {
                 cpu_gbs,
                 gpu_over_cpu: gpu_e2e_gbs / cpu_gbs,
                 identical: outs[0] == outs[1],
+                cpu_redo: None,
             });
         }
         for &ty in &types {
-            match ggml_row(gpu, ty, &weights, args.iters, (copy_gbs, upload_gbs, write_buffer_gbs)) {
-                Ok(row) => rows.push(row),
-                Err(QuantError::Unsupported(why)) => refused.push(format!("{}: {why}", ty.name().to_ascii_lowercase())),
-                Err(e) => fail(e),
+            for imatrix in [false, true].into_iter().take(1 + args.imatrix as usize) {
+                match ggml_row(gpu, ty, &weights, imatrix, args.iters, (copy_gbs, upload_gbs, write_buffer_gbs)) {
+                    Ok(row) => rows.push(row),
+                    Err(QuantError::Unsupported(why)) => refused.push(format!("{}: {why}", ty.name().to_ascii_lowercase())),
+                    Err(e) => fail(e),
+                }
             }
         }
     }
@@ -272,25 +282,28 @@ fn main() {
     }
 }
 
-/// One ggml block type on `weights` (rows of 4096 where they divide, else one row): the GPU
-/// (kernel time and end to end) against the CPU encoders, with the size's baselines
-/// `(device copy, upload, write_buffer)` in GB/s.
-fn ggml_row(gpu: &GpuBackend, ty: GgmlType, weights: &[f32], iters: usize, (copy_gbs, upload_gbs, write_buffer_gbs): (f64, f64, f64)) -> Result<Row, QuantError> {
+/// One ggml block type on `weights` (rows of 4096 where they divide, else one row), with an
+/// importance matrix if `imatrix`: the GPU (kernel time and end to end) against the CPU
+/// encoders, with the size's baselines `(device copy, upload, write_buffer)` in GB/s.
+fn ggml_row(gpu: &GpuBackend, ty: GgmlType, weights: &[f32], imatrix: bool, iters: usize, (copy_gbs, upload_gbs, write_buffer_gbs): (f64, f64, f64)) -> Result<Row, QuantError> {
     let (block, _) = ty.block();
     let n = weights.len() / block * block;
     let x = &weights[..n];
-    let per_row = if n % 4096 == 0 { 4096 } else { n };
-    let n_bytes = ggml::check_rows(ty, n, per_row, None)?;
+    let per_row = if n.is_multiple_of(4096) { 4096 } else { n };
+    // Like llama-imatrix's means of squared activations: positive, spread over decades.
+    let w: Vec<f32> = (0..per_row).map(|i| 10f32.powf(((i * 7919) % 4000) as f32 / 1000.0 - 2.0)).collect();
+    let w = imatrix.then_some(&w[..]);
+    let n_bytes = ggml::check_rows(ty, n, per_row, w)?;
     let (mut on_gpu, mut on_cpu) = (vec![0u8; n_bytes], vec![0u8; n_bytes]);
     let gbs = |t: f64| n as f64 * 4.0 / t / 1e9;
     // Warm-ups: buffers, pipeline and self-test on the GPU; output pages on the CPU.
-    gpu.quantize_ggml(ty, x, per_row, None, &mut on_gpu)?;
-    ggml::quantize(ty, x, per_row, None, &mut on_cpu)?;
+    gpu.quantize_ggml(ty, x, per_row, w, &mut on_gpu)?;
+    ggml::quantize(ty, x, per_row, w, &mut on_cpu)?;
     let (mut kernel, mut fastest) = (f64::INFINITY, (f64::INFINITY, Stages::default()));
     let mut failed = None;
     let t_gpu = best(iters, || {
         let t = Instant::now();
-        match gpu.quantize_ggml(ty, x, per_row, None, &mut on_gpu) {
+        match gpu.quantize_ggml(ty, x, per_row, w, &mut on_gpu) {
             Ok(stages) => {
                 let wall = t.elapsed().as_secs_f64();
                 kernel = kernel.min(stages.kernel.unwrap_or(f64::INFINITY));
@@ -310,7 +323,7 @@ fn ggml_row(gpu: &GpuBackend, ty: GgmlType, weights: &[f32], iters: usize, (copy
     }
     let t_cpu = best(iters, || {
         let t = Instant::now();
-        ggml::quantize(ty, x, per_row, None, &mut on_cpu).unwrap_or_else(|e| fail(e));
+        ggml::quantize(ty, x, per_row, w, &mut on_cpu).unwrap_or_else(|e| fail(e));
         t.elapsed().as_secs_f64()
     });
     let kernel_gbs = kernel.is_finite().then(|| gbs(kernel));
@@ -319,7 +332,7 @@ fn ggml_row(gpu: &GpuBackend, ty: GgmlType, weights: &[f32], iters: usize, (copy
         elements: n,
         bits: ty.code_bits() as i64,
         group_size: block as i64,
-        method: ty.name().to_ascii_lowercase(),
+        method: format!("{}{}", ty.name().to_ascii_lowercase(), if imatrix { "+imatrix" } else { "" }),
         kernel_gbs,
         device_copy_gbs: copy_gbs,
         kernel_over_copy: kernel_gbs.map(|k| k / copy_gbs),
@@ -333,5 +346,6 @@ fn ggml_row(gpu: &GpuBackend, ty: GgmlType, weights: &[f32], iters: usize, (copy
         cpu_gbs: gbs(t_cpu),
         gpu_over_cpu: t_cpu / t_gpu,
         identical: on_gpu == on_cpu,
+        cpu_redo: Some(fastest.1.redone as f64 / (n / block) as f64),
     })
 }

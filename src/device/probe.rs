@@ -133,13 +133,16 @@ fn ggml_probe_elements(ty: crate::quant::ggml::GgmlType) -> usize {
     }
 }
 
-/// The CPU encoders against the GPU's kernel for ggml's type `ty` (no importance matrix), on
-/// rows of 4096, as [`race`].
-pub fn race_ggml(gpu: &crate::gpu::GpuBackend, ty: crate::quant::ggml::GgmlType) -> Result<Race> {
+/// The CPU encoders against the GPU's kernel for ggml's type `ty`, on rows of 4096, as
+/// [`race`]; with an importance matrix (a made-up one: the weighted searches cost more than
+/// the plain ones, on both sides) if `imatrix`.
+pub fn race_ggml(gpu: &crate::gpu::GpuBackend, ty: crate::quant::ggml::GgmlType, imatrix: bool) -> Result<Race> {
     use crate::quant::ggml;
     let n = ggml_probe_elements(ty);
     let x: Vec<f32> = (0..n).map(|i| ((i.wrapping_mul(2_654_435_761) >> 7) & 0xffff) as f32 / 65536.0 - 0.5).collect();
-    let n_bytes = ggml::check_rows(ty, n, 4096, None)?;
+    let w: Vec<f32> = (0..4096).map(|i| 0.5 + ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let w = imatrix.then_some(&w[..]);
+    let n_bytes = ggml::check_rows(ty, n, 4096, w)?;
     let (mut on_cpu, mut on_gpu) = (vec![0u8; n_bytes], vec![0u8; n_bytes]);
     let timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
         let t = Instant::now();
@@ -147,8 +150,9 @@ pub fn race_ggml(gpu: &crate::gpu::GpuBackend, ty: crate::quant::ggml::GgmlType)
         Ok(t.elapsed().as_secs_f64())
     };
     let (cpu_s, gpu_s) = rounds(
-        || timed(&mut || ggml::quantize(ty, &x, 4096, None, &mut on_cpu)),
-        || timed(&mut || gpu.quantize_ggml(ty, &x, 4096, None, &mut on_gpu).map(|_| ())),
+        || timed(&mut || ggml::quantize(ty, &x, 4096, w, &mut on_cpu)),
+        || timed(&mut || gpu.quantize_ggml(ty, &x, 4096, w, &mut on_gpu).map(|_| ())),
     )?;
-    Ok(Race { cpu_s, gpu_s, bytes: n * 4, gpu_name: crate::backend::Backend::name(gpu), what: format!("{}, rows of 4096", ty.name().to_ascii_lowercase()) })
+    let with = if imatrix { " with an importance matrix" } else { "" };
+    Ok(Race { cpu_s, gpu_s, bytes: n * 4, gpu_name: crate::backend::Backend::name(gpu), what: format!("{}{with}, rows of 4096", ty.name().to_ascii_lowercase()) })
 }

@@ -1,13 +1,14 @@
 //! ggml's block types on the GPU: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (`shaders/ggml_legacy.wgsl`)
-//! and the K-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (`shaders/ggml_kquants.wgsl`), without an
-//! importance matrix, and the 32-element types with one ([`IMATRIX_TYPES`]), giving the bytes of
-//! [`crate::quant::ggml::quantize`] (which are ggml's).
+//! and the K-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (`shaders/ggml_kquants.wgsl`), with an
+//! importance matrix and without, giving the bytes of [`crate::quant::ggml::quantize`] (which
+//! are ggml's).
 //!
 //! With an importance matrix the call uploads its row once (binding 4) and, for the 32-element
-//! types, each row's `sigma2` computed by the CPU's own code (`ggml::rows_sigma2`, binding 5);
-//! each chunk's uniforms carry its first block in the call and the blocks per row, from which
-//! a block finds its column (its weights) and its row (its sigma2), whatever row the chunk
-//! starts in. A flagged weighted pair is redone by encoding its row(s) on the CPU.
+//! types, each row's `sigma2` computed by the CPU's own code (`ggml::rows_sigma2`, binding 5;
+//! the K-quants take theirs from the block itself); each chunk's uniforms carry its first block
+//! in the call and the blocks per row, from which a block finds its column (its weights) and
+//! its row (its sigma2), whatever row the chunk starts in. A flagged weighted unit is redone by
+//! encoding its row(s) on the CPU.
 //!
 //! How each hazard is met (the shaders' headers say the same from their side):
 //! * division: integer long division, correctly rounded (`div_rn`, shared with min/max);
@@ -23,14 +24,15 @@
 //!   reference's order;
 //! * infinities and NaNs, which WGSL leaves indeterminate: a block whose reference arithmetic
 //!   would meet one (a non-finite input, a range or an inverse scale past f32, a K-quant block
-//!   past the bound under which its searches cannot overflow) is flagged, and the host encodes
-//!   its pair of blocks with the CPU reference;
+//!   past the bound under which its searches cannot overflow, a weighted search whose sums
+//!   could) is flagged, and the host encodes its unit with the CPU reference;
 //! * llvmpipe's limit of about 65,535 loop iterations per invocation: one invocation encodes a
-//!   pair of blocks (two blocks of every type fill whole u32 words); the K-quants' searches
-//!   take at most about 13,000 iterations per block (Q4_K).
+//!   unit ([`unit_blocks`]): one block where a block is whole u32 words, else a pair (two
+//!   blocks of every type are); the heaviest, Q4_K and Q2_K with an importance matrix, take
+//!   about 28,000 iterations per block, one block per invocation.
 //!
 //! The input is staged through the same persistent mapped buffers as min/max ([`Upload`]), in
-//! chunks of whole pairs of blocks of the type at hand, every type within the same buffers;
+//! chunks of whole units of blocks of the type at hand, every type within the same buffers;
 //! two buffer sets alternate, so chunk k+1 is filled and queued while chunk k runs.
 
 use std::collections::{HashMap, VecDeque};
@@ -60,7 +62,7 @@ pub struct GgmlUniforms {
     pub pad2: u32,
 }
 
-/// The types with a GPU kernel (without an importance matrix).
+/// The types with a GPU kernel (each with an importance matrix and without).
 pub const TYPES: [GgmlType; 10] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K];
 
 /// The shader file with `ty`'s encoder (appended to `ggml_common.wgsl`).
@@ -103,7 +105,7 @@ pub struct GgmlKernels {
     layout: wgpu::BindGroupLayout,
     pipelines: Mutex<HashMap<GgmlType, std::result::Result<wgpu::ComputePipeline, String>>>,
     sets: Mutex<Option<[Set; 2]>>,
-    /// Values per chunk (each type takes whole pairs of its blocks, [`chunk_blocks`]).
+    /// Values per chunk (each type takes whole units of its blocks, [`chunk_blocks`]).
     elems: usize,
 }
 
@@ -164,7 +166,7 @@ impl GgmlKernels {
             label: Some("ggml blocks"),
             entries: &[entry(0, wgpu::BufferBindingType::Uniform), entry(1, storage(true)), entry(2, storage(false)), entry(3, storage(false)), entry(4, storage(true)), entry(5, storage(true))],
         });
-        // Chunks of as many values as the min/max kernel's, in whole pairs of blocks.
+        // Chunks of as many values as the min/max kernel's, in whole units of blocks.
         Self { layout, pipelines: Mutex::new(HashMap::new()), sets: Mutex::new(None), elems: caps.elems }
     }
 
@@ -180,7 +182,7 @@ impl GgmlKernels {
 
     /// Encodes `x` (rows of `n_per_row`, whole blocks of `ty`, one of [`TYPES`]) into `out` on
     /// the GPU, weighted by `imatrix` (one weight per column) if given, with the CPU reference
-    /// for flagged pairs. The caller has checked the rows and the adapter (`verdict`).
+    /// for flagged units. The caller has checked the rows and the adapter (`verdict`).
     #[allow(clippy::too_many_arguments)] // the arguments of ggml::quantize, and the device's
     pub fn run(&self, ctx: &GpuContext, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, out: &mut [u8], timed: bool) -> Result<Stages> {
         let pipeline = self.pipeline(ctx, ty).map_err(QuantError::Unsupported)?;
@@ -286,9 +288,11 @@ impl GgmlKernels {
         }
         drop(guard);
         result?;
-        // A weighted block depends on its column and on its whole row (sigma2): the CPU encodes
-        // the row (once for consecutive flagged pairs of it) and the block's bytes are copied.
+        // A weighted block depends on its column and (the 32-element types) on its whole row:
+        // the CPU encodes the row (once for consecutive flagged units of it) and the block's
+        // bytes are copied.
         let mut cpu_row: Option<(usize, Vec<u8>)> = None;
+        stages.redone = flagged.iter().map(|(c0, c1)| c1 - c0).sum();
         for (c0, c1) in flagged {
             if weighted.is_none() {
                 ggml::quantize_with(Simd::Scalar, ty, &x[c0 * qk..c1 * qk], qk, None, &mut out[c0 * bytes..c1 * bytes])?;
@@ -413,16 +417,16 @@ pub fn self_test_rows(ty: GgmlType) -> Vec<f32> {
     }
 }
 
-/// The types whose kernel takes an importance matrix (Q8_0 ignores it, as ggml does).
-pub const IMATRIX_TYPES: [GgmlType; 5] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0];
-
 /// Blocks per row of the weighted self-test: odd, so that pairs straddle rows.
-const SELF_TEST_ROW_BLOCKS: usize = 5;
+const SELF_TEST_ROW_BLOCKS: usize = 7;
 
 /// The importance matrix of the weighted self-test, one weight per column of a row of
 /// [`SELF_TEST_ROW_BLOCKS`] blocks of `qk`: a block of each kind, zeros (with a few tiny and
 /// subnormal weights), random weights of many magnitudes, weights at the kernels' bound 2^15 and
-/// just below it, one huge weight (1e30, flagged), and tiny ones (1e-38 and subnormals).
+/// just below it, one huge weight (1e30, flagged), tiny ones (1e-38 and subnormals), weights of
+/// both signs (negative weights turn the searches' sums around), and large uniform weights
+/// (2^14: with the large blocks of the input, the weighted searches' sums pass the bounds their
+/// guards check).
 pub fn self_test_imatrix(qk: usize) -> Vec<f32> {
     let mut next = xorshift(0x6a09_e667);
     let mut unit = move || (next() >> 8) as f32 / (1u32 << 24) as f32;
@@ -432,6 +436,8 @@ pub fn self_test_imatrix(qk: usize) -> Vec<f32> {
     w.extend((0..qk).map(|i| if i == 9 { 32768.0 } else if i % 2 == 0 { 32767.0 } else { unit() }));
     w.extend((0..qk).map(|i| if i == qk / 2 { 1.0e30 } else { unit() }));
     w.extend((0..qk).map(|i| if i % 3 == 0 { f32::from_bits(1 + i as u32) } else { unit() * 1.0e-38 }));
+    w.extend((0..qk).map(|i| (unit() - 0.4) * [1.0, 50.0, 0.01][i % 3]));
+    w.extend((0..qk).map(|_| 16384.0 * (0.5 + unit())));
     w
 }
 

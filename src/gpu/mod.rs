@@ -221,21 +221,19 @@ impl GpuBackend {
 
     /// Encodes `x` (rows of `n_per_row`) as `ty` with the bytes of [`crate::quant::ggml::quantize`]
     /// (ggml's), on this GPU; returns where the time went. `QuantError::Unsupported` for a type
-    /// or an importance matrix without a GPU kernel ([`ggml::TYPES`]), and on an adapter where
+    /// without a GPU kernel ([`ggml::TYPES`]), and on an adapter where
     /// the kernel cannot be exact (the subnormal probe or the type's self-test failed).
     pub fn quantize_ggml(&self, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, out: &mut [u8]) -> Result<Stages> {
         let n_bytes = crate::quant::ggml::check_rows(ty, x.len(), n_per_row, imatrix)?;
         if out.len() != n_bytes {
             return Err(QuantError::value(format!("output buffer has {} bytes, {ty} needs {n_bytes}", out.len())));
         }
-        if !has_ggml_kernel(ty, imatrix.is_some()) {
-            let name = ty.name().to_ascii_lowercase();
-            let what = if imatrix.is_some() && ggml::TYPES.contains(&ty) { format!("{name} with an importance matrix") } else { name };
-            let names = |types: &[GgmlType]| types.iter().map(|t| t.name().to_ascii_lowercase()).collect::<Vec<String>>().join(", ");
+        if !has_ggml_kernel(ty) {
+            let names: Vec<String> = ggml::TYPES.iter().map(|t| t.name().to_ascii_lowercase()).collect();
             return Err(QuantError::Unsupported(format!(
-                "device='gpu': {what} has no GPU kernel yet (the GPU encodes {} without an importance matrix, {} with one); use device='cpu'",
-                names(&ggml::TYPES),
-                names(&ggml::IMATRIX_TYPES)
+                "device='gpu': {} has no GPU kernel (the GPU encodes {}, with an importance matrix or without); use device='cpu'",
+                ty.name().to_ascii_lowercase(),
+                names.join(", ")
             )));
         }
         if x.is_empty() {
@@ -306,13 +304,9 @@ impl GpuBackend {
     }
 }
 
-/// Whether a GPU kernel encodes `ty` (with an importance matrix or without).
-pub fn has_ggml_kernel(ty: GgmlType, imatrix: bool) -> bool {
-    if imatrix {
-        ggml::IMATRIX_TYPES.contains(&ty)
-    } else {
-        ggml::TYPES.contains(&ty)
-    }
+/// Whether a GPU kernel encodes `ty` (each does with an importance matrix and without).
+pub fn has_ggml_kernel(ty: GgmlType) -> bool {
+    ggml::TYPES.contains(&ty)
 }
 
 /// Runs `f`, turning a wgpu panic into `QuantError::Device`.

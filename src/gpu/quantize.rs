@@ -74,13 +74,15 @@ impl QuantSet {
 /// Where a quantize call's time went, in seconds: the kernels (GPU timestamps, where the adapter
 /// has them), and on the host: filling the upload buffers (waiting for a free one included),
 /// waiting for each chunk's results, and copying them into the outputs. Whatever the host spends
-/// elsewhere (planning, submitting) is the rest of the call's wall time.
+/// elsewhere (planning, submitting) is the rest of the call's wall time. Also how many blocks the
+/// GPU left to the CPU reference (ggml's types: blocks past the kernels' bounds; 0 for min/max).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stages {
     pub kernel: Option<f64>,
     pub fill: f64,
     pub wait: f64,
     pub read: f64,
+    pub redone: usize,
 }
 
 impl Stages {
@@ -89,7 +91,7 @@ impl Stages {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
         };
-        Stages { kernel, fill: self.fill + o.fill, wait: self.wait + o.wait, read: self.read + o.read }
+        Stages { kernel, fill: self.fill + o.fill, wait: self.wait + o.wait, read: self.read + o.read, redone: self.redone + o.redone }
     }
 }
 

@@ -488,24 +488,7 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
         .zip(&choices)
         .filter_map(|(t, c)| c.output_type(t).map(|ty| TensorPlan { name: t.name.clone(), shape: t.shape.clone(), ty }))
         .collect();
-    let with_imatrix = |i: usize| rows.as_ref().is_some_and(|r| r[i].is_some());
     let ggml_dev = GgmlDevice::new(opts.device)?;
-    if ggml_dev.wants_gpu() {
-        // --device gpu: the types without a GPU kernel are encoded on the CPU; say which.
-        let mut on_cpu: Vec<String> = Vec::new();
-        for (i, c) in choices.iter().enumerate() {
-            if let Step::Encode(ty) = c.step {
-                let imatrix = with_imatrix(i);
-                let what = if imatrix && ty.is_quantized() { format!("{} with an importance matrix", ty.name().to_ascii_lowercase()) } else { ty.name().to_ascii_lowercase() };
-                if ty.is_quantized() && !ggml_dev.on_gpu(ty, imatrix) && !on_cpu.contains(&what) {
-                    on_cpu.push(what);
-                }
-            }
-        }
-        if !on_cpu.is_empty() {
-            progress.message(&format!("note: no GPU kernel yet for {}: those tensors are encoded on the CPU (same bytes)", on_cpu.join(", ")));
-        }
-    }
     let mut writer = GgufWriter::new(AtomicFile::create(dst)?, &metadata, plan)?;
 
     let total = source.total_bytes();

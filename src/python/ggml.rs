@@ -79,7 +79,7 @@ fn _gguf_dequantize<'py>(py: Python<'py>, data: &[u8], type_name: &str, n: usize
 /// The types with a GPU kernel (without an importance matrix), by name.
 #[pyfunction]
 fn _gguf_gpu_types() -> Vec<String> {
-    GgmlType::QUANTIZED.iter().filter(|&&t| GgmlDevice::has_kernel(t, false)).map(|t| t.name().to_ascii_lowercase()).collect()
+    GgmlType::QUANTIZED.iter().filter(|&&t| GgmlDevice::has_kernel(t)).map(|t| t.name().to_ascii_lowercase()).collect()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -188,8 +188,8 @@ def test_adversarial_rows_equal_ggml(ggml, type_name, imatrix_kind):
 no_gpu_tests = pytest.mark.skipif(os.environ.get("ARROW_QUANT_SKIP_GPU_TESTS") == "1", reason="ARROW_QUANT_SKIP_GPU_TESTS=1")
 
 
-def test_the_gpu_encodes_the_32_element_types():
-    assert set(aq.GGUF_GPU_TYPES) >= set(LEGACY_TYPES) and set(aq.GGUF_GPU_TYPES) <= set(BLOCK_TYPES)
+def test_the_gpu_encodes_every_block_type():
+    assert sorted(aq.GGUF_GPU_TYPES) == sorted(BLOCK_TYPES)
 
 
 @no_gpu_tests
@@ -207,18 +207,16 @@ def test_minilm_blocks_on_the_gpu_equal_ggml(ggml, minilm, type_name):
     assert_all(failures, n, 26 if type_name in K_TYPES else 60)
 
 
-# The types whose GPU kernel takes an importance matrix (q8_0's ignores it, as ggml's does).
-GPU_IMATRIX_TYPES = LEGACY_TYPES
-
-
 @no_gpu_tests
 @pytest.mark.parametrize("kind", ["random", "zeros", "one_huge", "tiny"])
-@pytest.mark.parametrize("type_name", GPU_IMATRIX_TYPES)
+@pytest.mark.parametrize("type_name", BLOCK_TYPES)
 def test_minilm_blocks_with_imatrix_on_the_gpu_equal_ggml(ggml, minilm, type_name, kind):
-    """device="gpu" with an importance matrix of each kind, on MiniLM's layer-0 tensors, its
-    position embeddings, every layer's ffn_down and the adversarial rows: ggml's bytes."""
+    """device="gpu" with an importance matrix of each kind (q8_0 ignores it, as ggml does), on
+    MiniLM's layer-0 tensors, its position embeddings, every layer's ffn_down (the K types'
+    tensors) and the adversarial rows: ggml's bytes."""
     failures, n = [], 0
-    arrays = {k: v for k, v in minilm.items() if "layer.0." in k or "position" in k or ("output.dense" in k and "attention" not in k)}
+    arrays = {k: v for k, v in minilm.items()
+              if fits(type_name, v.shape[-1]) and ("layer.0." in k or "position" in k or ("output.dense" in k and "attention" not in k))}
     arrays.update({f"[{k}]": v for k, v in adversarial_rows().items()})
     for name, x in arrays.items():
         n += 1
@@ -231,14 +229,11 @@ def test_minilm_blocks_with_imatrix_on_the_gpu_equal_ggml(ggml, minilm, type_nam
 @no_gpu_tests
 def test_the_gpu_refuses_what_it_has_no_kernel_for():
     x = np.ones((2, 256), f32)
-    for t in K_TYPES:
-        if t not in GPU_IMATRIX_TYPES:
-            with pytest.raises(NotImplementedError, match=f"{t} with an importance matrix has no GPU kernel"):
-                aq.gguf_quantize(x, t, imatrix=np.ones(256, f32), device="gpu")
-    for t in BLOCK_TYPES:
-        if t not in aq.GGUF_GPU_TYPES:
-            with pytest.raises(NotImplementedError, match=f"{t} has no GPU kernel yet"):
-                aq.gguf_quantize(x, t, device="gpu")
+    for t in ["f16", "bf16"]:  # every block type has a kernel: the float types have none
+        with pytest.raises(NotImplementedError, match=f"{t} has no GPU kernel"):
+            aq.gguf_quantize(x, t, device="gpu")
+        with pytest.raises(NotImplementedError, match=f"{t} has no GPU kernel"):
+            aq.gguf_quantize(x, t, imatrix=np.ones(256, f32), device="gpu")
     with pytest.raises(ValueError, match="Invalid device"):
         aq.gguf_quantize(x, "q8_0", device="tpu")
     with pytest.raises(TypeError, match="device must be"):
@@ -249,6 +244,7 @@ def test_the_gpu_refuses_what_it_has_no_kernel_for():
     assert aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="auto") == aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="cpu")
     assert aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="gpu") == aq.gguf_quantize(x * 0.3, "q4_0", imatrix=w, device="cpu")
     assert aq.gguf_quantize(x * 0.3, "q4_k", imatrix=w, device="auto") == aq.gguf_quantize(x * 0.3, "q4_k", imatrix=w, device="cpu")
+    assert aq.gguf_quantize(x * 0.3, "q4_k", imatrix=w, device="gpu") == aq.gguf_quantize(x * 0.3, "q4_k", imatrix=w, device="cpu")
 
 
 @pytest.mark.parametrize("type_name", PLAIN_TYPES)

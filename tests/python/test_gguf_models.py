@@ -347,7 +347,7 @@ def test_cli_writes_the_file_the_api_writes(work, sources, converted, kind, ftyp
 @pytest.mark.parametrize("kind,ftype", [("f32", "q8_0"), ("f16", "q4_0"), ("f16", "q5_1"), ("f16", "q4_k_m")])
 def test_cli_on_the_gpu_writes_the_same_file(work, sources, converted, kind, ftype):
     """``--device gpu`` (lavapipe in CI): llama-quantize's types and ggml's bytes, the very file
-    of the CPU; the types without a GPU kernel are named on stderr."""
+    of the CPU."""
     assert CLI.exists(), f"{CLI} is missing: cargo build --release --bin arrow-quant"
     out = work / "cli-gpu" / f"{kind}-{ftype}.gguf"
     out.parent.mkdir(exist_ok=True)
@@ -357,11 +357,6 @@ def test_cli_on_the_gpu_writes_the_same_file(work, sources, converted, kind, fty
     check_output(sources[kind], out, golden_case(kind, ftype.upper()), ftype=ftype)
     api, _ = converted(kind, ftype)
     assert out.read_bytes() == api.read_bytes(), "the GPU's file differs from the CPU's"
-    types = {t.lower() for t in golden_case(kind, ftype.upper())["types"]} & set(aq.GGUF_TYPES) - {"f32", "f16", "bf16"}
-    off_gpu = sorted(types - set(aq.GGUF_GPU_TYPES))
-    assert ("no GPU kernel yet" in p.stderr) == bool(off_gpu), p.stderr
-    for t in off_gpu:
-        assert t in p.stderr, p.stderr
 
 
 def test_gguf_reader_agrees(sources, converted):
