@@ -21,8 +21,8 @@ __all__ = ["gguf_quantize", "gguf_dequantize", "write_imatrix", "GGUF_TYPES", "G
 #: q4_k (4.5), q5_k (5.5), q6_k (6.5625), and the plain f32, f16, bf16.
 GGUF_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "f32", "f16", "bf16")
 
-#: The types this build encodes on the GPU (``device="gpu"``); the 32-element ones also with an
-#: importance matrix, the K types only without one.
+#: The types this build encodes on the GPU (``device="gpu"``), with an importance matrix and
+#: without: every block type of :data:`GGUF_TYPES` (the float types run on the CPU).
 GGUF_GPU_TYPES = tuple(_native._gguf_gpu_types())
 
 
@@ -49,10 +49,10 @@ def gguf_quantize(array, type: str, *, imatrix: Optional[Sequence[float]] = None
     back to. NaN/Inf values raise ValueError.
 
     `device`: ``"cpu"``, ``"gpu"`` or ``"auto"``; every device gives the same bytes. The GPU has
-    kernels for the types in :data:`GGUF_GPU_TYPES` (the K types only without an importance
-    matrix); ``"gpu"`` raises NotImplementedError for anything else (and on an adapter that
-    cannot encode the type exactly), and ``"auto"`` uses the GPU for those types only where it measured faster than the
-    CPU."""
+    kernels for the types in :data:`GGUF_GPU_TYPES`, with an importance matrix and without;
+    ``"gpu"`` raises NotImplementedError for anything else (and on an adapter that cannot encode
+    the type exactly), and ``"auto"`` uses the GPU for a type only where it measured faster than
+    the CPU (decided per type, with an importance matrix or without)."""
     if not isinstance(device, str):
         raise TypeError(f"device must be 'cpu', 'gpu' or 'auto', got {device!r}")
     if not isinstance(type, str):

@@ -50,8 +50,8 @@ enum Command {
         #[arg(long, default_value = "minmax")]
         method: String,
         /// cpu, gpu or auto: where to quantize (the same bytes on each). auto measures both
-        /// once per process (per method, and per GGUF type); GGUF types without a GPU kernel
-        /// run on the CPU (with a note under gpu)
+        /// once per process (per method, and per GGUF type with an importance matrix or
+        /// without); every GGUF block type has a GPU kernel
         #[arg(long, default_value = "auto")]
         device: String,
         /// Keep tensors matching this glob in F16/F32 (GGUF input: copy them unchanged) (repeatable)

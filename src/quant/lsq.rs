@@ -152,6 +152,27 @@ pub fn evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
     Evaluation { sse: fold(p.sse), sq: fold(p.sq), sqq: fold(p.sqq), sqw: fold(p.sqw) }
 }
 
+/// Step 2's `sse` alone (the same sum as [`evaluate`]'s, in the same order).
+#[inline(always)]
+fn evaluate_sse(values: &[f32], g: &Grid, max_code: f32) -> f32 {
+    let mut sse = [0f32; LANES];
+    let (chunks, tail, n_tail) = lane_chunks(values);
+    let mut add = |c: &[f32; LANES], active: usize| {
+        for j in 0..LANES {
+            let w = c[j];
+            let e = (code(w, g, max_code) * g.scale + g.zero) - w;
+            sse[j] += if j < active { e * e } else { 0.0 };
+        }
+    };
+    for c in chunks {
+        add(c.try_into().expect("chunks_exact(LANES)"), LANES);
+    }
+    if n_tail > 0 {
+        add(&tail, n_tail);
+    }
+    fold(sse)
+}
+
 /// `Σ w` in the lane order.
 #[inline(always)]
 pub fn sum(values: &[f32]) -> f32 {
@@ -173,15 +194,22 @@ pub fn sum(values: &[f32]) -> f32 {
 /// stops.
 #[inline(always)]
 pub fn fit(n: usize, e: &Evaluation, sw: f32) -> Option<Grid> {
-    let m = n as f32;
-    let d = m * e.sqq - e.sq * e.sq;
-    if !(d > 0.0) {
-        return None;
-    }
-    let scale = (m * e.sqw - e.sq * sw) / d;
-    let zero = (e.sqq * sw - e.sq * e.sqw) / d;
+    let (g, ok) = fit_lane(n as f32, e.sq, e.sqq, e.sqw, sw);
+    ok.then_some(g)
+}
+
+/// Step 3 without branches: the grid, and whether the definition keeps it (`d > 0`, and a
+/// positive finite scale with a finite zero and inverse). Without branches, the fits of a batch
+/// of groups run as vector operations ([`refine_batch`]); the operations are the same IEEE
+/// ones whichever way they run.
+#[inline(always)]
+fn fit_lane(m: f32, sq: f32, sqq: f32, sqw: f32, sw: f32) -> (Grid, bool) {
+    let d = m * sqq - sq * sq;
+    let scale = (m * sqw - sq * sw) / d;
+    let zero = (sqq * sw - sq * sqw) / d;
     let inv = 1.0 / scale;
-    (scale > 0.0 && scale.is_finite() && zero.is_finite() && inv.is_finite()).then_some(Grid { scale, zero, inv })
+    let ok = (d > 0.0) & (scale > 0.0) & scale.is_finite() & zero.is_finite() & inv.is_finite();
+    (Grid { scale, zero, inv }, ok)
 }
 
 /// Steps 1–4: the grid a group keeps, from its min/max parameters.
@@ -195,62 +223,69 @@ pub fn refine(values: &[f32], start: GroupParams, max_code: u32) -> Grid {
 /// The most groups [`refine_batch`] takes at once.
 pub const BATCH: usize = 16;
 
-/// One group's search between rounds.
-#[derive(Clone, Copy)]
-struct Search {
-    best: Grid,
-    best_sse: f32,
-    last: Evaluation,
-    sw: f32,
-    running: bool,
-}
-
 /// [`refine`] for up to [`BATCH`] groups at once, round by round across the groups, with the
 /// same results. One group's rounds form a chain (evaluate, fold the lanes, three divisions,
 /// evaluate again) that leaves the CPU waiting on latency; the rounds of different groups are
-/// independent, so interleaving them lets it overlap one group's fit with another's pass.
+/// independent, so each round's fits run for the whole batch as vector operations (the state
+/// is kept as one array per quantity), then each group's pass.
 ///
 /// A group also stops at a fixed point: when an evaluation's code sums (`sq`, `sqq`, `sqw`)
 /// equal the previous evaluation's, the next fit is the grid just evaluated, whose `sse` is
 /// already known — every later round would repeat it, and the kept grid cannot change. This
-/// stops most groups after two or three rounds and gives exactly the result of all
-/// [`ROUNDS`].
+/// stops some groups early and gives exactly the result of all [`ROUNDS`]. The last round's
+/// evaluation needs only its `sse` (no fit follows it).
 #[inline(always)]
 pub fn refine_batch(groups: &[&[f32]], starts: &[GroupParams], max_code: u32, out: &mut [Grid]) {
     debug_assert!(groups.len() <= BATCH && starts.len() == groups.len() && out.len() == groups.len());
+    let n = groups.len();
     let max_code = max_code as f32;
-    let idle = Search { best: Grid { scale: 0.0, zero: 0.0, inv: 0.0 }, best_sse: 0.0, last: Evaluation { sse: 0.0, sq: 0.0, sqq: 0.0, sqw: 0.0 }, sw: 0.0, running: false };
-    let mut state = [idle; BATCH];
-    for ((s, values), &p) in state.iter_mut().zip(groups).zip(starts) {
-        let start = Grid::from(p);
-        s.best = start;
-        if start.scale != 0.0 {
-            let last = evaluate(values, &start, max_code);
-            *s = Search { best: start, best_sse: last.sse, last, sw: sum(values), running: true };
+    let none = Grid { scale: 0.0, zero: 0.0, inv: 0.0 };
+    let mut best = [none; BATCH];
+    let mut best_sse = [0f32; BATCH];
+    // The last evaluation's code sums, the group's Σw and length (1 for a spare slot, which
+    // never runs), and whether the group still runs.
+    let (mut sq, mut sqq, mut sqw, mut sw, mut m) = ([0f32; BATCH], [0f32; BATCH], [0f32; BATCH], [0f32; BATCH], [1f32; BATCH]);
+    let mut running = [false; BATCH];
+    for i in 0..n {
+        best[i] = Grid::from(starts[i]);
+        if best[i].scale != 0.0 {
+            let e = evaluate(groups[i], &best[i], max_code);
+            (best_sse[i], sq[i], sqq[i], sqw[i]) = (e.sse, e.sq, e.sqq, e.sqw);
+            (sw[i], m[i]) = (sum(groups[i]), groups[i].len() as f32);
+            running[i] = true;
         }
     }
-    for _ in 0..ROUNDS {
-        // All fits first, then all passes: the fits' divisions are independent of each other
-        // and overlap, instead of each stalling the pass that needs its result.
-        let mut grids = [None; BATCH];
-        for ((s, values), grid) in state.iter_mut().zip(groups).zip(grids.iter_mut()).filter(|((s, _), _)| s.running) {
-            *grid = fit(values.len(), &s.last, s.sw);
-            s.running = grid.is_some();
+    for round in 0..ROUNDS {
+        let mut grids = [none; BATCH];
+        for i in 0..BATCH {
+            let (g, ok) = fit_lane(m[i], sq[i], sqq[i], sqw[i], sw[i]);
+            grids[i] = g;
+            running[i] &= ok;
         }
-        for ((s, values), grid) in state.iter_mut().zip(groups).zip(grids) {
-            let Some(g) = grid else { continue };
-            let e = evaluate(values, &g, max_code);
-            if e.sse < s.best_sse {
-                (s.best, s.best_sse) = (g, e.sse);
+        if !running.contains(&true) {
+            break;
+        }
+        for i in 0..n {
+            if !running[i] {
+                continue;
             }
-            let same_codes = (e.sq, e.sqq, e.sqw) == (s.last.sq, s.last.sqq, s.last.sqw);
-            s.last = e;
-            s.running = !same_codes;
+            let g = &grids[i];
+            if round + 1 == ROUNDS {
+                let sse = evaluate_sse(groups[i], g, max_code);
+                if sse < best_sse[i] {
+                    (best[i], best_sse[i]) = (*g, sse);
+                }
+                continue;
+            }
+            let e = evaluate(groups[i], g, max_code);
+            if e.sse < best_sse[i] {
+                (best[i], best_sse[i]) = (*g, e.sse);
+            }
+            running[i] = (e.sq, e.sqq, e.sqw) != (sq[i], sqq[i], sqw[i]);
+            (sq[i], sqq[i], sqw[i]) = (e.sq, e.sqq, e.sqw);
         }
     }
-    for (o, s) in out.iter_mut().zip(&state) {
-        *o = s.best;
-    }
+    out.copy_from_slice(&best[..n]);
 }
 
 /// Step 5's codes of a group under its kept grid, as bytes (one code per byte).
