@@ -204,12 +204,12 @@ fn rounding_ties_and_neighbours() {
 #[test]
 fn subnormals_tiny_values_and_signed_zeros() {
     let mut r = Rng(4242);
-    let sub = |r: &mut Rng| f32::from_bits((r.next() as u32 & 0x807f_ffff) | 0);
+    let sub = |r: &mut Rng| f32::from_bits(r.next() as u32 & 0x807f_ffff);
     let tiny = |r: &mut Rng| f32::from_bits(((r.next() as u32 % 60 + 1) << 23) | (r.next() as u32 & 0x807f_ffff));
     let mut layers = Vec::new();
     for bits in ALL_BITS {
         let n = 16 * 64;
-        let mk = |f: &mut dyn FnMut(usize) -> f32| (0..n).map(|i| f(i)).collect::<Vec<f32>>();
+        let mk = |f: &mut dyn FnMut(usize) -> f32| (0..n).map(&mut *f).collect::<Vec<f32>>();
         layers.push((mk(&mut |_| sub(&mut r)), layout(1, n, bits, 16)));
         layers.push((mk(&mut |i| if i % 3 == 0 { sub(&mut r) } else { tiny(&mut r) }), layout(1, n, bits, 16)));
         layers.push((mk(&mut |i| [0.0, -0.0, 1e-45, -1e-45, f32::MIN_POSITIVE, -f32::MIN_POSITIVE][i % 6]), layout(1, n, bits, 8)));

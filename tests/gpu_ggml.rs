@@ -287,7 +287,7 @@ fn imatrix_layers_larger_than_a_chunk_give_the_cpus_bytes() {
         let (qk, _) = ty.block();
         let row = qk * 7;
         let rows = (g.chunk_bytes() / 4 * 2 / row + 3) | 1;
-        assert!((g.chunk_bytes() / 4 / qk / unit_blocks(ty) * unit_blocks(ty)) % 7 != 0, "a chunk must not hold whole rows");
+        assert!(!(g.chunk_bytes() / 4 / qk / unit_blocks(ty) * unit_blocks(ty)).is_multiple_of(7), "a chunk must not hold whole rows");
         let x: Vec<f32> = (0..rows * row).map(|i| rng.normal_ish() * if rng.below(997) == 0 { 3.0 } else { 0.05 } * (1.0 + (i / row % 5) as f32)).collect();
         let w: Vec<f32> = (0..row).map(|i| rng.unit() * 10.0 * (1 + i / qk) as f32).collect();
         let Some(got) = gpu_bytes_w(g, ty, &x, row, Some(&w)) else { continue };

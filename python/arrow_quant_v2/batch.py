@@ -135,6 +135,7 @@ def quantize_dict(
     continue_on_error: Optional[bool],
     progress_callback: Optional[ProgressCallback] = None,
     what: str = "quantize_batch",
+    method: str = "minmax",
 ) -> BatchResult:
     """The body of ``ArrowQuantV2.quantize_batch`` and ``quantize_batch_with_progress``."""
     if not isinstance(weights, Mapping):
@@ -144,7 +145,7 @@ def quantize_dict(
     result = BatchResult()
     # An invalid bit width or group size is refused even for an empty dict, never skipped layer
     # by layer: the native code checks the options first, with the earlier message.
-    quantize_arrow(layers_batch([]), bit_width=bits, group_size=group_size, device=device)
+    quantize_arrow(layers_batch([]), bit_width=bits, group_size=group_size, device=device, method=method)
 
     layers: List[Tuple[str, np.ndarray]] = []
     for name, value in weights.items():
@@ -163,7 +164,7 @@ def quantize_dict(
 
     for chunk in _chunks(layers, CHUNK_BYTES):
         try:
-            parts = [quantize_arrow(layers_batch(chunk), bit_width=bits, group_size=group_size, device=device)]
+            parts = [quantize_arrow(layers_batch(chunk), bit_width=bits, group_size=group_size, device=device, method=method)]
         except (TypeError, ValueError):
             if not keep_going:
                 raise
@@ -171,7 +172,7 @@ def quantize_dict(
             parts = []
             for layer in chunk:
                 try:
-                    parts.append(quantize_arrow(layers_batch([layer]), bit_width=bits, group_size=group_size, device=device))
+                    parts.append(quantize_arrow(layers_batch([layer]), bit_width=bits, group_size=group_size, device=device, method=method))
                 except (TypeError, ValueError) as e:
                     _skip(what, layer[0], str(e), result.errors)
         for part in parts:
@@ -183,14 +184,16 @@ def quantize_dict(
     return result
 
 
-def quantize_table(table: Any, *, bit_width: Optional[int], group_size: int, device: str, continue_on_error: Optional[bool]) -> pa.RecordBatch:
+def quantize_table(
+    table: Any, *, bit_width: Optional[int], group_size: int, device: str, continue_on_error: Optional[bool], method: str = "minmax"
+) -> pa.RecordBatch:
     """The body of ``ArrowQuantV2.quantize_batch_arrow``: any Arrow table in, one RecordBatch of
     the earlier six columns out. Under ``continue_on_error=True`` a failing layer is left out,
     warned about, and listed with its reason under ``skipped_layers`` in the result's
     ``arrow_quant`` metadata."""
     bits = 4 if bit_width is None else bit_width
     try:
-        out = quantize_arrow(table, bit_width=bits, group_size=group_size, device=device)
+        out = quantize_arrow(table, bit_width=bits, group_size=group_size, device=device, method=method)
         skipped: Dict[str, str] = {}
     except (TypeError, ValueError):
         if not continue_on_error:
@@ -198,12 +201,12 @@ def quantize_table(table: Any, *, bit_width: Optional[int], group_size: int, dev
         rows = pa.table(table)
         # Bad options and a missing column are the call's fault, not a layer's: this raises
         # them, and gives the schema should every layer fail.
-        empty = quantize_arrow(rows.slice(0, 0), bit_width=bits, group_size=group_size, device=device)
+        empty = quantize_arrow(rows.slice(0, 0), bit_width=bits, group_size=group_size, device=device, method=method)
         parts, skipped = [], {}
         for i in range(rows.num_rows):
             row = rows.slice(i, 1)
             try:
-                parts.append(quantize_arrow(row, bit_width=bits, group_size=group_size, device=device))
+                parts.append(quantize_arrow(row, bit_width=bits, group_size=group_size, device=device, method=method))
             except (TypeError, ValueError) as e:
                 _skip("quantize_batch_arrow", str(row.column("layer_name")[0].as_py()), str(e), skipped)
         out = pa.concat_tables([empty, *parts], promote_options="permissive") if parts else empty

@@ -84,6 +84,7 @@ def convert(
     progress_callback: Optional[MessageCallback] = None,
     cancel: Optional[threading.Event] = None,
     device: str = "auto",
+    method: str = "minmax",
 ) -> Dict[str, Any]:
     """Converts a checkpoint as ``config`` says; returns the earlier result dict. A callback's
     exception is reported as a warning (the earlier rule); ``cancel`` stops the conversion
@@ -113,7 +114,7 @@ def convert(
 
     tell("Starting quantization...", 0.0)
     started = time.perf_counter()
-    report = quantize_model(model_path, dst, device=device, progress=on_progress, **config.model_options(names))
+    report = quantize_model(model_path, dst, device=device, method=method, progress=on_progress, **config.model_options(names))
     seconds = time.perf_counter() - started
     tell("Quantization complete", 1.0)
 

@@ -59,7 +59,7 @@ fn compile(wgsl: &str, entry: &str, constants: &[(&str, f64)]) -> Result<Vec<u32
 fn preserve_denormals(words: &[u32]) -> Result<Vec<u32>, String> {
     const HEADER: usize = 5;
     let instructions = instructions(words)?;
-    let last = |op: Op| instructions.iter().filter(|i| i.1 == op as u16).map(|i| i.0 + i.2).last();
+    let last = |op: Op| instructions.iter().filter(|i| i.1 == op as u16).map(|i| i.0 + i.2).next_back();
     let after_capabilities = last(Op::Capability).ok_or("the module declares no capability")?;
     let entry = instructions.iter().filter(|i| i.1 == Op::EntryPoint as u16).collect::<Vec<_>>();
     let [&(at, _, len)] = entry.as_slice() else { return Err(format!("{} entry points, one expected", entry.len())) };

@@ -13,7 +13,7 @@ use super::context::GpuContext;
 use super::plan::Caps;
 
 pub fn caps(ctx: &GpuContext) -> Caps {
-    let binding = (ctx.limits.max_storage_buffer_binding_size as u64).min(ctx.limits.max_buffer_size);
+    let binding = ctx.limits.max_storage_buffer_binding_size.min(ctx.limits.max_buffer_size);
     // Elements per chunk (`chunk_elems`): 4 Mi (16 MiB of f32). On an H200 machine 64 MiB
     // chunks moved more per second on calls of 256 MiB and up (upload 28 against 20 GB/s, the
     // whole path 14 against 11.6) but less on smaller ones (a 16 MiB call 2.9 against 11 GB/s,

@@ -56,7 +56,7 @@ pub fn write(path: &Path, tensors: &[T]) {
 /// A file with a hand-written header (for corruption cases).
 pub fn write_raw(path: &Path, header: &str, data_len: usize) {
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

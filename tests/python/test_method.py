@@ -116,3 +116,26 @@ def test_the_model_report_shows_what_the_search_bought(tmp_path):
         # Exactly the min/max conversion's own figures.
         assert r["snr_db_minmax"] == by_name[r["name"]]["snr_db"], r["name"]
         assert by_name[r["name"]]["snr_db_minmax"] is None
+
+
+def test_the_quantizer_object_takes_the_method(rng):
+    """ArrowQuantV2(method="lsq"): its table, batch and dict methods give the lsq bytes of
+    quantize_arrow(method="lsq"), the table records the method, a call may override it."""
+    w = {"a.weight": (rng.standard_normal((8, 256)) * 0.02).astype(np.float32), "b.weight": (rng.standard_normal(640) * 0.1).astype(np.float32)}
+    t = layer_table(w)
+    q = aq.ArrowQuantV2(device="cpu", method="lsq")
+    assert "method='lsq'" in repr(q)
+    want = aq.quantize_arrow(t, device="cpu", method="lsq")
+    minmax = aq.quantize_arrow(t, device="cpu")
+    for out in [q.quantize_arrow(t), pa.Table.from_batches([q.quantize_arrow_batch(t.to_batches()[0])]), pa.Table.from_batches([q.quantize_batch_arrow(t)])]:
+        for c in ["quantized_data", "scales", "zero_points"]:
+            assert out.column(c).to_pylist() == want.column(c).to_pylist(), c
+        assert json.loads(out.schema.metadata[b"arrow_quant"])["method"] == "lsq"
+    assert q.quantize_arrow(t, method="minmax").column("scales").to_pylist() == minmax.column("scales").to_pylist()
+    res = q.quantize_batch(w)
+    for i, name in enumerate(w):
+        assert res[name]["scales"] == want.column("scales")[i].as_py()
+        assert res[name]["quantized_data"] == want.column("quantized_data")[i].as_py()
+    assert res["a.weight"]["scales"] != minmax.column("scales")[0].as_py()
+    with pytest.raises(ValueError, match="Invalid method: 'lsqq'"):
+        aq.ArrowQuantV2(method="lsqq")
