@@ -42,13 +42,17 @@ def _on_loop(loop: asyncio.AbstractEventLoop, callback: Optional[Callable[..., A
 
 class AsyncArrowQuantV2:
     """Async whole-model quantization (``quantize_diffusion_model_async``,
-    ``quantize_multiple_models_async``, ``validate_quality_async``)."""
+    ``quantize_multiple_models_async``, ``validate_quality_async``); ``method`` as for
+    :class:`ArrowQuantV2`."""
 
-    def __init__(self, max_concurrent: int = 2, *, device: str = "auto") -> None:
+    def __init__(self, max_concurrent: int = 2, *, device: str = "auto", method: str = "minmax") -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {max_concurrent}")
+        if method not in ("minmax", "lsq"):
+            raise ValueError(f"Invalid method: {method!r}. Must be 'minmax' or 'lsq'")
         self.max_concurrent = max_concurrent
         self.device = device
+        self.method = method
         self._slots: Optional[asyncio.Semaphore] = None
         self._slots_loop: Optional[asyncio.AbstractEventLoop] = None
 
@@ -63,7 +67,7 @@ class AsyncArrowQuantV2:
         loop = asyncio.get_running_loop()
         cancel = threading.Event()
         async with self._semaphore():
-            work = loop.run_in_executor(None, lambda: _models.convert(model_path, output_path, config, progress, cancel, self.device))
+            work = loop.run_in_executor(None, lambda: _models.convert(model_path, output_path, config, progress, cancel, self.device, self.method))
             try:
                 return await asyncio.shield(work)
             except asyncio.CancelledError:

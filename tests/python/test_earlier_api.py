@@ -343,6 +343,22 @@ def test_quantize_from_safetensors_returns_measured_values(checkpoint, tmp_path)
     assert aq.quant_metadata(aq.read_quantized(out))["config"]["num_time_groups"] == 10
 
 
+def test_the_model_methods_take_the_method(checkpoint, tmp_path):
+    """ArrowQuantV2(method="lsq") and AsyncArrowQuantV2(method="lsq") convert with the search:
+    the file quantize_model(method="lsq") writes, with other scales than min/max's."""
+    src, tensors = checkpoint
+    r = aq.ArrowQuantV2(method="lsq").quantize_from_safetensors(str(src), str(tmp_path / "lsq.parquet"))
+    direct = tmp_path / "direct.parquet"
+    aq.quantize_model(src, direct, method="lsq", **aq.DiffusionQuantConfig().model_options(tensors))
+    assert Path(r["quantized_path"]).read_bytes() == direct.read_bytes()
+    minmax = aq.ArrowQuantV2().quantize_from_safetensors(str(src), str(tmp_path / "minmax.parquet"))
+    assert Path(minmax["quantized_path"]).read_bytes() != direct.read_bytes()
+    a = asyncio.run(aq.AsyncArrowQuantV2(method="lsq").quantize_diffusion_model_async(str(src), str(tmp_path / "async.parquet")))
+    assert Path(a["quantized_path"]).read_bytes() == direct.read_bytes()
+    with pytest.raises(ValueError, match="Invalid method"):
+        aq.AsyncArrowQuantV2(method="lsqq")
+
+
 def test_config_settings_change_the_conversion(checkpoint, tmp_path):
     src, _ = checkpoint
     q = aq.ArrowQuantV2()
