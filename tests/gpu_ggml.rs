@@ -322,6 +322,44 @@ fn real_magnitudes_stay_on_the_gpu() {
     }
 }
 
+/// Layers the kernels leave to the CPU: values past the K types' and the weighted searches'
+/// bound (2^16) everywhere (every block flagged; the 32-element types without an importance
+/// matrix have no such bound and keep them), and an importance matrix with one column past its
+/// bound (one block of every row flagged, redone from its whole row); the CPU's bytes, and
+/// `redone` says how many.
+#[test]
+fn layers_left_to_the_cpu_give_the_cpus_bytes() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng(5);
+    for ty in TYPES {
+        let (qk, _) = ty.block();
+        let row = qk * 3;
+        let huge: Vec<f32> = (0..row * 9).map(|_| rng.normal_ish() * 3.0e5).collect();
+        let x: Vec<f32> = (0..row * 9).map(|_| rng.normal_ish() * 0.05).collect();
+        let w: Vec<f32> = (0..row).map(|_| rng.unit() + 0.1).collect();
+        let mut one_huge = w.clone();
+        one_huge[qk + 7] = 1.0e6;
+        let k = qk == 256;
+        let weighted = ty != GgmlType::Q8_0; // Q8_0 ignores the importance matrix
+        let cases = [
+            ("huge values", &huge, None, if k { 27 } else { 0 }),
+            ("huge values with an importance matrix", &huge, Some(&w[..]), if weighted { 27 } else { 0 }),
+            ("one huge importance", &x, Some(&one_huge[..]), if weighted { 9 } else { 0 }),
+        ];
+        for (what, x, imatrix, flagged) in cases {
+            let mut out = vec![0u8; ggml::check_rows(ty, x.len(), row, imatrix).unwrap()];
+            let stages = match g.quantize_ggml(ty, x, row, imatrix, &mut out) {
+                Ok(s) => s,
+                Err(QuantError::Unsupported(why)) if g.subnormal_flush().unwrap().is_some() => return eprintln!("{why}"),
+                Err(e) => panic!("{ty}: {e}"),
+            };
+            // A pair is redone whole: a flagged block's neighbour may come along.
+            assert!(stages.redone >= flagged && stages.redone <= 2 * flagged, "{ty} {what}: {} blocks redone, {flagged} expected", stages.redone);
+            assert_same(ty, &out, &cpu_bytes_w(ty, x, row, imatrix), what);
+        }
+    }
+}
+
 /// An importance matrix in llama.cpp's legacy .dat format (ncall 1).
 fn write_imatrix_dat(path: &std::path::Path, entries: &[(&str, Vec<f32>)]) {
     let mut b = Vec::new();

@@ -288,30 +288,46 @@ impl GgmlKernels {
         }
         drop(guard);
         result?;
-        // A weighted block depends on its column and (the 32-element types) on its whole row:
-        // the CPU encodes the row (once for consecutive flagged units of it) and the block's
-        // bytes are copied.
-        let mut cpu_row: Option<(usize, Vec<u8>)> = None;
         stages.redone = flagged.iter().map(|(c0, c1)| c1 - c0).sum();
-        for (c0, c1) in flagged {
-            if weighted.is_none() {
-                ggml::quantize_with(Simd::Scalar, ty, &x[c0 * qk..c1 * qk], qk, None, &mut out[c0 * bytes..c1 * bytes])?;
-                continue;
-            }
-            for c in c0..c1 {
-                let row = c / blocks_per_row;
-                if cpu_row.as_ref().is_none_or(|(r, _)| *r != row) {
-                    let mut b = vec![0u8; blocks_per_row * bytes];
-                    ggml::quantize_with(Simd::Scalar, ty, &x[row * n_per_row..(row + 1) * n_per_row], n_per_row, imatrix, &mut b)?;
-                    cpu_row = Some((row, b));
-                }
-                let (_, b) = cpu_row.as_ref().expect("just encoded");
-                let at = (c % blocks_per_row) * bytes;
-                out[c * bytes..(c + 1) * bytes].copy_from_slice(&b[at..at + bytes]);
-            }
-        }
+        let blocks: Vec<usize> = flagged.into_iter().flat_map(|(c0, c1)| c0..c1).collect();
+        redo_on_cpu(ty, x, n_per_row, weighted.as_ref().and(imatrix), &blocks, out)?;
         Ok(stages)
     }
+}
+
+/// Encodes the flagged `blocks` (ascending block indices of `x`, rows of `n_per_row`) with the
+/// CPU encoders into `out`, in one parallel call. Unweighted, a block depends only on itself:
+/// the blocks are gathered as rows of one block. Weighted, a block also depends on its column's
+/// weights and (the 32-element types) on its row's sigma2: its rows are gathered whole, encoded
+/// with the importance matrix, and the flagged blocks' bytes copied out. (One block at a time
+/// on one core would make a layer whose every block is flagged, say a column of importances
+/// past the kernels' bound in every row, many times slower than the CPU path.)
+fn redo_on_cpu(ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>, blocks: &[usize], out: &mut [u8]) -> Result<()> {
+    if blocks.is_empty() {
+        return Ok(());
+    }
+    let (qk, bytes) = ty.block();
+    let (len, rows): (usize, Vec<usize>) = match imatrix {
+        None => (qk, blocks.to_vec()),
+        Some(_) => {
+            let mut rows: Vec<usize> = blocks.iter().map(|&c| c * qk / n_per_row).collect();
+            rows.dedup();
+            (n_per_row, rows)
+        }
+    };
+    let mut xs = Vec::with_capacity(rows.len() * len);
+    for &r in &rows {
+        xs.extend_from_slice(&x[r * len..(r + 1) * len]);
+    }
+    let mut encoded = vec![0u8; rows.len() * len / qk * bytes];
+    ggml::quantize(ty, &xs, len, imatrix, &mut encoded)?;
+    let per_row = len / qk;
+    for &c in blocks {
+        let r = rows.binary_search(&(c / per_row)).expect("every flagged block's row was gathered");
+        let at = (r * per_row + c % per_row) * bytes;
+        out[c * bytes..(c + 1) * bytes].copy_from_slice(&encoded[at..at + bytes]);
+    }
+    Ok(())
 }
 
 /// Rows that meet every hazard of the kernels: ties of `x*id + 8.5` and of `roundf`, signed
