@@ -188,6 +188,40 @@ struct ChunkOut {
 /// Values per GPU call of [`encode`] (64 Mi: 256 MiB as f32, many of the kernels' chunks).
 const GPU_PIECE: usize = 1 << 26;
 
+/// The GPU's part of [`encode`]: whole rows of at most `piece` values per call, converted from
+/// the stored dtype on the way (an f16 tensor is never held as f32 whole), each importance
+/// slice (`slice_rows` rows) with its own row of the importance matrix (the kernel takes one).
+#[allow(clippy::too_many_arguments)] // encode's own state, handed over whole
+fn encode_in_pieces(
+    ty: GgmlType,
+    values: Values<'_>,
+    n_per_row: usize,
+    slice_rows: Option<usize>,
+    imatrix: Option<&[f32]>,
+    dev: &GgmlDevice,
+    piece: usize,
+    data: &mut [u8],
+) -> Result<()> {
+    let n_rows = values.len() / n_per_row;
+    let row_bytes = data.len() / n_rows;
+    let rows_per_call = (piece / n_per_row).max(1);
+    let slice = slice_rows.unwrap_or(n_rows);
+    let mut buf = vec![0f32; rows_per_call.min(n_rows) * n_per_row];
+    for s0 in (0..n_rows).step_by(slice) {
+        let row = match (slice_rows, imatrix) {
+            (Some(_), Some(m)) => Some(&m[s0 / slice * n_per_row..][..n_per_row]),
+            _ => None,
+        };
+        let s1 = (s0 + slice).min(n_rows);
+        for r0 in (s0..s1).step_by(rows_per_call) {
+            let r1 = (r0 + rows_per_call).min(s1);
+            let x = values.get(r0 * n_per_row..r1 * n_per_row, &mut buf);
+            dev.quantize(ty, x, n_per_row, row, &mut data[r0 * row_bytes..r1 * row_bytes])?;
+        }
+    }
+    Ok(())
+}
+
 /// Encodes one tensor (rows along its last axis) as `ty`, with its importance row (one slice of
 /// `ne[0]` per 2-D matrix, as llama-quantize quantizes each expert of a 3-D tensor), and
 /// measures the result against the values.
@@ -222,24 +256,7 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
     };
     let on_gpu = dev.on_gpu(ty, imatrix.is_some());
     if on_gpu {
-        // Whole rows of at most GPU_PIECE values per call, converted from the stored dtype on
-        // the way (an f16 tensor is never held as f32 whole), each importance slice with its
-        // own row (the kernel takes one).
-        let rows_per_call = (GPU_PIECE / n_per_row).max(1);
-        let slice = slice_rows.unwrap_or(n_rows);
-        let mut buf = vec![0f32; rows_per_call.min(n_rows) * n_per_row];
-        for s0 in (0..n_rows).step_by(slice) {
-            let row = match (slice_rows, imatrix) {
-                (Some(_), Some(m)) => Some(&m[s0 / slice * n_per_row..][..n_per_row]),
-                _ => None,
-            };
-            let s1 = (s0 + slice).min(n_rows);
-            for r0 in (s0..s1).step_by(rows_per_call) {
-                let r1 = (r0 + rows_per_call).min(s1);
-                let x = values.get(r0 * n_per_row..r1 * n_per_row, &mut buf);
-                dev.quantize(ty, x, n_per_row, row, &mut data[r0 * row_bytes..r1 * row_bytes])?;
-            }
-        }
+        encode_in_pieces(ty, values, n_per_row, slice_rows, imatrix, &dev, GPU_PIECE, &mut data)?;
     }
     let chunk_rows = rows_per_chunk(n_per_row);
     let piece_rows = (PIECE_ELEMENTS / n_per_row).clamp(1, chunk_rows);
@@ -319,4 +336,46 @@ fn overflowing_scale(ty: GgmlType, data: &[u8]) -> Option<usize> {
     };
     let (_, bytes) = ty.block();
     data.chunks_exact(bytes).position(|b| fields.iter().any(|&at| u16::from_le_bytes([b[at], b[at + 1]]) & 0x7c00 == 0x7c00))
+}
+
+#[cfg(all(test, feature = "gpu"))]
+mod tests {
+    use super::*;
+    use crate::device::Device;
+
+    /// [`encode_in_pieces`] with pieces of a few rows (the converter's are 64 Mi values, too
+    /// big for a test): f16 rows converted piece by piece, pieces that end inside an importance
+    /// slice (three experts of five rows, pieces of two rows), the CPU's bytes.
+    #[test]
+    fn pieces_of_rows_give_the_cpus_bytes() {
+        let gpu = match GgmlDevice::new(Device::Gpu) {
+            Ok(d) => d,
+            Err(e) if std::env::var("ARROW_QUANT_SKIP_GPU_TESTS").is_ok_and(|v| v == "1") => return eprintln!("skipping GPU test: {e}"),
+            Err(e) => panic!("no GPU adapter for the GPU tests ({e}); set ARROW_QUANT_SKIP_GPU_TESTS=1 to skip"),
+        };
+        let (n_per_row, rows) = (512, 15);
+        let halves: Vec<u8> = (0..rows * n_per_row).flat_map(|i| half::f16::from_f32(((i * 7919 % 1013) as f32 - 506.0) * 1.0e-3).to_le_bytes()).collect();
+        let values = Values::F16(&halves);
+        let mut x = vec![0f32; rows * n_per_row];
+        values.get(0..rows * n_per_row, &mut x);
+        let imatrix: Vec<f32> = (0..3 * n_per_row).map(|i| 0.1 + (i % 97) as f32 / 10.0).collect();
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_0] {
+            for (slice_rows, w) in [(None, None), (Some(5), Some(&imatrix[..]))] {
+                let bytes = ggml::check_rows(ty, x.len(), n_per_row, None).unwrap();
+                let mut want = vec![0u8; bytes];
+                for (e, out) in want.chunks_mut(bytes / 3).enumerate() {
+                    let (xs, ws) = (&x[e * 5 * n_per_row..(e + 1) * 5 * n_per_row], w.map(|w| &w[e * n_per_row..(e + 1) * n_per_row]));
+                    ggml::quantize(ty, xs, n_per_row, ws, out).unwrap();
+                }
+                let mut got = vec![0u8; bytes];
+                match encode_in_pieces(ty, values, n_per_row, slice_rows, w, &gpu, 2 * n_per_row, &mut got) {
+                    Err(QuantError::Unsupported(why)) if crate::gpu::GpuBackend::shared().unwrap().subnormal_flush().unwrap().is_some() => {
+                        return eprintln!("refused on an adapter that flushes subnormals: {why}")
+                    }
+                    r => r.unwrap(),
+                }
+                assert!(got == want, "{ty} (importance slices: {slice_rows:?}): the pieces' bytes differ from the CPU's");
+            }
+        }
+    }
 }
