@@ -275,6 +275,26 @@ fn make_qp_quants(n: u32, nmax: i32) -> f32 {
     return kdiv(sumlx, suml2);
 }
 
+// search.rs' qp_scales_and_mins: the n sub-blocks' scales and mins quantized by
+// make_qp_quants(nmax), weighted by each sub-block's summed weight sw; codes into ls and lm,
+// returns (d, dmin).
+fn qp_scales_and_mins(n: u32, nmax: i32) -> vec2<f32> {
+    for (var j = 0u; j < n; j++) {
+        gx[j] = scales[j];
+        gw[j] = sw[j];
+    }
+    let d = make_qp_quants(n, nmax);
+    for (var j = 0u; j < n; j++) {
+        ls[j] = u32(gl[j]);
+        gx[j] = mins[j];
+    }
+    let m = make_qp_quants(n, nmax);
+    for (var j = 0u; j < n; j++) {
+        lm[j] = u32(gl[j]);
+    }
+    return vec2<f32>(d, m);
+}
+
 // With an importance matrix: false if a weight of the block reaches 2^15 (the header).
 fn imatrix_ok() -> bool {
     for (var j = 0u; j < QK; j++) {
@@ -440,18 +460,8 @@ fn encode_q45_k(nmax: i32) -> bool {
     var dbits: u32;
     var mbits: u32;
     if weighted {
+        let dm = qp_scales_and_mins(8u, 63);
         for (var j = 0u; j < 8u; j++) {
-            gx[j] = scales[j];
-            gw[j] = sw[j];
-        }
-        let d = make_qp_quants(8u, 63);
-        for (var j = 0u; j < 8u; j++) {
-            ls[j] = u32(gl[j]);
-            gx[j] = mins[j];
-        }
-        let m = make_qp_quants(8u, 63);
-        for (var j = 0u; j < 8u; j++) {
-            lm[j] = u32(gl[j]);
             if nmax == 31 {
                 ls[j] = min(ls[j], 63u);
                 lm[j] = min(lm[j], 63u);
@@ -460,8 +470,8 @@ fn encode_q45_k(nmax: i32) -> bool {
         if bad {
             return false;
         }
-        dbits = f16_bits(bitcast<u32>(d));
-        mbits = f16_bits(bitcast<u32>(m));
+        dbits = f16_bits(bitcast<u32>(dm.x));
+        mbits = f16_bits(bitcast<u32>(dm.y));
     } else {
         let b = q45_k_scales();
         dbits = b.x;
@@ -577,24 +587,15 @@ fn encode_q2_k() -> bool {
     var dbits = 0u;
     var mbits = 0u;
     if weighted {
+        let dm = qp_scales_and_mins(16u, 15);
         for (var j = 0u; j < 16u; j++) {
-            gx[j] = scales[j];
-            gw[j] = sw[j];
-        }
-        let d = make_qp_quants(16u, 15);
-        for (var j = 0u; j < 16u; j++) {
-            ls[j] = u32(gl[j]);
-            gx[j] = mins[j];
-        }
-        let m = make_qp_quants(16u, 15);
-        for (var j = 0u; j < 16u; j++) {
-            ls[j] = (ls[j] | (u32(gl[j]) << 4u)) & 0xffu;
+            ls[j] = (ls[j] | (lm[j] << 4u)) & 0xffu;
         }
         if bad {
             return false;
         }
-        dbits = f16_bits(bitcast<u32>(d));
-        mbits = f16_bits(bitcast<u32>(m));
+        dbits = f16_bits(bitcast<u32>(dm.x));
+        mbits = f16_bits(bitcast<u32>(dm.y));
     } else {
         let b = q2_k_scales();
         dbits = b.x;

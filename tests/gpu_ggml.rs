@@ -10,7 +10,7 @@ mod model_common;
 use arrow_quant_v2::error::QuantError;
 use arrow_quant_v2::gpu::{
     ggml::{self_test_rows, unit_blocks},
-    GpuBackend,
+    GpuBackend, Stages,
 };
 use arrow_quant_v2::quant::ggml::{self, GgmlType};
 use common::Rng;
@@ -38,9 +38,15 @@ fn gpu_bytes(g: &GpuBackend, ty: GgmlType, x: &[f32], n_per_row: usize) -> Optio
 }
 
 fn gpu_bytes_w(g: &GpuBackend, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Option<Vec<u8>> {
+    gpu_run(g, ty, x, n_per_row, imatrix).map(|(out, _)| out)
+}
+
+/// The GPU's bytes and where its time went (and how many blocks it left to the CPU); `None`
+/// where the adapter refuses the type because it flushes subnormals.
+fn gpu_run(g: &GpuBackend, ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Option<(Vec<u8>, Stages)> {
     let mut out = vec![0u8; ggml::check_rows(ty, x.len(), n_per_row, imatrix).unwrap()];
     match g.quantize_ggml(ty, x, n_per_row, imatrix, &mut out) {
-        Ok(_) => Some(out),
+        Ok(stages) => Some((out, stages)),
         Err(QuantError::Unsupported(why)) => {
             assert!(g.subnormal_flush().unwrap().is_some(), "{ty} refused on an adapter that keeps subnormals: {why}");
             assert!(why.contains("subnormal"), "{why}");
@@ -309,12 +315,7 @@ fn real_magnitudes_stay_on_the_gpu() {
         let x: Vec<f32> = (0..row * 40).map(|_| rng.normal_ish() * if rng.below(500) == 0 { 2.0 } else { 0.03 }).collect();
         let w: Vec<f32> = (0..row).map(|_| rng.unit().powi(3) * 1.0e3 + 1.0e-4).collect();
         for imatrix in [None, Some(&w[..])] {
-            let mut out = vec![0u8; ggml::check_rows(ty, x.len(), row, imatrix).unwrap()];
-            let stages = match g.quantize_ggml(ty, &x, row, imatrix, &mut out) {
-                Ok(s) => s,
-                Err(QuantError::Unsupported(why)) if g.subnormal_flush().unwrap().is_some() => return eprintln!("{why}"),
-                Err(e) => panic!("{ty}: {e}"),
-            };
+            let Some((out, stages)) = gpu_run(g, ty, &x, row, imatrix) else { return };
             let what = if imatrix.is_some() { "with an importance matrix" } else { "without one" };
             assert_eq!(stages.redone, 0, "{ty} {what}: blocks of real magnitudes were left to the CPU");
             assert_same(ty, &out, &cpu_bytes_w(ty, &x, row, imatrix), what);
@@ -347,12 +348,7 @@ fn layers_left_to_the_cpu_give_the_cpus_bytes() {
             ("one huge importance", &x, Some(&one_huge[..]), if weighted { 9 } else { 0 }),
         ];
         for (what, x, imatrix, flagged) in cases {
-            let mut out = vec![0u8; ggml::check_rows(ty, x.len(), row, imatrix).unwrap()];
-            let stages = match g.quantize_ggml(ty, x, row, imatrix, &mut out) {
-                Ok(s) => s,
-                Err(QuantError::Unsupported(why)) if g.subnormal_flush().unwrap().is_some() => return eprintln!("{why}"),
-                Err(e) => panic!("{ty}: {e}"),
-            };
+            let Some((out, stages)) = gpu_run(g, ty, x, row, imatrix) else { return };
             // A pair is redone whole: a flagged block's neighbour may come along.
             assert!(stages.redone >= flagged && stages.redone <= 2 * flagged, "{ty} {what}: {} blocks redone, {flagged} expected", stages.redone);
             assert_same(ty, &out, &cpu_bytes_w(ty, x, row, imatrix), what);
