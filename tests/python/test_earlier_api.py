@@ -514,7 +514,7 @@ def test_async_cancellation_leaves_no_file(checkpoint, tmp_path, monkeypatch):
     real = models_module.convert
     stopped_at = []
 
-    def held(model_path, output_path, config, progress, cancel, device):
+    def held(model_path, output_path, config, progress, cancel, device, method):
         """After the first tensor, the worker waits until the cancellation has reached it, so
         the test does not race the conversion's end."""
 
@@ -524,7 +524,7 @@ def test_async_cancellation_leaves_no_file(checkpoint, tmp_path, monkeypatch):
                 assert cancel.wait(10)
                 stopped_at.append(fraction)
 
-        return real(model_path, output_path, config, report, cancel, device)
+        return real(model_path, output_path, config, report, cancel, device, method)
 
     monkeypatch.setattr(models_module, "convert", held)
 
