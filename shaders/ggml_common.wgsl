@@ -277,6 +277,21 @@ fn x_at(i: u32) -> f32 {
     return f(xb[i]);
 }
 
+// search.rs' signed_absmax over xb[o..o+n], on the bits: (the largest magnitude, the first
+// element of that magnitude with its sign).
+fn signed_absmax(o: u32, n: u32) -> vec2<u32> {
+    var amax = 0u;
+    var mx = 0u;
+    for (var i = 0u; i < n; i++) {
+        let a = xb[o + i] & 0x7fffffffu;
+        if a > amax {
+            amax = a;
+            mx = xb[o + i];
+        }
+    }
+    return vec2<u32>(amax, mx);
+}
+
 // `make_qkx2_quants` (search.rs' make_qkx_quants) over xb[o..o+n] with weights wts[0..n]: the
 // weighted error (|diff| or diff², `diff = scale*l + min - x`) of the codes in laux, and the
 // codes of inverse scale `iscale` against `lmin`.

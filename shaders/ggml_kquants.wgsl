@@ -53,10 +53,10 @@ var<private> scales: array<f32, 16>;
 var<private> mins: array<f32, 16>;
 var<private> ls: array<u32, 16>;
 var<private> lm: array<u32, 16>;
-// A group searched by make_qx_quants or make_qp_quants: its values, weights and codes (a
-// sub-block's weights, or the sub-blocks' scales or mins and their summed weights `sw`).
+// A group searched by make_qx_quants or make_qp_quants: its values and codes (a sub-block, or
+// the sub-blocks' scales or mins); its weights are in `wts`, as for make_qkx2_quants (a
+// sub-block's, or each sub-block's summed weight `sw`).
 var<private> gx: array<f32, 16>;
-var<private> gw: array<f32, 16>;
 var<private> gl: array<i32, 16>;
 var<private> sw: array<f32, 16>;
 
@@ -86,7 +86,7 @@ fn f16_value(h: u32) -> f32 {
 }
 
 // `make_qx_quants(16, nmax, gx, L, 1, w)` for an `iscale`: the sums of the codes it gives,
-// (sumlx, suml2), weights gw (or x² unweighted).
+// (sumlx, suml2), weights wts (or x² unweighted).
 fn qx_sums(nmax: i32, iscale: f32, weighted: bool) -> vec2<f32> {
     var sumlx = 0.0;
     var suml2 = 0.0;
@@ -95,7 +95,7 @@ fn qx_sums(nmax: i32, iscale: f32, weighted: bool) -> vec2<f32> {
         let l = clamp(nearest(pm(iscale, x)), -nmax, nmax - 1);
         var w = pm(x, x);
         if weighted {
-            w = gw[i];
+            w = wts[i];
         }
         let lf = f32(l);
         sumlx = sumlx + pm(pm(w, x), lf);
@@ -104,7 +104,7 @@ fn qx_sums(nmax: i32, iscale: f32, weighted: bool) -> vec2<f32> {
     return vec2<f32>(sumlx, suml2);
 }
 
-// search.rs' make_qx_quants (rmse_type 1) over gx[0..16], weighted by gw or by x²: codes
+// search.rs' make_qx_quants (rmse_type 1) over gx[0..16], weighted by wts or by x²: codes
 // `l + nmax` into gl, returns the scale. The codes of the best candidate are recomputed from
 // its inverse scale at the end (the same operations give the same codes). Weighted, the sums'
 // bounds are checked (the header): 2^eb1 bounds |sumlx|, 2^eb2 suml2.
@@ -129,7 +129,7 @@ fn make_qx_quants(nmax: i32, weighted: bool) -> f32 {
     if weighted {
         var s = 0.0;
         for (var i = 0u; i < 16u; i++) {
-            s = s + abs(gw[i]);
+            s = s + abs(wts[i]);
         }
         eb1 = ex(s) + 1 + ex(f(amax)) + bits(nmax);
         eb2 = ex(s) + 1 + 2 * bits(nmax);
@@ -170,7 +170,7 @@ fn make_qx_quants(nmax: i32, weighted: bool) -> f32 {
     return scale;
 }
 
-// search.rs' make_qp_quants over gx[0..n] (the sub-blocks' scales or mins) with weights gw:
+// search.rs' make_qp_quants over gx[0..n] (the sub-blocks' scales or mins) with weights wts:
 // codes `(uint8_t)l`, l in [0, nmax], into gl; returns the scale. A negative value, a product
 // of sums that could leave f32's range, or a descent quotient of 2^22 or more flags the block
 // (the header).
@@ -192,7 +192,7 @@ fn make_qp_quants(n: u32, nmax: i32) -> f32 {
         if bitcast<u32>(gx[i]) > NEG_ZERO {
             bad = true;
         }
-        s = s + abs(gw[i]);
+        s = s + abs(wts[i]);
     }
     let es = ex(s) + 1;
     let eb1 = es + ex(mx) + bits(nmax);
@@ -211,7 +211,7 @@ fn make_qp_quants(n: u32, nmax: i32) -> f32 {
     var best_mse = 0.0;
     for (var i = 0u; i < n; i++) {
         let diff = keep(gx[i] - pm(scale, f32(gl[i])));
-        best_mse = best_mse + pm(pm(gw[i], diff), diff);
+        best_mse = best_mse + pm(pm(wts[i], diff), diff);
     }
     for (var is = -4; is <= 4; is++) {
         if is == 0 {
@@ -223,7 +223,7 @@ fn make_qp_quants(n: u32, nmax: i32) -> f32 {
         for (var i = 0u; i < n; i++) {
             let l = min(nearest(pm(iscale_is, gx[i])), nmax);
             let diff = keep(gx[i] - pm(scale_is, f32(l)));
-            mse = mse + pm(pm(gw[i], diff), diff);
+            mse = mse + pm(pm(wts[i], diff), diff);
         }
         if mse < best_mse {
             best_mse = mse;
@@ -236,13 +236,13 @@ fn make_qp_quants(n: u32, nmax: i32) -> f32 {
         let l = min(nearest(pm(iscale, gx[i])), nmax);
         gl[i] = l & 0xff;
         let lf = f32(l);
-        sumlx = sumlx + pm(pm(gw[i], gx[i]), lf);
-        suml2 = suml2 + pm(pm(gw[i], lf), lf);
+        sumlx = sumlx + pm(pm(wts[i], gx[i]), lf);
+        suml2 = suml2 + pm(pm(wts[i], lf), lf);
     }
     for (var it = 0u; it < 5u; it++) {
         var changed = false;
         for (var i = 0u; i < n; i++) {
-            let w = gw[i];
+            let w = wts[i];
             let li = f32(gl[i]);
             let slx = keep(sumlx - pm(pm(w, gx[i]), li));
             let sl2 = keep(suml2 - pm(pm(w, li), li));
@@ -281,7 +281,7 @@ fn make_qp_quants(n: u32, nmax: i32) -> f32 {
 fn qp_scales_and_mins(n: u32, nmax: i32) -> vec2<f32> {
     for (var j = 0u; j < n; j++) {
         gx[j] = scales[j];
-        gw[j] = sw[j];
+        wts[j] = sw[j];
     }
     let d = make_qp_quants(n, nmax);
     for (var j = 0u; j < n; j++) {
@@ -317,9 +317,28 @@ fn block_sigma2(twice: bool) -> f32 {
     return kdiv(s, 256.0);
 }
 
-// Element i's weight `qw[i] * sqrtf(sigma2 + x[i]*x[i])`.
-fn kq_weight(i: u32, s2: f32) -> f32 {
-    return pm(f(imatrix[qw_at + i]), f(sqrt_rn(bitcast<u32>(keep(s2 + pm(x_at(i), x_at(i)))))));
+// The weights `qw[i] * sqrtf(sigma2 + x[i]*x[i])` of the sub-block xb[o..o+n] into wts; returns
+// their sum, added in order (the sub-block's `sw`).
+fn sub_block_weights(o: u32, n: u32, s2: f32) -> f32 {
+    var sumw = 0.0;
+    for (var l = 0u; l < n; l++) {
+        let x = x_at(o + l);
+        wts[l] = pm(f(imatrix[qw_at + o + l]), f(sqrt_rn(bitcast<u32>(keep(s2 + pm(x, x))))));
+        sumw = sumw + wts[l];
+    }
+    return sumw;
+}
+
+// Q3_K's and Q6_K's last step for the sub-block xb[o..o+16]: its weights again against the
+// stored sub-block scale dj, codes `clamp(nearest_int(x/dj), -nmax, nmax-1) + nmax`; a
+// sub-block whose scale is 0 keeps its codes.
+fn requantize_symmetric(o: u32, dj: f32, nmax: i32) {
+    if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
+        return;
+    }
+    for (var i = o; i < o + 16u; i++) {
+        codes[i] = clamp(nearest(kdiv(x_at(i), dj)), -nmax, nmax - 1) + nmax;
+    }
 }
 
 // Q6_K: sixteen make_qx_quants(16, 32) sub-blocks (weighted by the importance matrix itself),
@@ -333,7 +352,7 @@ fn encode_q6_k() -> bool {
         for (var i = 0u; i < 16u; i++) {
             gx[i] = x_at(16u * ib + i);
             if weighted {
-                gw[i] = f(imatrix[qw_at + 16u * ib + i]);
+                wts[i] = f(imatrix[qw_at + 16u * ib + i]);
             }
         }
         scales[ib] = make_qx_quants(32, weighted);
@@ -365,14 +384,7 @@ fn encode_q6_k() -> bool {
     }
     let d = f16_value(dbits);
     for (var j = 0u; j < 16u; j++) {
-        let dj = pm(d, f32(sc[j]));
-        if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
-            continue;
-        }
-        for (var ii = 0u; ii < 16u; ii++) {
-            let i = 16u * j + ii;
-            codes[i] = clamp(nearest(kdiv(x_at(i), dj)), -32, 31) + 32;
-        }
+        requantize_symmetric(16u * j, pm(d, f32(sc[j])), 32);
     }
     if bad {
         return false;
@@ -429,12 +441,7 @@ fn encode_q45_k(nmax: i32) -> bool {
         let o = 32u * j;
         var r: vec2<f32>;
         if weighted {
-            var sumw = 0.0;
-            for (var l = 0u; l < 32u; l++) {
-                wts[l] = kq_weight(o + l, s2);
-                sumw = sumw + wts[l];
-            }
-            sw[j] = sumw;
+            sw[j] = sub_block_weights(o, 32u, s2);
             r = make_qkx2_quants(o, 32u, nmax, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
         } else {
             var sum_x2 = 0.0;
@@ -565,12 +572,7 @@ fn encode_q2_k() -> bool {
         let o = 16u * j;
         var r: vec2<f32>;
         if weighted {
-            var sumw = 0.0;
-            for (var l = 0u; l < 16u; l++) {
-                wts[l] = kq_weight(o + l, s2);
-                sumw = sumw + wts[l];
-            }
-            sw[j] = sumw;
+            sw[j] = sub_block_weights(o, 16u, s2);
             r = make_qkx2_quants(o, 16u, 3, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
         } else {
             for (var l = 0u; l < 16u; l++) {
@@ -677,16 +679,9 @@ fn emit_2bit() {
 // search.rs' make_q3_quants(nmax 4) over xb[o..o+16]: codes `l + 4` (0 for a zero group) into
 // codes[o..o+16]; returns the scale.
 fn make_q3_quants(o: u32) -> f32 {
-    var amax = 0u;
-    var mx = 0u;
-    for (var i = 0u; i < 16u; i++) {
-        let a = xb[o + i] & 0x7fffffffu;
-        if a > amax {
-            amax = a;
-            mx = xb[o + i];
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let am = signed_absmax(o, 16u);
+    let mx = am.y;
+    if am.x < GROUP_MAX_EPS {
         for (var i = 0u; i < 16u; i++) {
             codes[o + i] = 0;
         }
@@ -751,13 +746,10 @@ fn encode_q3_k() -> bool {
         }
         let s2 = block_sigma2(true);
         for (var j = 0u; j < 16u; j++) {
-            var sumw = 0.0;
+            sw[j] = sub_block_weights(16u * j, 16u, s2);
             for (var l = 0u; l < 16u; l++) {
                 gx[l] = x_at(16u * j + l);
-                gw[l] = kq_weight(16u * j + l, s2);
-                sumw = sumw + gw[l];
             }
-            sw[j] = sumw;
             scales[j] = make_qx_quants(4, true);
             for (var l = 0u; l < 16u; l++) {
                 codes[16u * j + l] = gl[l];
@@ -768,7 +760,7 @@ fn encode_q3_k() -> bool {
         }
         for (var j = 0u; j < 16u; j++) {
             gx[j] = scales[j];
-            gw[j] = sw[j];
+            wts[j] = sw[j];
         }
         d = make_qx_quants(32, true);
         for (var j = 0u; j < 16u; j++) {
@@ -817,14 +809,7 @@ fn finish_q3_k(d: f32) -> bool {
     let dbits = f16_bits(bitcast<u32>(d));
     let d16 = f16_value(dbits);
     for (var j = 0u; j < 16u; j++) {
-        let dj = pm(d16, f32(i32(ls[j]) - 32));
-        if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
-            continue;
-        }
-        for (var ii = 0u; ii < 16u; ii++) {
-            let i = 16u * j + ii;
-            codes[i] = clamp(nearest(kdiv(x_at(i), dj)), -4, 3) + 4;
-        }
+        requantize_symmetric(16u * j, pm(d16, f32(i32(ls[j]) - 32)), 4);
     }
     if bad {
         return false;

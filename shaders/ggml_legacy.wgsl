@@ -36,16 +36,7 @@ fn block_bytes() -> u32 {
 // `d = max / -half`, codes `MIN(2*half-1, (int8_t)(x*id + half + 0.5f))`. Writes d; false if the
 // block needs the CPU.
 fn encode_symmetric(half_: u32) -> bool {
-    var amax = 0u;
-    var max_ = 0u;
-    for (var j = 0u; j < QK; j++) {
-        let a = xb[j] & 0x7fffffffu;
-        if a > amax {
-            amax = a;
-            max_ = xb[j];
-        }
-    }
-    let d = fdiv(max_, bitcast<u32>(-f32(half_)));
+    let d = fdiv(signed_absmax(0u, QK).y, bitcast<u32>(-f32(half_)));
     let id = inverse(d);
     if !is_finite(id) {
         return false;
@@ -156,16 +147,9 @@ fn small_scale(s: f32) {
 // search.rs' make_qx_quants (rmse_type 1) with weights wts: codes `l + nmax` into codes, returns
 // the scale. The best candidate's codes are recomputed from its inverse scale at the end.
 fn make_qx_quants_w(nmax: i32) -> f32 {
-    var amax = 0u;
-    var mx = 0u;
-    for (var i = 0u; i < QK; i++) {
-        let a = xb[i] & 0x7fffffffu;
-        if a > amax {
-            amax = a;
-            mx = xb[i];
-        }
-    }
-    if amax < GROUP_MAX_EPS {
+    let am = signed_absmax(0u, QK);
+    let mx = am.y;
+    if am.x < GROUP_MAX_EPS {
         for (var i = 0u; i < QK; i++) {
             codes[i] = 0;
         }
