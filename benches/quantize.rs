@@ -25,6 +25,9 @@ use arrow_quant_v2::{Backend, BitWidth, DequantJob, GroupLayout, MeasuredJob, Me
 use criterion::{Criterion, Throughput};
 use rayon::prelude::*;
 
+/// Calls timed by [`Case::quantize_small_calls`].
+const SMALL_CALLS: usize = 1024;
+
 struct Case {
     weights: Vec<f32>,
     layout: GroupLayout,
@@ -83,6 +86,25 @@ impl Case {
 
     fn quantize_with(&mut self, backend: CpuBackend) {
         self.quantize_by(backend, Method::MinMax)
+    }
+
+    /// The same values as calls of one 4096-value layer each (a small table from Python), in
+    /// the cache: what a call costs besides its work.
+    fn quantize_small_calls(&mut self) {
+        let l = GroupLayout::new(32, 128, self.layout.config());
+        let bytes = l.packed_len();
+        for _ in 0..SMALL_CALLS {
+            CpuBackend::new()
+                .quantize(&mut [QuantJob {
+                    name: "small",
+                    weights: &self.weights[..4096],
+                    layout: l,
+                    packed: &mut self.packed[..bytes],
+                    scales: &mut self.scales[..32],
+                    zero_points: &mut self.zero_points[..32],
+                }])
+                .unwrap();
+        }
     }
 
     fn quantize_by(&mut self, backend: CpuBackend, method: Method) {
@@ -177,7 +199,7 @@ fn main() {
     let table = layer_table(&case.weights);
     let (mut read, mut quant, mut avx2, mut portable, mut dequant, mut validate) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut fused, mut fused_bf16, mut separate) = (vec![], vec![], vec![]);
-    let (mut lsq, mut lsq2, mut minmax2) = (vec![], vec![], vec![]);
+    let (mut lsq, mut lsq2, mut minmax2, mut small) = (vec![], vec![], vec![], vec![]);
     let two_bit = GroupLayout::new(case.layout.n_rows, case.layout.row_len, QuantConfig::new(BitWidth::B2, 64).unwrap());
     let mut buffers2 = (vec![0u8; two_bit.packed_len()], vec![0f32; two_bit.n_groups()], vec![0f32; two_bit.n_groups()]);
     for _ in 0..15 {
@@ -207,6 +229,9 @@ fn main() {
         let t = Instant::now();
         case.quantize_by(CpuBackend::new(), Method::Lsq);
         lsq.push(t.elapsed());
+        let t = Instant::now();
+        case.quantize_small_calls();
+        small.push(t.elapsed());
         // 2-bit g64, where lsq gains the most (its own output buffers, swapped in).
         let layout = std::mem::replace(&mut case.layout, two_bit);
         std::mem::swap(&mut case.packed, &mut buffers2.0);
@@ -234,6 +259,9 @@ fn main() {
     println!("  quantize avx2     {:6.2} GB/s   ratio to read {:.2}x", gbs(a), r.as_secs_f64() / a.as_secs_f64());
     println!("  quantize portable {:6.2} GB/s   ratio to read {:.2}x", gbs(p), r.as_secs_f64() / p.as_secs_f64());
     println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
+    let per_call = median(small).as_secs_f64() / SMALL_CALLS as f64;
+    let small_gbs = 4096.0 * 4.0 / per_call / 1e9;
+    println!("  small calls (4096 values each, in cache) {:.2} µs per call = {small_gbs:.2} GB/s, {:.2}x of the large call's rate", per_call * 1e6, small_gbs / gbs(q));
     let (l, l2, m2) = (median(lsq), median(lsq2), median(minmax2));
     println!("method=\"lsq\" (search-refined scales), f32 input GB/s:");
     println!("  lsq 4-bit g128    {:6.2} GB/s   cost vs minmax {:.2}x", gbs(l), l.as_secs_f64() / q.as_secs_f64());

@@ -3,7 +3,7 @@
 mod common;
 
 use arrow_quant_v2::cpu::{CpuBackend, Isa};
-use arrow_quant_v2::{BitWidth, QuantError, QuantizedTensor};
+use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantError, QuantizedTensor};
 use common::*;
 use proptest::prelude::*;
 
@@ -60,12 +60,15 @@ fn negative_zero_is_the_minimum_of_zeros() {
 
 #[test]
 fn nan_is_reported_at_its_first_index_in_the_first_bad_layer() {
-    let mut w = vec![0.5f32; 300];
-    w[217] = f32::NAN;
-    w[250] = f32::INFINITY;
-    let err = QuantizedTensor::quantize(&CpuBackend::new(), "blk.0", &w, layout(1, 300, BitWidth::B4, 128)).unwrap_err();
-    assert!(matches!(err, QuantError::NonFinite { index: 217, .. }), "{err:?}");
-    assert!(err.to_string().starts_with("Layer 'blk.0' contains NaN or Inf at index 217"), "{err}");
+    // A small call runs on the calling thread, a large one across the pool: the same error.
+    for (rows, row_len, bad) in [(1, 300, 217), (2048, 128, 200_017)] {
+        let mut w = vec![0.5f32; rows * row_len];
+        w[bad] = f32::NAN;
+        w[bad + 33] = f32::INFINITY;
+        let err = QuantizedTensor::quantize(&CpuBackend::new(), "blk.0", &w, layout(rows, row_len, BitWidth::B4, 128)).unwrap_err();
+        assert!(matches!(err, QuantError::NonFinite { index, .. } if index == bad), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("Layer 'blk.0' contains NaN or Inf at index {bad}")), "{err}");
+    }
 }
 
 #[test]
@@ -87,6 +90,26 @@ fn adversarial_layers_match_reference() {
             let w = adversarial_layer(&mut rng, &l);
             for backend in BACKENDS {
                 assert_matches_reference(&backend, &w, l);
+            }
+        }
+    }
+}
+
+/// A call with little work (under 2^17 values; an lsq value counts as 8) runs on the calling
+/// thread; a larger one is split across the pool, into even spans over its rows where every row
+/// ends on a group boundary (the job is then one long run of groups), else row by row. Each
+/// pair of layouts below puts one on each side, with and without a tail group per row.
+#[test]
+fn calls_on_the_calling_thread_and_across_the_pool_match_reference() {
+    let mut rng = Rng(0x5eed);
+    for method in [Method::MinMax, Method::Lsq] {
+        for bits in BITS {
+            for (rows, row_len, gs) in [(16, 64, 32), (4099, 64, 32), (10, 130, 64), (1100, 130, 64)] {
+                let l = GroupLayout { method, ..layout(rows, row_len, bits, gs) };
+                let w = adversarial_layer(&mut rng, &l);
+                for backend in BACKENDS {
+                    assert_matches_reference(&backend, &w, l);
+                }
             }
         }
     }
