@@ -136,7 +136,8 @@ const INLINE_WORK: usize = 1 << 17;
 
 fn inline<'a>(layouts: impl Iterator<Item = &'a GroupLayout>) -> bool {
     let work: usize = layouts.map(|l| l.n_elements() * if l.method == Method::Lsq { 8 } else { 1 }).sum();
-    work < INLINE_WORK
+    // A pool of one thread would only add the hand-over.
+    work < INLINE_WORK || crate::threads::num_threads() == 1
 }
 
 /// Rows handed to one task at most: about [`SPAN_ELEMENTS`]. Without a bound, rayon splits a
