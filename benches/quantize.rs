@@ -64,10 +64,17 @@ impl Case {
         (self.weights.len() * 4) as u64
     }
 
-    /// One pass over the input on every core: the floor for anything that reads it.
+    /// One pass over the input on every core: the floor for anything that reads it. On the
+    /// crate's pool, split as finely as the quantizer splits (one task per span): rayon's own
+    /// pool beside it left one core idle in some runs (its workers and ours took turns).
     fn read(&self) -> u32 {
+        arrow_quant_v2::threads::install(|| self.read_here())
+    }
+
+    fn read_here(&self) -> u32 {
         self.weights
-            .par_chunks(1 << 16)
+            .par_chunks(1 << 15)
+            .with_max_len(1)
             .map(|c| {
                 let mut acc = [0u32; 16];
                 for block in c.chunks_exact(16) {

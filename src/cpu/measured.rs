@@ -31,6 +31,7 @@ pub(super) fn quantize_measured(job: &mut MeasuredJob<'_>, isa: Isa) -> Result<E
             .zip(job.scales.par_chunks_mut(rows * l.groups_per_row()))
             .zip(job.zero_points.par_chunks_mut(rows * l.groups_per_row()))
             .enumerate()
+            .with_max_len(1)
             .map(|(c, ((p, s), z))| {
                 let first_row = c * rows;
                 let chunk = GroupLayout { n_rows: rows.min(l.n_rows - first_row), ..l };
