@@ -184,6 +184,21 @@ fn layer_table(weights: &[f32]) -> RecordBatch {
     RecordBatch::try_from_iter([("layer_name", names), ("weights", lists)]).unwrap()
 }
 
+/// This process's CPU time on all its threads, in seconds (Linux), to tell a call that kept
+/// every core busy from one where a core sat idle.
+#[cfg(target_os = "linux")]
+fn process_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+#[cfg(not(target_os = "linux"))]
+fn process_cpu_seconds() -> f64 {
+    f64::NAN
+}
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -207,6 +222,7 @@ fn main() {
     let (mut read, mut quant, mut avx2, mut portable, mut dequant, mut validate) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut fused, mut fused_bf16, mut separate) = (vec![], vec![], vec![]);
     let (mut lsq, mut lsq2, mut minmax2, mut small) = (vec![], vec![], vec![], vec![]);
+    let mut busy: Vec<f64> = vec![];
     let two_bit = GroupLayout::new(case.layout.n_rows, case.layout.row_len, QuantConfig::new(BitWidth::B2, 64).unwrap());
     let mut buffers2 = (vec![0u8; two_bit.packed_len()], vec![0f32; two_bit.n_groups()], vec![0f32; two_bit.n_groups()]);
     for _ in 0..15 {
@@ -221,9 +237,10 @@ fn main() {
         let t = Instant::now();
         black_box(case.read());
         read.push(t.elapsed());
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), process_cpu_seconds());
         case.quantize();
         quant.push(t.elapsed());
+        busy.push((process_cpu_seconds() - cpu) / t.elapsed().as_secs_f64());
         let t = Instant::now();
         case.quantize_with(CpuBackend::up_to(Isa::Avx2));
         avx2.push(t.elapsed());
@@ -263,6 +280,8 @@ fn main() {
     println!("\n{} ({} threads), median of 15 interleaved runs, f32 input GB/s:", CpuBackend::new().name(), rayon::current_num_threads());
     println!("  read baseline     {:6.2} GB/s", gbs(r));
     println!("  quantize          {:6.2} GB/s   ratio to read {:.2}x   (slowest/fastest of 15: {quant_spread:.2})", gbs(q), r.as_secs_f64() / q.as_secs_f64());
+    busy.sort_by(f64::total_cmp);
+    println!("  quantize CPU time / wall time: lowest {:.2}, median {:.2} of {} threads (below the thread count: a core sat idle)", busy[0], busy[busy.len() / 2], rayon::current_num_threads());
     println!("  quantize avx2     {:6.2} GB/s   ratio to read {:.2}x", gbs(a), r.as_secs_f64() / a.as_secs_f64());
     println!("  quantize portable {:6.2} GB/s   ratio to read {:.2}x", gbs(p), r.as_secs_f64() / p.as_secs_f64());
     println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
