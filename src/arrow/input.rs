@@ -38,20 +38,21 @@ pub fn read_layers(batch: &RecordBatch) -> Result<Vec<Layer<'_>>> {
         None => None,
     };
 
-    crate::threads::install(|| {
-        names
-            .into_par_iter()
-            .enumerate()
-            .map(|(row, name)| {
-                let weights = layer_weights(&weights, row, &name)?;
-                let shape = match &shapes {
-                    Some(s) => s.shape(row, &name, weights.len())?,
-                    None => vec![weights.len()],
-                };
-                Ok(Layer { name, weights, shape })
-            })
-            .collect()
-    })
+    let read = |(row, name): (usize, String)| {
+        let weights = layer_weights(&weights, row, &name)?;
+        let shape = match &shapes {
+            Some(s) => s.shape(row, &name, weights.len())?,
+            None => vec![weights.len()],
+        };
+        Ok(Layer { name, weights, shape })
+    };
+    if crate::threads::runs_inline(weights.values.len()) {
+        return names.into_iter().enumerate().map(read).collect();
+    }
+    // Every layer's result, then the first error in row order: rayon's own collect into a
+    // `Result` returns whichever error a thread met first.
+    let layers: Vec<Result<Layer<'_>>> = crate::threads::install(|| names.into_par_iter().enumerate().map(read).collect());
+    layers.into_iter().collect()
 }
 
 fn layer_weights<'a>(col: &ListColumn<'a>, row: usize, name: &str) -> Result<Cow<'a, [f32]>> {

@@ -128,16 +128,10 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Calls with less work than this (in min/max values; an `lsq` value counts as 8) run on the
-/// calling thread. Handing a call to the pool and waiting for it wakes sleeping workers: about
-/// 20 µs per call on the 2-core VM we measure on (a call of 4096 values took 20 µs through the
-/// pool and 1 µs on the calling thread), where one core encodes 2^17 values in about 29 µs.
-const INLINE_WORK: usize = 1 << 17;
-
+/// Whether a call runs on the calling thread ([`crate::threads::runs_inline`]); an `lsq` value
+/// counts as 8 min/max values of work.
 fn inline<'a>(layouts: impl Iterator<Item = &'a GroupLayout>) -> bool {
-    let work: usize = layouts.map(|l| l.n_elements() * if l.method == Method::Lsq { 8 } else { 1 }).sum();
-    // A pool of one thread would only add the hand-over.
-    work < INLINE_WORK || crate::threads::num_threads() == 1
+    crate::threads::runs_inline(layouts.map(|l| l.n_elements() * if l.method == Method::Lsq { 8 } else { 1 }).sum())
 }
 
 /// Rows handed to one task at most: about [`SPAN_ELEMENTS`]. Without a bound, rayon splits a

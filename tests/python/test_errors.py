@@ -41,6 +41,21 @@ def test_nan_or_inf_names_layer_and_first_index(bad):
         aq.quantize_arrow(t, group_size=8)
 
 
+@pytest.mark.parametrize("n", [64, 1 << 16])
+def test_small_and_large_tables_report_the_same_first_bad_layer(n):
+    # Three layers of n values: 192 run on the calling thread, 3 × 2^16 across the thread pool
+    # (reading the layers and quantizing them); the error is the same either way.
+    w = np.ones(n, np.float32)
+    w[17] = np.nan
+    t = layer_table({"ok": np.zeros(n, np.float32), "x": w, "y": w})
+    with pytest.raises(ValueError, match=re.escape("Layer 'x' contains NaN or Inf at index 17")):
+        aq.quantize_arrow(t, group_size=8)
+    items = [np.zeros(n, np.float32).tolist(), [1.0] * 5 + [None] + [1.0] * (n - 6), None]
+    t = pa.table({"layer_name": ["a", "b", "c"], "weights": pa.array(items, pa.list_(pa.float32()))})
+    with pytest.raises(ValueError, match="Layer 'b': weights contain a null at index 5"):
+        aq.quantize_arrow(t)
+
+
 def test_overflowing_group_width_is_rejected():
     w = np.zeros(16, np.float32)
     w[1], w[2] = 3e38, -3e38
