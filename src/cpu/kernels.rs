@@ -101,6 +101,10 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
 /// The codes after the last full 32-code chunk of a group, one at a time.
 #[inline(always)]
 pub fn encode_tail<const B: usize>(rest: &[f32], p: &GroupParams, tail: &mut [u8]) {
+    if rest.is_empty() {
+        // The common case (groups of whole 32-code chunks): no call to `memset` for nothing.
+        return;
+    }
     let max_code = (1u32 << B) - 1;
     tail.fill(0);
     for (i, &w) in rest.iter().enumerate() {
