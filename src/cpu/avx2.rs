@@ -8,6 +8,7 @@
 use std::arch::x86_64::*;
 
 use super::kernels::{decode_tail, encode_tail, finish_scan, Scan};
+use crate::quant::lsq::{Evaluation, Grid};
 use crate::quant::GroupParams;
 
 #[target_feature(enable = "avx2")]
@@ -147,4 +148,91 @@ pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32
         unsafe { _mm256_storeu_ps(o.as_mut_ptr(), w) };
     }
     decode_tail::<B>(tail_bytes, scale, lo, chunks.into_remainder());
+}
+
+/// `lsq`'s step 2 codes of eight values, as floats (see `avx512::lsq_codes16`: the same clamps,
+/// and `round` to nearest-even in place of the definition's `(t + 2^23) − 2^23`).
+#[target_feature(enable = "avx2")]
+#[inline]
+fn lsq_codes8(w: __m256, zero: __m256, inv: __m256, max_code: __m256) -> __m256 {
+    let t = _mm256_mul_ps(_mm256_sub_ps(w, zero), inv);
+    let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), max_code);
+    _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t)
+}
+
+/// The group's values as the definition's sixteen lanes, two registers of eight (lanes 0–7 and
+/// 8–15): whole chunks, then the tail (if any) padded with `+0.0`, with a mask per register
+/// that is all ones in the lanes the tail fills. A term and'ed with its mask is `+0.0` in
+/// the other lanes, which changes no partial sum (none is ever `−0.0`), as defined.
+#[target_feature(enable = "avx2")]
+#[inline]
+fn for_each16(values: &[f32], mut f: impl FnMut([__m256; 2], [__m256; 2])) {
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    let all = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for c in chunks {
+        f([load(&c[..8]), load(&c[8..])], [all, all]);
+    }
+    if !rest.is_empty() {
+        let mut tail = [0f32; 16];
+        tail[..rest.len()].copy_from_slice(rest);
+        let n = _mm256_set1_epi32(rest.len() as i32);
+        let on = |first: i32| _mm256_castsi256_ps(_mm256_cmpgt_epi32(n, _mm256_setr_epi32(first, first + 1, first + 2, first + 3, first + 4, first + 5, first + 6, first + 7)));
+        f([load(&tail[..8]), load(&tail[8..])], [on(0), on(8)]);
+    }
+}
+
+/// `lsq::evaluate`: the four sums per lane, then the lanes folded as the definition's tree,
+/// two sums per instruction past the first level.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub fn lsq_evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
+    let (zero, inv, scale, l) = (_mm256_set1_ps(g.zero), _mm256_set1_ps(g.inv), _mm256_set1_ps(g.scale), _mm256_set1_ps(max_code));
+    let z = _mm256_setzero_ps();
+    let (mut sse, mut sq, mut sqq, mut sqw) = ([z; 2], [z; 2], [z; 2], [z; 2]);
+    for_each16(values, |w, on| {
+        for h in 0..2 {
+            let q = lsq_codes8(w[h], zero, inv, l);
+            // Product and sum rounded separately (no FMA), as defined.
+            let e = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(q, scale), zero), w[h]);
+            sse[h] = _mm256_add_ps(sse[h], _mm256_and_ps(_mm256_mul_ps(e, e), on[h]));
+            sq[h] = _mm256_add_ps(sq[h], _mm256_and_ps(q, on[h]));
+            sqq[h] = _mm256_add_ps(sqq[h], _mm256_and_ps(_mm256_mul_ps(q, q), on[h]));
+            sqw[h] = _mm256_add_ps(sqw[h], _mm256_and_ps(_mm256_mul_ps(q, w[h]), on[h]));
+        }
+    });
+    // Lanes j and j + 8 (the two registers), then j and j + 4 (the two halves of a register,
+    // two sums per instruction), then j and j + 2, then j and j + 1.
+    let (a, b, c, d) = (_mm256_add_ps(sse[0], sse[1]), _mm256_add_ps(sq[0], sq[1]), _mm256_add_ps(sqq[0], sqq[1]), _mm256_add_ps(sqw[0], sqw[1]));
+    let ab = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b));
+    let cd = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(c, d), _mm256_permute2f128_ps::<0x31>(c, d));
+    let two = |x: __m256| _mm256_add_ps(x, _mm256_shuffle_ps::<0b01_00_11_10>(x, x));
+    let one = |x: __m256| _mm256_add_ps(x, _mm256_shuffle_ps::<0b10_11_00_01>(x, x));
+    let (ab, cd) = (one(two(ab)), one(two(cd)));
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32; storeu needs no alignment.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), ab);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), cd);
+    }
+    Evaluation { sse: lanes[0], sq: lanes[4], sqq: lanes[8], sqw: lanes[12] }
+}
+
+/// `lsq::evaluate`'s `sse` alone.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub fn lsq_sse(values: &[f32], g: &Grid, max_code: f32) -> f32 {
+    let (zero, inv, scale, l) = (_mm256_set1_ps(g.zero), _mm256_set1_ps(g.inv), _mm256_set1_ps(g.scale), _mm256_set1_ps(max_code));
+    let mut sse = [_mm256_setzero_ps(); 2];
+    for_each16(values, |w, on| {
+        for h in 0..2 {
+            let q = lsq_codes8(w[h], zero, inv, l);
+            let e = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(q, scale), zero), w[h]);
+            sse[h] = _mm256_add_ps(sse[h], _mm256_and_ps(_mm256_mul_ps(e, e), on[h]));
+        }
+    });
+    let a = _mm256_add_ps(sse[0], sse[1]);
+    let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)))
 }

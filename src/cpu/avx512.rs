@@ -13,6 +13,7 @@
 use std::arch::x86_64::*;
 
 use super::kernels::{decode_tail, encode_tail, finish_scan, Scan};
+use crate::quant::lsq::{Evaluation, Grid};
 use crate::quant::GroupParams;
 
 #[target_feature(enable = "avx512f")]
@@ -147,4 +148,83 @@ pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32
         unsafe { _mm512_storeu_ps(o.as_mut_ptr(), w) };
     }
     decode_tail::<B>(tail_bytes, scale, lo, chunks.into_remainder());
+}
+
+/// `lsq`'s step 2 codes of sixteen values, as floats: `round_half_even(min(max((w − zero) ×
+/// inv, 0), L))`. `max_ps(t, 0)` is `t > 0 ? t : 0` and `min_ps(t, L)` is `t < L ? t : L`, the
+/// definition's clamps; `roundscale` rounds to nearest-even in one instruction, the same integer
+/// as the definition's `(t + 2^23) − 2^23` for `0 ≤ t ≤ 255`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn lsq_codes16(w: __m512, zero: __m512, inv: __m512, max_code: __m512) -> __m512 {
+    let t = _mm512_mul_ps(_mm512_sub_ps(w, zero), inv);
+    let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), max_code);
+    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t)
+}
+
+/// The group's values sixteen at a time: whole chunks, then the tail (if any) as a masked
+/// load with its mask. The lanes past the tail read as `+0.0`; their terms are masked off.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn for_each16(values: &[f32], mut f: impl FnMut(__m512, __mmask16)) {
+    let chunks = values.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        f(load(c), 0xffff);
+    }
+    if !rest.is_empty() {
+        let mask: __mmask16 = (1 << rest.len()) - 1;
+        // SAFETY: the mask only enables the `rest.len()` lanes that `rest` holds; disabled
+        // lanes are not read.
+        f(unsafe { _mm512_maskz_loadu_ps(mask, rest.as_ptr()) }, mask);
+    }
+}
+
+/// `lsq::evaluate`: the four sums per lane (lane `j` gets elements `j, j + 16, …`; a masked-off
+/// lane adds nothing, as the definition's `+0.0` changes no partial sum), then the lanes folded
+/// as the definition's tree, all four sums at once.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub fn lsq_evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
+    let (zero, inv, scale, l) = (_mm512_set1_ps(g.zero), _mm512_set1_ps(g.inv), _mm512_set1_ps(g.scale), _mm512_set1_ps(max_code));
+    let (mut sse, mut sq, mut sqq, mut sqw) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
+    for_each16(values, |w, on| {
+        let q = lsq_codes16(w, zero, inv, l);
+        // Product and sum rounded separately (no FMA), as defined.
+        let e = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(q, scale), zero), w);
+        sse = _mm512_mask_add_ps(sse, on, sse, _mm512_mul_ps(e, e));
+        sq = _mm512_mask_add_ps(sq, on, sq, q);
+        sqq = _mm512_mask_add_ps(sqq, on, sqq, _mm512_mul_ps(q, q));
+        sqw = _mm512_mask_add_ps(sqw, on, sqw, _mm512_mul_ps(q, w));
+    });
+    // The tree, level by level, two or four sums per instruction: lanes j and j + 8, then
+    // j and j + 4 (of what is left), then j and j + 2, then j and j + 1.
+    let a = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(sse, sq), _mm512_shuffle_f32x4::<0b11_10_11_10>(sse, sq));
+    let b = _mm512_add_ps(_mm512_shuffle_f32x4::<0b01_00_01_00>(sqq, sqw), _mm512_shuffle_f32x4::<0b11_10_11_10>(sqq, sqw));
+    // a = [sse 8 lanes, sq 8 lanes], b = [sqq, sqw]; each block of four below is one sum's.
+    let c = _mm512_add_ps(_mm512_shuffle_f32x4::<0b10_00_10_00>(a, b), _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b));
+    let d = _mm512_add_ps(c, _mm512_shuffle_ps::<0b01_00_11_10>(c, c));
+    let e = _mm512_add_ps(d, _mm512_shuffle_ps::<0b10_11_00_01>(d, d));
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 f32; storeu needs no alignment.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), e) };
+    Evaluation { sse: lanes[0], sq: lanes[4], sqq: lanes[8], sqw: lanes[12] }
+}
+
+/// `lsq::evaluate`'s `sse` alone.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub fn lsq_sse(values: &[f32], g: &Grid, max_code: f32) -> f32 {
+    let (zero, inv, scale, l) = (_mm512_set1_ps(g.zero), _mm512_set1_ps(g.inv), _mm512_set1_ps(g.scale), _mm512_set1_ps(max_code));
+    let mut sse = _mm512_setzero_ps();
+    for_each16(values, |w, on| {
+        let q = lsq_codes16(w, zero, inv, l);
+        let e = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(q, scale), zero), w);
+        sse = _mm512_mask_add_ps(sse, on, sse, _mm512_mul_ps(e, e));
+    });
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(sse)));
+    let a = _mm256_add_ps(_mm512_castps512_ps256(sse), hi);
+    let b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+    let c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    _mm_cvtss_f32(_mm_add_ss(c, _mm_movehdup_ps(c)))
 }

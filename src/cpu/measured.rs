@@ -166,7 +166,7 @@ fn lsq_row<K: Kernels>(
             starts[i] = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
         }
         let k = s.len();
-        refine_and_pack(&groups[..k], &starts[..k], l, p, s, z, scratch);
+        refine_and_pack::<K>(&groups[..k], &starts[..k], l, p, s, z, scratch);
         for ((g, packed), (&scale, &zero)) in groups[..k].iter().zip(p.chunks(l.group_bytes())).zip(s.iter().zip(z.iter())) {
             measure_group::<K>(g, packed, scale, zero, l, &mut back[..g.len()], lanes);
         }

@@ -193,8 +193,9 @@ fn quantize_here(job: &mut QuantJob<'_>, isa: Isa) -> std::result::Result<(), In
     rows.into_iter().try_for_each(|(((w, p), s), z)| quantize_span(w, p, s, z, &l, isa))
 }
 
-/// The group kernels, in a portable, an AVX2 and an AVX-512 flavour.
-trait Kernels {
+/// The group kernels, in a portable, an AVX2 and an AVX-512 flavour; `lsq`'s step 2
+/// ([`lsq::Evaluate`]) included.
+trait Kernels: lsq::Evaluate {
     /// Whether [`crate::quant::metrics::Lanes`] may use AVX2 inside these kernels' callers
     /// (true for both x86 flavours: every AVX-512 CPU has AVX2).
     const AVX2: bool;
@@ -204,6 +205,17 @@ trait Kernels {
 }
 
 struct Portable;
+
+impl lsq::Evaluate for Portable {
+    #[inline(always)]
+    fn evaluate(values: &[f32], g: &lsq::Grid, max_code: f32) -> lsq::Evaluation {
+        lsq::Plain::evaluate(values, g, max_code)
+    }
+    #[inline(always)]
+    fn sse(values: &[f32], g: &lsq::Grid, max_code: f32) -> f32 {
+        lsq::Plain::sse(values, g, max_code)
+    }
+}
 
 impl Kernels for Portable {
     const AVX2: bool = false;
@@ -223,6 +235,20 @@ impl Kernels for Portable {
 
 #[cfg(target_arch = "x86_64")]
 struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl lsq::Evaluate for Avx2 {
+    #[inline(always)]
+    fn evaluate(values: &[f32], g: &lsq::Grid, max_code: f32) -> lsq::Evaluation {
+        // SAFETY: as for `Kernels for Avx2` below.
+        unsafe { avx2::lsq_evaluate(values, g, max_code) }
+    }
+    #[inline(always)]
+    fn sse(values: &[f32], g: &lsq::Grid, max_code: f32) -> f32 {
+        // SAFETY: as for `Kernels for Avx2` below.
+        unsafe { avx2::lsq_sse(values, g, max_code) }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 impl Kernels for Avx2 {
@@ -247,6 +273,20 @@ impl Kernels for Avx2 {
 
 #[cfg(target_arch = "x86_64")]
 struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl lsq::Evaluate for Avx512 {
+    #[inline(always)]
+    fn evaluate(values: &[f32], g: &lsq::Grid, max_code: f32) -> lsq::Evaluation {
+        // SAFETY: as for `Kernels for Avx512` below.
+        unsafe { avx512::lsq_evaluate(values, g, max_code) }
+    }
+    #[inline(always)]
+    fn sse(values: &[f32], g: &lsq::Grid, max_code: f32) -> f32 {
+        // SAFETY: as for `Kernels for Avx512` below.
+        unsafe { avx512::lsq_sse(values, g, max_code) }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 impl Kernels for Avx512 {
@@ -313,7 +353,7 @@ fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [
             *range = (lo, hi);
         }
         if l.method == Method::Lsq {
-            lsq_batch(w, p, s, z, l, &ranges, &mut scratch)?;
+            lsq_batch::<K>(w, p, s, z, l, &ranges, &mut scratch)?;
             continue;
         }
         let groups = w.chunks(l.group_size).zip(p.chunks_mut(l.group_bytes())).zip(ranges);
@@ -329,7 +369,7 @@ fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [
 
 /// `lsq` for one scanned batch of groups.
 #[inline(always)]
-fn lsq_batch(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, ranges: &[(f32, f32)], scratch: &mut Vec<u8>) -> std::result::Result<(), Invalid> {
+fn lsq_batch<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, ranges: &[(f32, f32)], scratch: &mut Vec<u8>) -> std::result::Result<(), Invalid> {
     const EMPTY: &[f32] = &[];
     let max_code = l.bit_width.max_code();
     let mut groups = [EMPTY; lsq::BATCH];
@@ -339,17 +379,17 @@ fn lsq_batch(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLay
         starts[i] = GroupParams::from_range(ranges[i].0, ranges[i].1, max_code).map_err(|_| Invalid)?;
     }
     let n = s.len();
-    refine_and_pack(&groups[..n], &starts[..n], l, p, s, z, scratch);
+    refine_and_pack::<K>(&groups[..n], &starts[..n], l, p, s, z, scratch);
     Ok(())
 }
 
 /// Up to [`lsq::BATCH`] groups with their min/max parameters: refined together
 /// (`lsq::refine_batch`), then each packed into `p`, with its scale and zero point.
 #[inline(always)]
-fn refine_and_pack(groups: &[&[f32]], starts: &[GroupParams], l: &GroupLayout, p: &mut [u8], s: &mut [f32], z: &mut [f32], scratch: &mut Vec<u8>) {
+fn refine_and_pack<K: Kernels>(groups: &[&[f32]], starts: &[GroupParams], l: &GroupLayout, p: &mut [u8], s: &mut [f32], z: &mut [f32], scratch: &mut Vec<u8>) {
     let mut grids = [lsq::Grid { scale: 0.0, zero: 0.0, inv: 0.0 }; lsq::BATCH];
     let grids = &mut grids[..groups.len()];
-    lsq::refine_batch(groups, starts, l.bit_width.max_code(), grids);
+    lsq::refine_batch::<K>(groups, starts, l.bit_width.max_code(), grids);
     for (((values, packed), grid), (scale, zero)) in groups.iter().zip(p.chunks_mut(l.group_bytes())).zip(grids.iter()).zip(s.iter_mut().zip(z.iter_mut())) {
         pack_lsq(values, grid, l, packed, scratch);
         (*scale, *zero) = (grid.scale, grid.zero);

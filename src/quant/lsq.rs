@@ -212,11 +212,35 @@ fn fit_lane(m: f32, sq: f32, sqq: f32, sqw: f32, sw: f32) -> (Grid, bool) {
     (Grid { scale, zero, inv }, ok)
 }
 
+/// Step 2 as a backend computes it: the same sums in the same order, so the same bits. The
+/// loops above ([`Plain`]) are the definition; the CPU backend has vector versions of them
+/// (`cpu::avx2`, `cpu::avx512`) that [`refine_batch`] runs instead.
+pub trait Evaluate {
+    /// Step 2's four sums for one grid ([`evaluate`]).
+    fn evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation;
+    /// Step 2's `sse` alone, the same sum as `evaluate`'s.
+    fn sse(values: &[f32], g: &Grid, max_code: f32) -> f32;
+}
+
+/// Step 2 by the definition's own loops.
+pub struct Plain;
+
+impl Evaluate for Plain {
+    #[inline(always)]
+    fn evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
+        evaluate(values, g, max_code)
+    }
+    #[inline(always)]
+    fn sse(values: &[f32], g: &Grid, max_code: f32) -> f32 {
+        evaluate_sse(values, g, max_code)
+    }
+}
+
 /// Steps 1–4: the grid a group keeps, from its min/max parameters.
 #[inline(always)]
 pub fn refine(values: &[f32], start: GroupParams, max_code: u32) -> Grid {
     let mut out = [Grid::from(start)];
-    refine_batch(&[values], &[start], max_code, &mut out);
+    refine_batch::<Plain>(&[values], &[start], max_code, &mut out);
     out[0]
 }
 
@@ -226,8 +250,10 @@ pub const BATCH: usize = 16;
 /// [`refine`] for up to [`BATCH`] groups at once, round by round across the groups, with the
 /// same results. One group's rounds form a chain (evaluate, fold the lanes, three divisions,
 /// evaluate again) that leaves the CPU waiting on latency; the rounds of different groups are
-/// independent, so each round's fits run for the whole batch as vector operations (the state
-/// is kept as one array per quantity), then each group's pass.
+/// independent. So the state is kept as one array per quantity, and each round runs the fits
+/// of the whole batch as vector operations, then each group's evaluation, then the batch's
+/// comparisons with the best so far as vector selects (no branch per group on a comparison
+/// that goes either way).
 ///
 /// A group also stops at a fixed point: when an evaluation's code sums (`sq`, `sqq`, `sqw`)
 /// equal the previous evaluation's, the next fit is the grid just evaluated, whose `sse` is
@@ -235,57 +261,66 @@ pub const BATCH: usize = 16;
 /// stops some groups early and gives exactly the result of all [`ROUNDS`]. The last round's
 /// evaluation needs only its `sse` (no fit follows it).
 #[inline(always)]
-pub fn refine_batch(groups: &[&[f32]], starts: &[GroupParams], max_code: u32, out: &mut [Grid]) {
+pub fn refine_batch<E: Evaluate>(groups: &[&[f32]], starts: &[GroupParams], max_code: u32, out: &mut [Grid]) {
     debug_assert!(groups.len() <= BATCH && starts.len() == groups.len() && out.len() == groups.len());
     let n = groups.len();
     let max_code = max_code as f32;
-    let none = Grid { scale: 0.0, zero: 0.0, inv: 0.0 };
-    let mut best = [none; BATCH];
-    let mut best_sse = [0f32; BATCH];
+    // The kept grid and its `sse`.
+    let (mut best_scale, mut best_zero, mut best_inv, mut best_sse) = ([0f32; BATCH], [0f32; BATCH], [0f32; BATCH], [0f32; BATCH]);
     // The last evaluation's code sums, the group's Σw and length (1 for a spare slot, which
     // never runs), and whether the group still runs.
     let (mut sq, mut sqq, mut sqw, mut sw, mut m) = ([0f32; BATCH], [0f32; BATCH], [0f32; BATCH], [0f32; BATCH], [1f32; BATCH]);
     let mut running = [false; BATCH];
     for i in 0..n {
-        best[i] = Grid::from(starts[i]);
-        if best[i].scale != 0.0 {
-            let e = evaluate(groups[i], &best[i], max_code);
+        let start = Grid::from(starts[i]);
+        (best_scale[i], best_zero[i], best_inv[i]) = (start.scale, start.zero, start.inv);
+        if start.scale != 0.0 {
+            let e = E::evaluate(groups[i], &start, max_code);
             (best_sse[i], sq[i], sqq[i], sqw[i]) = (e.sse, e.sq, e.sqq, e.sqw);
             (sw[i], m[i]) = (sum(groups[i]), groups[i].len() as f32);
             running[i] = true;
         }
     }
     for round in 0..ROUNDS {
-        let mut grids = [none; BATCH];
+        let (mut scale, mut zero, mut inv) = ([0f32; BATCH], [0f32; BATCH], [0f32; BATCH]);
         for i in 0..BATCH {
             let (g, ok) = fit_lane(m[i], sq[i], sqq[i], sqw[i], sw[i]);
-            grids[i] = g;
+            (scale[i], zero[i], inv[i]) = (g.scale, g.zero, g.inv);
             running[i] &= ok;
         }
         if !running.contains(&true) {
             break;
         }
+        let last = round + 1 == ROUNDS;
+        // A group that does not run keeps an `sse` of +inf, which is never better.
+        let mut sse = [f32::INFINITY; BATCH];
+        let (mut next_sq, mut next_sqq, mut next_sqw) = (sq, sqq, sqw);
         for i in 0..n {
             if !running[i] {
                 continue;
             }
-            let g = &grids[i];
-            if round + 1 == ROUNDS {
-                let sse = evaluate_sse(groups[i], g, max_code);
-                if sse < best_sse[i] {
-                    (best[i], best_sse[i]) = (*g, sse);
-                }
-                continue;
+            let g = Grid { scale: scale[i], zero: zero[i], inv: inv[i] };
+            if last {
+                sse[i] = E::sse(groups[i], &g, max_code);
+            } else {
+                let e = E::evaluate(groups[i], &g, max_code);
+                (sse[i], next_sq[i], next_sqq[i], next_sqw[i]) = (e.sse, e.sq, e.sqq, e.sqw);
             }
-            let e = evaluate(groups[i], g, max_code);
-            if e.sse < best_sse[i] {
-                (best[i], best_sse[i]) = (*g, e.sse);
-            }
-            running[i] = (e.sq, e.sqq, e.sqw) != (sq[i], sqq[i], sqw[i]);
-            (sq[i], sqq[i], sqw[i]) = (e.sq, e.sqq, e.sqw);
         }
+        for i in 0..BATCH {
+            // Strictly less: on a tie the earlier grid stays.
+            let better = sse[i] < best_sse[i];
+            best_scale[i] = if better { scale[i] } else { best_scale[i] };
+            best_zero[i] = if better { zero[i] } else { best_zero[i] };
+            best_inv[i] = if better { inv[i] } else { best_inv[i] };
+            best_sse[i] = if better { sse[i] } else { best_sse[i] };
+            running[i] &= (next_sq[i] != sq[i]) | (next_sqq[i] != sqq[i]) | (next_sqw[i] != sqw[i]);
+        }
+        (sq, sqq, sqw) = (next_sq, next_sqq, next_sqw);
     }
-    out.copy_from_slice(&best[..n]);
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = Grid { scale: best_scale[i], zero: best_zero[i], inv: best_inv[i] };
+    }
 }
 
 /// Step 5's codes of a group under its kept grid, as bytes (one code per byte).
