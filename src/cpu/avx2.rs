@@ -150,13 +150,14 @@ pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32
     decode_tail::<B>(tail_bytes, scale, lo, chunks.into_remainder());
 }
 
-/// `lsq`'s step 2 codes of eight values, as floats (see `avx512::lsq_codes16`: the same clamps,
-/// and `round` to nearest-even in place of the definition's `(t + 2^23) − 2^23`).
+/// `lsq`'s step 2 codes of eight values, as floats (see `avx512::lsq_codes16`: the same
+/// integer clamps on the bit patterns, and `round` to nearest-even in place of the
+/// definition's `(t + 2^23) − 2^23`).
 #[target_feature(enable = "avx2")]
 #[inline]
 fn lsq_codes8(w: __m256, zero: __m256, inv: __m256, max_code: __m256) -> __m256 {
-    let t = _mm256_mul_ps(_mm256_sub_ps(w, zero), inv);
-    let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), max_code);
+    let t = _mm256_castps_si256(_mm256_mul_ps(_mm256_sub_ps(w, zero), inv));
+    let t = _mm256_castsi256_ps(_mm256_min_epi32(_mm256_max_epi32(t, _mm256_setzero_si256()), _mm256_castps_si256(max_code)));
     _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t)
 }
 

@@ -150,15 +150,19 @@ pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32
     decode_tail::<B>(tail_bytes, scale, lo, chunks.into_remainder());
 }
 
-/// `lsq`'s step 2 codes of sixteen values, as floats: `round_half_even(min(max((w − zero) ×
-/// inv, 0), L))`. `max_ps(t, 0)` is `t > 0 ? t : 0` and `min_ps(t, L)` is `t < L ? t : L`, the
-/// definition's clamps; `roundscale` rounds to nearest-even in one instruction, the same integer
-/// as the definition's `(t + 2^23) − 2^23` for `0 ≤ t ≤ 255`.
+/// `lsq`'s step 2 codes of sixteen values, as floats: `round_half_even(clamp((w − zero) × inv,
+/// 0, L))`. The clamps compare bit patterns as signed integers: `t` is never NaN, every
+/// negative float (−0.0 too) is a negative integer, and non-negative floats order like their
+/// bits; so `max_epi32(t, 0)` is the definition's `t > 0 ? t : +0.0` and `min_epi32(t, L)` its
+/// `t < L ? t : L`. They run on the integer vector pipes, where the float `min`/`max` would
+/// compete with the evaluation's seven additions for the float-add ones (7% faster, measured).
+/// `roundscale` rounds to nearest-even in one instruction: the same integer as the
+/// definition's `(t + 2^23) − 2^23` for `0 ≤ t ≤ 255`.
 #[target_feature(enable = "avx512f")]
 #[inline]
 fn lsq_codes16(w: __m512, zero: __m512, inv: __m512, max_code: __m512) -> __m512 {
-    let t = _mm512_mul_ps(_mm512_sub_ps(w, zero), inv);
-    let t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), max_code);
+    let t = _mm512_castps_si512(_mm512_mul_ps(_mm512_sub_ps(w, zero), inv));
+    let t = _mm512_castsi512_ps(_mm512_min_epi32(_mm512_max_epi32(t, _mm512_setzero_si512()), _mm512_castps_si512(max_code)));
     _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t)
 }
 
