@@ -65,20 +65,23 @@ pub fn scan(values: &[f32]) -> Scan {
 /// Codes of eight values: `min(round_half_even((v - lo) * inv), L)`, clamped as unsigned.
 #[target_feature(enable = "avx2")]
 #[inline]
-fn codes8(v: __m256, lo: __m256, inv: __m256, max_code: __m256i) -> __m256i {
+fn codes8<const LOW: bool>(v: __m256, lo: __m256, inv: __m256, max_code: __m256i) -> __m256i {
     let t = _mm256_mul_ps(_mm256_sub_ps(v, lo), inv);
-    // `t` is finite and ≥ +0 (v ≥ lo, inv finite and ≥ 0: `GroupParams::from_range`). There
-    // `cvtps2dq` rounds half to even (Rust never changes MXCSR's mode), exactly what the 2^23
-    // trick of `kernels::encode` does below 2^23; above, both give a number ≥ L as unsigned
-    // (`cvtps2dq` gives 0x8000_0000 past 2^31), which the clamp turns into L. One instruction
-    // less than the trick.
+    // `LOW` (see `kernels::code`): `t ≤ 0` becomes `+0`, by an integer max on the bits (every
+    // negative float, −0.0 too, is a negative integer); `t` is never NaN.
+    let t = if LOW { _mm256_castsi256_ps(_mm256_max_epi32(_mm256_castps_si256(t), _mm256_setzero_si256())) } else { t };
+    // `t` is ≥ +0 (min/max: v ≥ lo, inv finite and ≥ 0, `GroupParams::from_range`; `LOW`: the
+    // clamp above) and not NaN. There `cvtps2dq` rounds half to even (Rust never changes
+    // MXCSR's mode), exactly what the 2^23 trick of `kernels::encode` does below 2^23; above,
+    // both give a number ≥ L as unsigned (`cvtps2dq` gives 0x8000_0000 past 2^31 and for
+    // +inf), which the clamp turns into L. One instruction less than the trick.
     let q = _mm256_cvtps_epi32(t);
     _mm256_min_epu32(q, max_code)
 }
 
 /// Codes of one group packed into `out`, 32 codes per step.
 #[target_feature(enable = "avx2")]
-pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
+pub fn encode<const B: usize, const LOW: bool>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
     let lo = _mm256_set1_ps(p.lo);
     let inv = _mm256_set1_ps(p.inv);
     let max_code = _mm256_set1_epi32((1 << B) - 1);
@@ -88,10 +91,10 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
     let rest = chunks.remainder();
     let (full, tail) = out.split_at_mut(values.len() / 32 * 4 * B);
     for (c, o) in chunks.zip(full.chunks_exact_mut(4 * B)) {
-        let q0 = codes8(load(&c[0..8]), lo, inv, max_code);
-        let q1 = codes8(load(&c[8..16]), lo, inv, max_code);
-        let q2 = codes8(load(&c[16..24]), lo, inv, max_code);
-        let q3 = codes8(load(&c[24..32]), lo, inv, max_code);
+        let q0 = codes8::<LOW>(load(&c[0..8]), lo, inv, max_code);
+        let q1 = codes8::<LOW>(load(&c[8..16]), lo, inv, max_code);
+        let q2 = codes8::<LOW>(load(&c[16..24]), lo, inv, max_code);
+        let q3 = codes8::<LOW>(load(&c[24..32]), lo, inv, max_code);
         let bytes = _mm256_permutevar8x32_epi32(
             _mm256_packus_epi16(_mm256_packus_epi32(q0, q1), _mm256_packus_epi32(q2, q3)),
             order,
@@ -121,7 +124,7 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
             }
         }
     }
-    encode_tail::<B>(rest, p, tail);
+    encode_tail::<B, LOW>(rest, p, tail);
 }
 
 /// Expands one group's codes back to `f32`, eight codes per step: the `B` bytes that hold

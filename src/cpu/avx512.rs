@@ -60,13 +60,16 @@ pub fn scan(values: &[f32]) -> Scan {
 /// Codes of sixteen values: `min(round_half_even((v - lo) * inv), L)`, clamped as unsigned.
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn codes16(v: __m512, lo: __m512, inv: __m512, max_code: __m512i) -> __m512i {
+fn codes16<const LOW: bool>(v: __m512, lo: __m512, inv: __m512, max_code: __m512i) -> __m512i {
     let t = _mm512_mul_ps(_mm512_sub_ps(v, lo), inv);
-    // `t` is finite and ≥ +0 (v ≥ lo, inv finite and ≥ 0: `GroupParams::from_range`). There
-    // `cvtps2dq` rounds half to even (Rust never changes MXCSR's mode), exactly what the 2^23
-    // trick of `kernels::encode` does below 2^23; above, both give a number ≥ L as unsigned
-    // (`cvtps2dq` gives 0x8000_0000 past 2^31), which the clamp turns into L. One instruction
-    // less than the trick.
+    // `LOW` (see `kernels::code`): `t ≤ 0` becomes `+0`, by an integer max on the bits (every
+    // negative float, −0.0 too, is a negative integer); `t` is never NaN.
+    let t = if LOW { _mm512_castsi512_ps(_mm512_max_epi32(_mm512_castps_si512(t), _mm512_setzero_si512())) } else { t };
+    // `t` is ≥ +0 (min/max: v ≥ lo, inv finite and ≥ 0, `GroupParams::from_range`; `LOW`: the
+    // clamp above) and not NaN. There `cvtps2dq` rounds half to even (Rust never changes
+    // MXCSR's mode), exactly what the 2^23 trick of `kernels::encode` does below 2^23; above,
+    // both give a number ≥ L as unsigned (`cvtps2dq` gives 0x8000_0000 past 2^31 and for
+    // +inf), which the clamp turns into L. One instruction less than the trick.
     let q = _mm512_cvtps_epi32(t);
     _mm512_min_epu32(q, max_code)
 }
@@ -75,7 +78,7 @@ fn codes16(v: __m512, lo: __m512, inv: __m512, max_code: __m512i) -> __m512i {
 /// narrowed in registers and joined before one store: a narrowing move straight to memory
 /// (`vpmovqb m64`) is several times slower than the register form.
 #[target_feature(enable = "avx512f")]
-pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
+pub fn encode<const B: usize, const LOW: bool>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
     let lo = _mm512_set1_ps(p.lo);
     let inv = _mm512_set1_ps(p.inv);
     let max_code = _mm512_set1_epi32((1 << B) - 1);
@@ -83,8 +86,8 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
     let rest = chunks.remainder();
     let (full, tail) = out.split_at_mut(values.len() / 32 * 4 * B);
     for (c, o) in chunks.zip(full.chunks_exact_mut(4 * B)) {
-        let q0 = codes16(load(&c[..16]), lo, inv, max_code);
-        let q1 = codes16(load(&c[16..]), lo, inv, max_code);
+        let q0 = codes16::<LOW>(load(&c[..16]), lo, inv, max_code);
+        let q1 = codes16::<LOW>(load(&c[16..]), lo, inv, max_code);
         match B {
             8 => {
                 let bytes = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm512_cvtepi32_epi8(q0)), _mm512_cvtepi32_epi8(q1), 1);
@@ -111,7 +114,7 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
             }
         }
     }
-    encode_tail::<B>(rest, p, tail);
+    encode_tail::<B, LOW>(rest, p, tail);
 }
 
 /// Expands one group's codes back to `f32`, sixteen codes (`2·B` bytes) per step: each lane

@@ -73,16 +73,20 @@ pub fn finish_scan(lo: f32, hi: f32, bad: u32, values: &[f32]) -> Scan {
     Scan::Range { lo: l, hi: h }
 }
 
+/// The code of `w` on the grid `(lo, inv)`. `LOW` adds the lower clamp (`t ≤ 0` gives code 0),
+/// which a grid that may start above some of its values needs (`lsq`'s); min/max's starts at
+/// the group's minimum, so its `t` is never below `+0`.
 #[inline(always)]
-fn code(w: f32, lo: f32, inv: f32, max_code: u32) -> u32 {
+fn code<const LOW: bool>(w: f32, lo: f32, inv: f32, max_code: u32) -> u32 {
     let t = (w - lo) * inv;
+    let t = if LOW && !(t > 0.0) { 0.0 } else { t };
     let q = (t + MAGIC).to_bits().wrapping_sub(MAGIC_BITS);
     if q > max_code { max_code } else { q }
 }
 
-/// Codes of one group packed into `out` (`⌈len·B/8⌉` bytes).
+/// Codes of one group packed into `out` (`⌈len·B/8⌉` bytes); `LOW` as for [`code`].
 #[inline(always)]
-pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
+pub fn encode<const B: usize, const LOW: bool>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
     let max_code = (1u32 << B) - 1;
     let chunks = values.chunks_exact(32);
     let rest = chunks.remainder();
@@ -91,16 +95,16 @@ pub fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
     for (c, o) in chunks.zip(full.chunks_exact_mut(4 * B)) {
         let mut q = [0u8; 32];
         for i in 0..32 {
-            q[i] = code(c[i], p.lo, p.inv, max_code) as u8;
+            q[i] = code::<LOW>(c[i], p.lo, p.inv, max_code) as u8;
         }
         pack32::<B>(&q, o);
     }
-    encode_tail::<B>(rest, p, tail);
+    encode_tail::<B, LOW>(rest, p, tail);
 }
 
 /// The codes after the last full 32-code chunk of a group, one at a time.
 #[inline(always)]
-pub fn encode_tail<const B: usize>(rest: &[f32], p: &GroupParams, tail: &mut [u8]) {
+pub fn encode_tail<const B: usize, const LOW: bool>(rest: &[f32], p: &GroupParams, tail: &mut [u8]) {
     if rest.is_empty() {
         // The common case (groups of whole 32-code chunks): no call to `memset` for nothing.
         return;
@@ -108,7 +112,7 @@ pub fn encode_tail<const B: usize>(rest: &[f32], p: &GroupParams, tail: &mut [u8
     let max_code = (1u32 << B) - 1;
     tail.fill(0);
     for (i, &w) in rest.iter().enumerate() {
-        tail[i * B / 8] |= (code(w, p.lo, p.inv, max_code) << ((i * B) % 8)) as u8;
+        tail[i * B / 8] |= (code::<LOW>(w, p.lo, p.inv, max_code) << ((i * B) % 8)) as u8;
     }
 }
 

@@ -93,13 +93,12 @@ fn chunk<K: Kernels>(values: &Values<'_>, start: usize, l: &GroupLayout, p: &mut
     // One group converted from the stored dtype, and one group decoded back.
     let mut input = vec![0f32; l.group_size];
     let mut back = vec![0f32; l.group_size];
-    let mut scratch = Vec::new();
     let gpr = l.groups_per_row();
     let rows = p.chunks_mut(l.row_bytes()).zip(s.chunks_mut(gpr)).zip(z.chunks_mut(gpr));
     for (r, ((p, s), z)) in rows.enumerate() {
         let row_start = start + r * l.row_len;
         if l.method == Method::Lsq {
-            lsq_row::<K>(values, row_start, l, p, s, z, &mut lanes, &mut input, &mut back, &mut scratch)?;
+            lsq_row::<K>(values, row_start, l, p, s, z, &mut lanes, &mut input, &mut back)?;
             continue;
         }
         let groups = p.chunks_mut(l.group_bytes()).zip(s.iter_mut()).zip(z.iter_mut());
@@ -147,7 +146,6 @@ fn lsq_row<K: Kernels>(
     lanes: &mut Lanes,
     input: &mut Vec<f32>,
     back: &mut [f32],
-    scratch: &mut Vec<u8>,
 ) -> std::result::Result<(), Invalid> {
     const EMPTY: &[f32] = &[];
     let max_code = l.bit_width.max_code();
@@ -166,7 +164,7 @@ fn lsq_row<K: Kernels>(
             starts[i] = GroupParams::from_range(lo, hi, max_code).map_err(|_| Invalid)?;
         }
         let k = s.len();
-        refine_and_pack::<K>(&groups[..k], &starts[..k], l, p, s, z, scratch);
+        refine_and_pack::<K>(&groups[..k], &starts[..k], l, p, s, z);
         for ((g, packed), (&scale, &zero)) in groups[..k].iter().zip(p.chunks(l.group_bytes())).zip(s.iter().zip(z.iter())) {
             measure_group::<K>(g, packed, scale, zero, l, &mut back[..g.len()], lanes);
         }

@@ -14,7 +14,6 @@ use rayon::prelude::*;
 use crate::backend::{Backend, DequantJob, MeasuredJob, QuantJob};
 use crate::quant::metrics::ErrorStats;
 use crate::error::Result;
-use crate::quant::pack::pack_codes;
 use crate::quant::{lsq, reference, GroupLayout, GroupParams, Method};
 use kernels::{with_bits, Scan};
 
@@ -200,7 +199,11 @@ trait Kernels: lsq::Evaluate {
     /// (true for both x86 flavours: every AVX-512 CPU has AVX2).
     const AVX2: bool;
     fn scan(values: &[f32]) -> Scan;
+    /// A group's min/max codes, packed.
     fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]);
+    /// A group's codes on an `lsq` grid (step 5 of `lsq`), packed: min/max's `encode` with the
+    /// lower clamp, as the grid may start above some of the values.
+    fn encode_lsq<const B: usize>(values: &[f32], g: &lsq::Grid, out: &mut [u8]);
     fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]);
 }
 
@@ -225,7 +228,11 @@ impl Kernels for Portable {
     }
     #[inline(always)]
     fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
-        kernels::encode::<B>(values, p, out)
+        kernels::encode::<B, false>(values, p, out)
+    }
+    #[inline(always)]
+    fn encode_lsq<const B: usize>(values: &[f32], g: &lsq::Grid, out: &mut [u8]) {
+        kernels::encode::<B, true>(values, &grid_params(g), out)
     }
     #[inline(always)]
     fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
@@ -262,7 +269,12 @@ impl Kernels for Avx2 {
     #[inline(always)]
     fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
         // SAFETY: as above.
-        unsafe { avx2::encode::<B>(values, p, out) }
+        unsafe { avx2::encode::<B, false>(values, p, out) }
+    }
+    #[inline(always)]
+    fn encode_lsq<const B: usize>(values: &[f32], g: &lsq::Grid, out: &mut [u8]) {
+        // SAFETY: as above.
+        unsafe { avx2::encode::<B, true>(values, &grid_params(g), out) }
     }
     #[inline(always)]
     fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
@@ -300,7 +312,12 @@ impl Kernels for Avx512 {
     #[inline(always)]
     fn encode<const B: usize>(values: &[f32], p: &GroupParams, out: &mut [u8]) {
         // SAFETY: as above.
-        unsafe { avx512::encode::<B>(values, p, out) }
+        unsafe { avx512::encode::<B, false>(values, p, out) }
+    }
+    #[inline(always)]
+    fn encode_lsq<const B: usize>(values: &[f32], g: &lsq::Grid, out: &mut [u8]) {
+        // SAFETY: as above.
+        unsafe { avx512::encode::<B, true>(values, &grid_params(g), out) }
     }
     #[inline(always)]
     fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32]) {
@@ -344,7 +361,6 @@ const SCAN_BATCH: usize = 16;
 fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout) -> std::result::Result<(), Invalid> {
     let max_code = l.bit_width.max_code();
     let batch = SCAN_BATCH * l.group_size;
-    let mut scratch = Vec::new();
     let batches = w.chunks(batch).zip(p.chunks_mut(SCAN_BATCH * l.group_bytes())).zip(s.chunks_mut(SCAN_BATCH)).zip(z.chunks_mut(SCAN_BATCH));
     for (((w, p), s), z) in batches {
         let mut ranges = [(0f32, 0f32); SCAN_BATCH];
@@ -353,7 +369,7 @@ fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [
             *range = (lo, hi);
         }
         if l.method == Method::Lsq {
-            lsq_batch::<K>(w, p, s, z, l, &ranges, &mut scratch)?;
+            lsq_batch::<K>(w, p, s, z, l, &ranges)?;
             continue;
         }
         let groups = w.chunks(l.group_size).zip(p.chunks_mut(l.group_bytes())).zip(ranges);
@@ -369,7 +385,7 @@ fn quantize_groups<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [
 
 /// `lsq` for one scanned batch of groups.
 #[inline(always)]
-fn lsq_batch<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, ranges: &[(f32, f32)], scratch: &mut Vec<u8>) -> std::result::Result<(), Invalid> {
+fn lsq_batch<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], l: &GroupLayout, ranges: &[(f32, f32)]) -> std::result::Result<(), Invalid> {
     const EMPTY: &[f32] = &[];
     let max_code = l.bit_width.max_code();
     let mut groups = [EMPTY; lsq::BATCH];
@@ -379,39 +395,28 @@ fn lsq_batch<K: Kernels>(w: &[f32], p: &mut [u8], s: &mut [f32], z: &mut [f32], 
         starts[i] = GroupParams::from_range(ranges[i].0, ranges[i].1, max_code).map_err(|_| Invalid)?;
     }
     let n = s.len();
-    refine_and_pack::<K>(&groups[..n], &starts[..n], l, p, s, z, scratch);
+    refine_and_pack::<K>(&groups[..n], &starts[..n], l, p, s, z);
     Ok(())
 }
 
 /// Up to [`lsq::BATCH`] groups with their min/max parameters: refined together
 /// (`lsq::refine_batch`), then each packed into `p`, with its scale and zero point.
 #[inline(always)]
-fn refine_and_pack<K: Kernels>(groups: &[&[f32]], starts: &[GroupParams], l: &GroupLayout, p: &mut [u8], s: &mut [f32], z: &mut [f32], scratch: &mut Vec<u8>) {
+fn refine_and_pack<K: Kernels>(groups: &[&[f32]], starts: &[GroupParams], l: &GroupLayout, p: &mut [u8], s: &mut [f32], z: &mut [f32]) {
     let mut grids = [lsq::Grid { scale: 0.0, zero: 0.0, inv: 0.0 }; lsq::BATCH];
     let grids = &mut grids[..groups.len()];
     lsq::refine_batch::<K>(groups, starts, l.bit_width.max_code(), grids);
     for (((values, packed), grid), (scale, zero)) in groups.iter().zip(p.chunks_mut(l.group_bytes())).zip(grids.iter()).zip(s.iter_mut().zip(z.iter_mut())) {
-        pack_lsq(values, grid, l, packed, scratch);
+        with_bits!(l.bit_width, K::encode_lsq(values, grid, packed));
         (*scale, *zero) = (grid.scale, grid.zero);
     }
 }
 
-/// A group's `lsq` codes under its kept grid, packed.
+/// An `lsq` grid as the encoders' parameters: its codes are `(w − zero) × inv`, rounded and
+/// clamped, as min/max's are `(w − lo) × inv`.
 #[inline(always)]
-fn pack_lsq(values: &[f32], grid: &lsq::Grid, l: &GroupLayout, packed: &mut [u8], scratch: &mut Vec<u8>) {
-    scratch.resize(values.len(), 0);
-    lsq::codes(values, grid, l.bit_width.max_code(), scratch);
-    with_bits!(l.bit_width, pack_codes_fast(scratch, l.bit_width, packed));
-}
-
-/// `pack::pack_codes`, 32 codes at a time where it can.
-#[inline(always)]
-fn pack_codes_fast<const B: usize>(codes: &[u8], bits: crate::quant::BitWidth, out: &mut [u8]) {
-    let full = codes.len() / 32;
-    for (q, o) in codes.chunks_exact(32).zip(out.chunks_exact_mut(4 * B)) {
-        kernels::pack32::<B>(q.try_into().expect("chunks_exact(32)"), o);
-    }
-    pack_codes(&codes[full * 32..], bits, &mut out[full * 4 * B..]);
+fn grid_params(g: &lsq::Grid) -> GroupParams {
+    GroupParams { lo: g.zero, scale: g.scale, inv: g.inv }
 }
 
 fn dequantize_job(job: &mut DequantJob<'_>, isa: Isa) {
