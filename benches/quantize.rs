@@ -281,7 +281,7 @@ fn main() {
     println!("  read baseline     {:6.2} GB/s", gbs(r));
     println!("  quantize          {:6.2} GB/s   ratio to read {:.2}x   (slowest/fastest of 15: {quant_spread:.2})", gbs(q), r.as_secs_f64() / q.as_secs_f64());
     busy.sort_by(f64::total_cmp);
-    println!("  quantize CPU time / wall time: lowest {:.2}, median {:.2} of {} threads (below the thread count: a core sat idle)", busy[0], busy[busy.len() / 2], rayon::current_num_threads());
+    println!("  quantize CPU time / wall time: lowest {:.2}, median {:.2} of {} threads (a figure below the thread count means a core sat idle)", busy[0], busy[busy.len() / 2], rayon::current_num_threads());
     println!("  quantize avx2     {:6.2} GB/s   ratio to read {:.2}x", gbs(a), r.as_secs_f64() / a.as_secs_f64());
     println!("  quantize portable {:6.2} GB/s   ratio to read {:.2}x", gbs(p), r.as_secs_f64() / p.as_secs_f64());
     println!("  dequantize (out)  {:6.2} GB/s   ratio to read {:.2}x", gbs(d), r.as_secs_f64() / d.as_secs_f64());
