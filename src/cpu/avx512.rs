@@ -26,6 +26,7 @@ fn load(c: &[f32]) -> __m512 {
 
 /// Min, max and a non-finite check in one pass (see `kernels::scan`).
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub fn scan(values: &[f32]) -> Scan {
     let mut lo = _mm512_set1_ps(f32::INFINITY);
     let mut hi = _mm512_set1_ps(f32::NEG_INFINITY);
