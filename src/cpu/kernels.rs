@@ -1,6 +1,8 @@
 //! The CPU inner loops for a run of consecutive groups, written so that LLVM vectorizes them
-//! (fixed-size chunks, branch-free selects, no float→int conversion). They are compiled twice
-//! by `cpu::mod`: for the baseline target and, behind runtime detection, for AVX2.
+//! (fixed-size chunks, branch-free selects, no float→int conversion): the portable flavour
+//! (`cpu::Portable`). The AVX2 and AVX-512 flavours (`avx2`, `avx512`) share their tails
+//! (`encode_tail`, `decode_tail`) and `finish_scan`. `lsq`'s evaluation has no copy here: the
+//! portable flavour runs the definition's own loops (`lsq::Plain`).
 //!
 //! They compute exactly the contract of [`crate::quant`]:
 //! * min/max use IEEE comparisons, exact for every finite value; the only case where they are
