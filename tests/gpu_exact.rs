@@ -284,6 +284,31 @@ fn layers_larger_than_a_chunk() {
     check(&layers);
 }
 
+/// More chunks than buffer sets: from the fourth chunk on, each chunk is uploaded while the
+/// oldest set is read back on the calling thread, and is submitted on that set once it is free.
+/// Layers of odd lengths so that chunks start and end inside layers, and a run of small layers
+/// that share chunks.
+#[test]
+fn more_chunks_than_buffer_sets() {
+    if gpu().is_none() {
+        return;
+    }
+    let chunk = GpuBackend::shared().unwrap().chunk_bytes() / 4;
+    let mut r = Rng(4242);
+    let mut layers: Vec<(Vec<f32>, GroupLayout)> = Vec::new();
+    let n = chunk * 2 + 777;
+    layers.push(((0..n).map(|_| r.normalish()).collect(), layout(1, n, BitWidth::B4, 128)));
+    for i in 0..40 {
+        let row = 1000 + 37 * i;
+        layers.push(((0..64 * row).map(|_| r.normalish()).collect(), layout(64, row, [BitWidth::B2, BitWidth::B4, BitWidth::B8][i % 3], 64)));
+    }
+    let rows = (chunk * 5 / 2) / 3000 + 1;
+    layers.push(((0..rows * 3000).map(|_| r.normalish()).collect(), layout(rows, 3000, BitWidth::B2, 32)));
+    let total: usize = layers.iter().map(|(w, _)| w.len()).sum();
+    assert!(total > chunk * 5, "{total} values should fill more than five chunks of {chunk}");
+    check(&layers);
+}
+
 /// Groups longer than one tile of the fused kernel (2048 elements), reduced by a whole
 /// workgroup: alone, next to short tail groups, as a whole row, and as big as a chunk (the
 /// most loop iterations per invocation; llvmpipe ends an invocation's loops after 65,535

@@ -98,7 +98,8 @@ struct Row {
     /// Host → device through `Queue::write_buffer`, one chunk at a time (the serialized path).
     write_buffer_gbs: f64,
     /// Where the fastest GPU call's wall time went on the host (fractions): filling the upload
-    /// buffers, waiting for results, copying them out.
+    /// buffers, waiting for the device, copying results out (while the next chunk is filled, so
+    /// the three may add up to more than 1).
     host_fill: f64,
     host_wait: f64,
     host_read: f64,

@@ -52,11 +52,12 @@ pub fn upload(ctx: &GpuContext, data: &[u8], chunk: usize) -> Result<f64> {
     for (k, piece) in data.chunks(chunk).enumerate() {
         let up = &ring[k % RING];
         let len = piece.len() / 4 * 4;
-        up.fill(ctx, len, |block, at| block.copy_from_slice(&piece[at..at + block.len()]))?;
+        up.fill(ctx, len, |block, at| block.copy_from_slice(&piece[at..at + block.len()]), || Ok(()))?;
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(&up.buffer, 0, &dst, 0, len as u64);
-        last = Some(ctx.queue.submit([enc.finish()]));
-        up.remap();
+        let copy = ctx.queue.submit([enc.finish()]);
+        up.remap(copy.clone());
+        last = Some(copy);
         ctx.check()?;
     }
     if let Some(idx) = last {

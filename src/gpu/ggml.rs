@@ -243,9 +243,9 @@ impl GgmlKernels {
             };
             for (ci, &(b0, b1)) in chunks.iter().enumerate() {
                 let si = ci % 2;
-                if inflight.len() == 2 {
-                    finish(inflight.pop_front().expect("a set in flight"), out, &mut stages)?;
-                }
+                // With both sets in flight the older is this chunk's: read back while the
+                // upload buffer is filled, free again before this chunk is submitted.
+                let oldest = (inflight.len() == 2).then(|| inflight.pop_front().expect("a set in flight"));
                 let set = &sets[si];
                 let units = (b1 - b0).div_ceil(unit);
                 let uniforms = GgmlUniforms {
@@ -258,9 +258,10 @@ impl GgmlKernels {
                 };
                 ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&uniforms));
                 let src: &[u8] = bytemuck::cast_slice(&x[b0 * qk..b1 * qk]);
-                let filling = Instant::now();
-                set.upload.fill(ctx, src.len(), |block, at| block.copy_from_slice(&src[at..at + block.len()]))?;
-                stages.fill += filling.elapsed().as_secs_f64();
+                let read_oldest = || oldest.map_or(Ok(()), |f| finish(f, out, &mut stages));
+                let ((), took) = set.upload.fill(ctx, src.len(), |block, at| block.copy_from_slice(&src[at..at + block.len()]), read_oldest)?;
+                stages.fill += took.fill;
+                stages.wait += took.wait;
                 let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ggml blocks") });
                 enc.copy_buffer_to_buffer(&set.upload.buffer, 0, &set.input, 0, src.len() as u64);
                 {
@@ -275,8 +276,9 @@ impl GgmlKernels {
                 if let (Some(t), Some(_)) = (&set.timer, stages.kernel) {
                     t.resolve(&mut enc, &set.staging, time_at);
                 }
-                inflight.push_back(staging::submit(ctx, enc, &set.staging, len, si, ci));
-                set.upload.remap();
+                let f = staging::submit(ctx, enc, &set.staging, len, si, ci);
+                set.upload.remap(f.index.clone());
+                inflight.push_back(f);
             }
             while let Some(f) = inflight.pop_front() {
                 finish(f, out, &mut stages)?;

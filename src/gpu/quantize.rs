@@ -72,9 +72,11 @@ impl QuantSet {
 }
 
 /// Where a quantize call's time went, in seconds: the kernels (GPU timestamps, where the adapter
-/// has them), and on the host: filling the upload buffers (waiting for a free one included),
-/// waiting for each chunk's results, and copying them into the outputs. Whatever the host spends
-/// elsewhere (planning, submitting) is the rest of the call's wall time. Also how many blocks the
+/// has them), and on the host: filling the upload buffers, waiting for the device (for a free
+/// upload buffer or for a chunk's results), and copying results into the outputs. A chunk's
+/// results are copied while the fill threads fill the next chunk, so the three can add up to
+/// more than the call's wall time; whatever the host spends elsewhere (planning, submitting)
+/// is not in them. Also how many blocks the
 /// GPU left to the CPU reference (ggml's types: blocks past the kernels' bounds; 0 for min/max).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stages {
@@ -134,11 +136,14 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
         stages.read += reading.elapsed().as_secs_f64();
         Ok(())
     };
+    // The inputs apart from the outputs: a chunk is filled from the one while an earlier
+    // chunk's results are copied into the other.
+    let weights: Vec<&[f32]> = jobs.iter().map(|j| j.weights).collect();
     for (ci, chunk) in chunks.iter().enumerate() {
         let si = ci % SETS;
-        if inflight.len() == SETS {
-            finish(inflight.pop_front().expect("a set in flight"), jobs, &mut failed, &mut stages)?;
-        }
+        // With every set in flight the oldest is this chunk's set: it is read back while the
+        // upload buffer is filled, and is free again before this chunk is submitted.
+        let oldest = (inflight.len() == SETS).then(|| inflight.pop_front().expect("a set in flight"));
         let set = &sets[si];
         let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
         let n_segs = segs.len() as u32;
@@ -151,9 +156,8 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
         // blocks of it straight from the jobs' slices.
         let bytes = chunk.n_elems * 4;
         let starts: Vec<usize> = chunk.pieces.iter().map(|p| p.seg.elem_start as usize * 4).collect();
-        let weights = |i: usize| -> &[u8] { bytemuck::cast_slice(&jobs[chunk.pieces[i].job].weights[chunk.pieces[i].elems.clone()]) };
-        let filling = Instant::now();
-        set.upload.fill(ctx, bytes, |block, at| {
+        let weights = |i: usize| -> &[u8] { bytemuck::cast_slice(&weights[chunk.pieces[i].job][chunk.pieces[i].elems.clone()]) };
+        let copy_in = |block: &mut wgpu::WriteOnly<'_, [u8]>, at: usize| {
             let end = at + block.len();
             let mut i = starts.partition_point(|&s| s <= at).saturating_sub(1);
             while i < starts.len() && starts[i] < end {
@@ -164,8 +168,11 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
                 }
                 i += 1;
             }
-        })?;
-        stages.fill += filling.elapsed().as_secs_f64();
+        };
+        let read_oldest = || oldest.map_or(Ok(()), |f| finish(f, jobs, &mut failed, &mut stages));
+        let ((), took) = set.upload.fill(ctx, bytes, copy_in, read_oldest)?;
+        stages.fill += took.fill;
+        stages.wait += took.wait;
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("quantize") });
         enc.copy_buffer_to_buffer(&set.upload.buffer, 0, &set.input, 0, bytes.next_multiple_of(4) as u64);
         enc.clear_buffer(&set.errs, 0, Some(n_segs as u64 * 4));
@@ -188,8 +195,9 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
         if let (Some(t), Some(_)) = (&set.timer, stages.kernel) {
             t.resolve(&mut enc, &set.staging, lay.time);
         }
-        inflight.push_back(staging::submit(ctx, enc, &set.staging, lay.len, si, ci));
-        set.upload.remap();
+        let f = staging::submit(ctx, enc, &set.staging, lay.len, si, ci);
+        set.upload.remap(f.index.clone());
+        inflight.push_back(f);
     }
     while let Some(f) = inflight.pop_front() {
         finish(f, jobs, &mut failed, &mut stages)?;

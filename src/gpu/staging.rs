@@ -6,6 +6,7 @@
 //! uploads through persistent mapped buffers ([`Upload`]) filled by every core.
 
 use std::sync::mpsc;
+use std::time::Instant;
 
 use crate::error::{QuantError, Result};
 
@@ -86,7 +87,7 @@ pub struct InFlight {
     pub set: usize,
     pub chunk: usize,
     pub index: wgpu::SubmissionIndex,
-    pub mapped: mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    pub mapped: Mapping,
 }
 
 /// Submits `enc` and asks for `staging[..len]` to be mapped once it has run.
@@ -101,8 +102,7 @@ pub fn submit(ctx: &GpuContext, enc: wgpu::CommandEncoder, staging: &wgpu::Buffe
 
 /// Waits for `f` to finish and for its staging buffer to be mapped.
 pub fn wait_mapped(ctx: &GpuContext, f: &InFlight) -> Result<()> {
-    ctx.wait(f.index.clone())?;
-    wait_map(ctx, &f.mapped, "reading back from the GPU")
+    wait_map(ctx, &f.mapped, f.index.clone(), "reading back from the GPU")
 }
 
 /// A persistent host-visible buffer the host fills and the device copies from: it replaces
@@ -111,8 +111,20 @@ pub fn wait_mapped(ctx: &GpuContext, f: &InFlight) -> Result<()> {
 /// again in the background, and [`Upload::fill`] waits for that only if it has not finished.
 pub struct Upload {
     pub buffer: wgpu::Buffer,
-    /// The pending re-map (None: mapped, ready to fill).
-    remap: std::sync::Mutex<Option<mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>>>,
+    /// The pending re-map (None: mapped, ready to fill), with the submission that copies from
+    /// the buffer: waiting for that one, not for the whole queue, keeps the later chunks in
+    /// flight while this buffer is refilled.
+    remap: std::sync::Mutex<Option<(wgpu::SubmissionIndex, Mapping)>>,
+}
+
+type Mapping = mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>;
+
+/// Seconds an [`Upload::fill`] spent waiting for the device to release the buffer (its copy
+/// of an earlier chunk), and filling it.
+#[derive(Clone, Copy, Debug)]
+pub struct FillTimes {
+    pub wait: f64,
+    pub fill: f64,
 }
 
 /// Bytes each worker copies into an upload buffer at a time.
@@ -136,18 +148,30 @@ impl Upload {
 
     /// Fills bytes `..len` with `fill(block, offset)` for blocks of [`FILL_BLOCK`] bytes (the
     /// last one shorter), on as many threads as the pool has, then unmaps the buffer for the
-    /// device's copy.
-    pub fn fill(&self, ctx: &GpuContext, len: usize, fill: impl Fn(&mut wgpu::WriteOnly<'_, [u8]>, usize) + Sync) -> Result<()> {
-        if let Some(rx) = self.remap.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            wait_map(ctx, &rx, "mapping an upload buffer")?;
+    /// device's copy. Meanwhile the calling thread runs `beside` (the caller reads back an
+    /// earlier chunk there: on the H200 machine reading back took a third as long as filling,
+    /// and ran after it). Returns what `beside` returned and where the time went.
+    pub fn fill<T>(&self, ctx: &GpuContext, len: usize, fill: impl Fn(&mut wgpu::WriteOnly<'_, [u8]>, usize) + Sync, beside: impl FnOnce() -> Result<T>) -> Result<(T, FillTimes)> {
+        let start = Instant::now();
+        if let Some((copy, rx)) = self.remap.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            wait_map(ctx, &rx, copy, "mapping an upload buffer")?;
         }
-        {
+        let waited = start.elapsed();
+        let start = Instant::now();
+        let (side, filled) = {
             let mut view = self.buffer.slice(..len as u64).get_mapped_range_mut().map_err(|e| QuantError::Device(format!("mapping an upload buffer failed: {e}")))?;
             // Mapped memory may be write-combined, so wgpu hands it out write-only; whole
             // fixed-size blocks may cross threads, the tail is filled here.
             let (blocks, mut rest) = view.slice(..).into_chunks::<FILL_BLOCK>();
             let blocks: Vec<wgpu::WriteOnly<'_, [u8; FILL_BLOCK]>> = blocks.into_iter().collect();
             let tail_at = blocks.len() * FILL_BLOCK;
+            let fill_all = |blocks: Vec<(usize, wgpu::WriteOnly<'_, [u8; FILL_BLOCK]>)>| {
+                for (k, b) in blocks {
+                    let mut b: wgpu::WriteOnly<'_, [u8]> = b.into();
+                    fill(&mut b, k * FILL_BLOCK)
+                }
+                Instant::now()
+            };
             // Plain scoped threads, not the rayon pool: the caller holds the GPU backend's
             // lock, and a rayon worker waiting for its fill tasks would steal other work (say
             // another tensor of the converter) that waits for that same lock: a deadlock.
@@ -155,48 +179,57 @@ impl Upload {
             if threads > 1 {
                 let per = blocks.len().div_ceil(threads);
                 let mut blocks = blocks.into_iter().enumerate();
-                let fill = &fill;
-                std::thread::scope(|s| loop {
-                    let mine: Vec<_> = blocks.by_ref().take(per).collect();
-                    if mine.is_empty() {
-                        break;
-                    }
-                    s.spawn(move || {
-                        for (k, b) in mine {
-                            let mut b: wgpu::WriteOnly<'_, [u8]> = b.into();
-                            fill(&mut b, k * FILL_BLOCK)
+                let fill_all = &fill_all;
+                std::thread::scope(|s| {
+                    let mut workers = Vec::new();
+                    loop {
+                        let mine: Vec<_> = blocks.by_ref().take(per).collect();
+                        if mine.is_empty() {
+                            break;
                         }
-                    });
-                });
+                        workers.push(s.spawn(move || fill_all(mine)));
+                    }
+                    fill(&mut rest, tail_at);
+                    let side = beside();
+                    let ends: Vec<Instant> = workers.into_iter().map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect();
+                    (side, ends.into_iter().max().unwrap_or(start) - start)
+                })
             } else {
-                for (k, b) in blocks.into_iter().enumerate() {
-                    let mut b: wgpu::WriteOnly<'_, [u8]> = b.into();
-                    fill(&mut b, k * FILL_BLOCK)
-                }
+                let end = fill_all(blocks.into_iter().enumerate().collect());
+                fill(&mut rest, tail_at);
+                let filled = end.max(Instant::now()) - start;
+                (beside(), filled)
             }
-            fill(&mut rest, tail_at);
-        }
+        };
         self.buffer.unmap();
-        Ok(())
+        Ok((side?, FillTimes { wait: waited.as_secs_f64(), fill: filled.as_secs_f64() }))
     }
 
-    /// Asks for the buffer to be mapped again once the submitted copy from it has run.
-    pub fn remap(&self) {
+    /// Asks for the buffer to be mapped again once `copy`, the submission that copies from it,
+    /// has run.
+    pub fn remap(&self, copy: wgpu::SubmissionIndex) {
         let (tx, rx) = mpsc::channel();
         self.buffer.slice(..).map_async(wgpu::MapMode::Write, move |r| {
             let _ = tx.send(r);
         });
-        *self.remap.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        *self.remap.lock().unwrap_or_else(|p| p.into_inner()) = Some((copy, rx));
     }
 }
 
-/// Blocks until a `map_async` reports, polling the device; `what` names the mapping in errors.
-fn wait_map(ctx: &GpuContext, rx: &mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>, what: &str) -> Result<()> {
+/// Blocks until a `map_async` reports, waiting for `after` (the submission the mapping waits
+/// for) if it has not yet; `what` names the mapping in errors.
+fn wait_map(ctx: &GpuContext, rx: &Mapping, after: wgpu::SubmissionIndex, what: &str) -> Result<()> {
     let r = match rx.try_recv() {
         Ok(r) => r,
         Err(_) => {
-            ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e}")))?;
-            rx.recv().map_err(|_| QuantError::Device(format!("{what}: the mapping was dropped")))?
+            ctx.wait(after)?;
+            match rx.try_recv() {
+                Ok(r) => r,
+                Err(_) => {
+                    ctx.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| QuantError::Device(format!("waiting for the GPU failed: {e}")))?;
+                    rx.recv().map_err(|_| QuantError::Device(format!("{what}: the mapping was dropped")))?
+                }
+            }
         }
     };
     r.map_err(|e| QuantError::Device(format!("{what} failed: {e} (adapter {})", ctx.describe())))?;
