@@ -153,15 +153,33 @@ pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32
     decode_tail::<B>(tail_bytes, scale, lo, chunks.into_remainder());
 }
 
-/// `lsq`'s step 2 codes of eight values, as floats (see `avx512::lsq_codes16`: the same
-/// integer clamps on the bit patterns, and `round` to nearest-even in place of the
-/// definition's `(t + 2^23) − 2^23`).
-#[target_feature(enable = "avx2")]
-#[inline]
-fn lsq_codes8(w: __m256, zero: __m256, inv: __m256, max_code: __m256) -> __m256 {
-    let t = _mm256_castps_si256(_mm256_mul_ps(_mm256_sub_ps(w, zero), inv));
-    let t = _mm256_castsi256_ps(_mm256_min_epi32(_mm256_max_epi32(t, _mm256_setzero_si256()), _mm256_castps_si256(max_code)));
-    _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t)
+/// A grid's constants, broadcast, for `lsq`'s step 2 on eight values at a time.
+#[derive(Clone, Copy)]
+struct GridRegs {
+    zero: __m256,
+    inv: __m256,
+    scale: __m256,
+    max_code: __m256,
+}
+
+impl GridRegs {
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn new(g: &Grid, max_code: f32) -> Self {
+        Self { zero: _mm256_set1_ps(g.zero), inv: _mm256_set1_ps(g.inv), scale: _mm256_set1_ps(g.scale), max_code: _mm256_set1_ps(max_code) }
+    }
+
+    /// The codes of `w` as floats and their errors (see `avx512::GridRegs::code_error`: the
+    /// same integer clamps on the bit patterns, and `round` to nearest-even in place of the
+    /// definition's `(t + 2^23) − 2^23`; no FMA).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn code_error(&self, w: __m256) -> (__m256, __m256) {
+        let t = _mm256_castps_si256(_mm256_mul_ps(_mm256_sub_ps(w, self.zero), self.inv));
+        let t = _mm256_castsi256_ps(_mm256_min_epi32(_mm256_max_epi32(t, _mm256_setzero_si256()), _mm256_castps_si256(self.max_code)));
+        let q = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        (q, _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(q, self.scale), self.zero), w))
+    }
 }
 
 /// The group's values as the definition's sixteen lanes, two registers of eight (lanes 0–7 and
@@ -191,14 +209,12 @@ fn for_each16(values: &[f32], mut f: impl FnMut([__m256; 2], [__m256; 2])) {
 #[target_feature(enable = "avx2")]
 #[inline]
 pub fn lsq_evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
-    let (zero, inv, scale, l) = (_mm256_set1_ps(g.zero), _mm256_set1_ps(g.inv), _mm256_set1_ps(g.scale), _mm256_set1_ps(max_code));
+    let grid = GridRegs::new(g, max_code);
     let z = _mm256_setzero_ps();
     let (mut sse, mut sq, mut sqq, mut sqw) = ([z; 2], [z; 2], [z; 2], [z; 2]);
     for_each16(values, |w, on| {
         for h in 0..2 {
-            let q = lsq_codes8(w[h], zero, inv, l);
-            // Product and sum rounded separately (no FMA), as defined.
-            let e = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(q, scale), zero), w[h]);
+            let (q, e) = grid.code_error(w[h]);
             sse[h] = _mm256_add_ps(sse[h], _mm256_and_ps(_mm256_mul_ps(e, e), on[h]));
             sq[h] = _mm256_add_ps(sq[h], _mm256_and_ps(q, on[h]));
             sqq[h] = _mm256_add_ps(sqq[h], _mm256_and_ps(_mm256_mul_ps(q, q), on[h]));
@@ -226,12 +242,11 @@ pub fn lsq_evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
 #[target_feature(enable = "avx2")]
 #[inline]
 pub fn lsq_sse(values: &[f32], g: &Grid, max_code: f32) -> f32 {
-    let (zero, inv, scale, l) = (_mm256_set1_ps(g.zero), _mm256_set1_ps(g.inv), _mm256_set1_ps(g.scale), _mm256_set1_ps(max_code));
+    let grid = GridRegs::new(g, max_code);
     let mut sse = [_mm256_setzero_ps(); 2];
     for_each16(values, |w, on| {
         for h in 0..2 {
-            let q = lsq_codes8(w[h], zero, inv, l);
-            let e = _mm256_sub_ps(_mm256_add_ps(_mm256_mul_ps(q, scale), zero), w[h]);
+            let (_, e) = grid.code_error(w[h]);
             sse[h] = _mm256_add_ps(sse[h], _mm256_and_ps(_mm256_mul_ps(e, e), on[h]));
         }
     });

@@ -154,20 +154,39 @@ pub fn decode<const B: usize>(packed: &[u8], scale: f32, lo: f32, out: &mut [f32
     decode_tail::<B>(tail_bytes, scale, lo, chunks.into_remainder());
 }
 
-/// `lsq`'s step 2 codes of sixteen values, as floats: `round_half_even(clamp((w − zero) × inv,
-/// 0, L))`. The clamps compare bit patterns as signed integers: `t` is never NaN, every
-/// negative float (−0.0 too) is a negative integer, and non-negative floats order like their
-/// bits; so `max_epi32(t, 0)` is the definition's `t > 0 ? t : +0.0` and `min_epi32(t, L)` its
-/// `t < L ? t : L`. They run on the integer vector pipes, where the float `min`/`max` would
-/// compete with the evaluation's seven additions for the float-add ones (7% faster, measured).
-/// `roundscale` rounds to nearest-even in one instruction: the same integer as the
-/// definition's `(t + 2^23) − 2^23` for `0 ≤ t ≤ 255`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn lsq_codes16(w: __m512, zero: __m512, inv: __m512, max_code: __m512) -> __m512 {
-    let t = _mm512_castps_si512(_mm512_mul_ps(_mm512_sub_ps(w, zero), inv));
-    let t = _mm512_castsi512_ps(_mm512_min_epi32(_mm512_max_epi32(t, _mm512_setzero_si512()), _mm512_castps_si512(max_code)));
-    _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t)
+/// A grid's constants, broadcast, for `lsq`'s step 2 on sixteen values at a time.
+#[derive(Clone, Copy)]
+struct GridRegs {
+    zero: __m512,
+    inv: __m512,
+    scale: __m512,
+    max_code: __m512,
+}
+
+impl GridRegs {
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn new(g: &Grid, max_code: f32) -> Self {
+        Self { zero: _mm512_set1_ps(g.zero), inv: _mm512_set1_ps(g.inv), scale: _mm512_set1_ps(g.scale), max_code: _mm512_set1_ps(max_code) }
+    }
+
+    /// The codes of `w` as floats, `round_half_even(clamp((w − zero) × inv, 0, L))`, and their
+    /// errors `(q × scale + zero) − w`, product and sum rounded separately (no FMA), as defined.
+    /// The clamps compare bit patterns as signed integers: `t` is never NaN, every negative
+    /// float (−0.0 too) is a negative integer, and non-negative floats order like their bits;
+    /// so `max_epi32(t, 0)` is the definition's `t > 0 ? t : +0.0` and `min_epi32(t, L)` its
+    /// `t < L ? t : L`. They run on the integer vector pipes, where the float `min`/`max` would
+    /// compete with the evaluation's seven additions for the float-add ones (7% faster,
+    /// measured). `roundscale` rounds to nearest-even in one instruction: the same integer as
+    /// the definition's `(t + 2^23) − 2^23` for `0 ≤ t ≤ 255`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn code_error(&self, w: __m512) -> (__m512, __m512) {
+        let t = _mm512_castps_si512(_mm512_mul_ps(_mm512_sub_ps(w, self.zero), self.inv));
+        let t = _mm512_castsi512_ps(_mm512_min_epi32(_mm512_max_epi32(t, _mm512_setzero_si512()), _mm512_castps_si512(self.max_code)));
+        let q = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        (q, _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(q, self.scale), self.zero), w))
+    }
 }
 
 /// The group's values sixteen at a time: whole chunks, then the tail (if any) as a masked
@@ -194,12 +213,10 @@ fn for_each16(values: &[f32], mut f: impl FnMut(__m512, __mmask16)) {
 #[target_feature(enable = "avx512f")]
 #[inline]
 pub fn lsq_evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
-    let (zero, inv, scale, l) = (_mm512_set1_ps(g.zero), _mm512_set1_ps(g.inv), _mm512_set1_ps(g.scale), _mm512_set1_ps(max_code));
+    let grid = GridRegs::new(g, max_code);
     let (mut sse, mut sq, mut sqq, mut sqw) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
     for_each16(values, |w, on| {
-        let q = lsq_codes16(w, zero, inv, l);
-        // Product and sum rounded separately (no FMA), as defined.
-        let e = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(q, scale), zero), w);
+        let (q, e) = grid.code_error(w);
         sse = _mm512_mask_add_ps(sse, on, sse, _mm512_mul_ps(e, e));
         sq = _mm512_mask_add_ps(sq, on, sq, q);
         sqq = _mm512_mask_add_ps(sqq, on, sqq, _mm512_mul_ps(q, q));
@@ -223,11 +240,10 @@ pub fn lsq_evaluate(values: &[f32], g: &Grid, max_code: f32) -> Evaluation {
 #[target_feature(enable = "avx512f")]
 #[inline]
 pub fn lsq_sse(values: &[f32], g: &Grid, max_code: f32) -> f32 {
-    let (zero, inv, scale, l) = (_mm512_set1_ps(g.zero), _mm512_set1_ps(g.inv), _mm512_set1_ps(g.scale), _mm512_set1_ps(max_code));
+    let grid = GridRegs::new(g, max_code);
     let mut sse = _mm512_setzero_ps();
     for_each16(values, |w, on| {
-        let q = lsq_codes16(w, zero, inv, l);
-        let e = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(q, scale), zero), w);
+        let (_, e) = grid.code_error(w);
         sse = _mm512_mask_add_ps(sse, on, sse, _mm512_mul_ps(e, e));
     });
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(sse)));
