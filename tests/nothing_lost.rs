@@ -90,6 +90,18 @@ fn an_output_that_is_not_a_regular_file_is_never_replaced() {
     assert!(partials(dir.path()).is_empty());
 }
 
+/// An output in a folder that does not exist: the error names the output and the folder (not
+/// only the temporary file it would have been written to first), and nothing is created.
+#[test]
+fn an_output_in_a_missing_folder_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model(dir.path());
+    let dst = dir.path().join("no-such-dir").join("out.arrow");
+    let msg = err(convert(&src, &dst, &Options::default(), &mut NoProgress));
+    assert!(msg.contains(&format!("cannot write {}", dst.display())) && msg.contains("no-such-dir does not exist"), "{msg}");
+    assert!(!dir.path().join("no-such-dir").exists());
+}
+
 #[test]
 fn a_report_that_cannot_be_written_leaves_the_old_output_untouched() {
     let dir = tempfile::tempdir().unwrap();

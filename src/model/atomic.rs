@@ -45,7 +45,15 @@ impl AtomicFile {
             }
         }
         let tmp = dest.with_file_name(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
-        let file = File::create(&tmp).map_err(|e| QuantError::Io { context: format!("cannot create {}", tmp.display()), source: e })?;
+        let file = File::create(&tmp).map_err(|e| {
+            // Name the output the user gave, and its missing folder where that is the cause.
+            let folder = dest.parent().filter(|p| !p.as_os_str().is_empty());
+            let context = match folder {
+                Some(f) if !f.is_dir() => format!("cannot write {}: its folder {} does not exist", dest.display(), f.display()),
+                _ => format!("cannot write {} (through the temporary file {})", dest.display(), tmp.display()),
+            };
+            QuantError::Io { context, source: e }
+        })?;
         Ok(Self { tmp, dest: dest.to_path_buf(), writer: Some(BufWriter::with_capacity(1 << 20, file)), written: 0, kicked: 0 })
     }
 
