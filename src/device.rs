@@ -5,12 +5,13 @@ pub mod probe;
 
 use std::str::FromStr;
 
-use crate::backend::{Backend, DequantJob, QuantJob};
+use crate::backend::{Backend, DequantJob, MeasuredJob, QuantJob};
 use crate::cpu::CpuBackend;
 use crate::error::{QuantError, Result};
 #[cfg(feature = "gpu")]
 use crate::gpu::GpuBackend;
 use crate::quant::ggml::GgmlType;
+use crate::quant::metrics::ErrorStats;
 use crate::quant::Method;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -128,6 +129,19 @@ struct Auto;
 
 static AUTO_BACKEND: Auto = Auto;
 
+/// Where "auto" runs `elements` values of `method`: a call too small for the GPU to pay
+/// ([`AutoGpu`] would hand it to the CPU anyway) goes to the CPU without making the decision,
+/// so small work never starts a GPU (on a machine with only lavapipe, starting it took
+/// 40–130 ms).
+fn auto_backend(method: Method, elements: usize) -> &'static dyn Backend {
+    #[cfg(feature = "gpu")]
+    if elements < AUTO_GPU_MIN_ELEMENTS {
+        return &CPU;
+    }
+    let _ = elements;
+    auto_for(method).backend
+}
+
 impl Backend for Auto {
     fn name(&self) -> String {
         auto().backend.name()
@@ -139,14 +153,21 @@ impl Backend for Auto {
             let method = first.layout.method;
             let n = rest.iter().take_while(|j| j.layout.method == method).count();
             let (run, tail) = rest.split_at_mut(n);
-            auto_for(method).backend.quantize(run)?;
+            auto_backend(method, run.iter().map(|j| j.layout.n_elements()).sum()).quantize(run)?;
             rest = tail;
         }
         Ok(())
     }
 
     fn dequantize(&self, jobs: &mut [DequantJob<'_>]) -> Result<()> {
-        auto().backend.dequantize(jobs)
+        auto_backend(Method::MinMax, jobs.iter().map(|j| j.layout.n_elements()).sum()).dequantize(jobs)
+    }
+
+    /// The chosen backend's own fused pass (the CPU's reads the tensor once; the trait's plain
+    /// way converts it to f32, quantizes, then decodes and compares: on this machine the
+    /// converter ran 2–4× slower with it).
+    fn quantize_measured(&self, job: &mut MeasuredJob<'_>) -> Result<ErrorStats> {
+        auto_backend(job.layout.method, job.layout.n_elements()).quantize_measured(job)
     }
 }
 
@@ -204,7 +225,7 @@ const AUTO_GPU_MIN_ELEMENTS: usize = 1 << 20;
 
 #[cfg(feature = "gpu")]
 impl AutoGpu {
-    fn run<J>(&self, jobs: &mut [J], elements: impl Fn(&J) -> usize, f: impl Fn(&dyn Backend, &mut [J]) -> Result<()>) -> Result<()> {
+    fn run<J, T>(&self, jobs: &mut [J], elements: impl Fn(&J) -> usize, f: impl Fn(&dyn Backend, &mut [J]) -> Result<T>) -> Result<T> {
         if jobs.iter().map(elements).sum::<usize>() < AUTO_GPU_MIN_ELEMENTS {
             return f(&CPU, jobs);
         }
@@ -227,6 +248,10 @@ impl Backend for AutoGpu {
 
     fn dequantize(&self, jobs: &mut [DequantJob<'_>]) -> Result<()> {
         self.run(jobs, |j| j.layout.n_elements(), |b, j| b.dequantize(j))
+    }
+
+    fn quantize_measured(&self, job: &mut MeasuredJob<'_>) -> Result<ErrorStats> {
+        self.run(std::slice::from_mut(job), |j| j.layout.n_elements(), |b, j| b.quantize_measured(&mut j[0]))
     }
 }
 
@@ -385,4 +410,29 @@ fn decide_ggml(ty: GgmlType, imatrix: bool) -> AutoChoice {
 #[cfg(not(feature = "gpu"))]
 fn decide_ggml(_: GgmlType, _: bool) -> AutoChoice {
     AutoChoice { backend: &CPU, reason: "built without the 'gpu' feature".into(), gpu: false }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::measured::FUSED_CALLS;
+    use crate::quant::{BitWidth, GroupLayout, QuantConfig, Values};
+
+    /// "auto" measures a tensor with the CPU's fused pass wherever the CPU runs it (small
+    /// calls, and every call where it chose the CPU), not with the trait's plain way.
+    #[test]
+    fn auto_measures_with_the_fused_cpu_pass() {
+        for n in [4096, 1 << 20] {
+            let w: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0).collect();
+            let layout = GroupLayout::new(n / 512, 512, QuantConfig::new(BitWidth::B4, 64).unwrap());
+            let (mut p, mut s, mut z) = (vec![0u8; layout.packed_len()], vec![0f32; layout.n_groups()], vec![0f32; layout.n_groups()]);
+            let before = FUSED_CALLS.with(|c| c.get());
+            let mut job = MeasuredJob { name: "w", values: Values::F32(&w), layout, packed: &mut p, scales: &mut s, zero_points: &mut z };
+            backend(Device::Auto).unwrap().quantize_measured(&mut job).unwrap();
+            let on_cpu = n < 1 << 20 || !auto().gpu;
+            if on_cpu {
+                assert_eq!(FUSED_CALLS.with(|c| c.get()), before + 1, "{n} values");
+            }
+        }
+    }
 }

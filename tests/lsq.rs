@@ -194,11 +194,13 @@ fn the_gpu_runs_mixed_methods_in_one_call() {
 }
 
 /// "auto" decides per method; a call with both methods runs each run of jobs where its method
-/// went, with the reference's bytes, and the description then gives both decisions.
+/// went (these small ones on the CPU, without a decision), with the reference's bytes, and
+/// once both decisions are made the description gives both.
 #[test]
 fn auto_runs_mixed_methods_in_one_call() {
     use arrow_quant_v2::device::{auto_for, backend, describe, Device};
     assert_mixed_methods_give_the_reference(backend(Device::Auto).unwrap());
+    let _ = (auto_for(Method::MinMax), auto_for(Method::Lsq));
     let text = describe(Device::Auto).unwrap();
     assert!(text.contains(&format!("; lsq: {}: {}]", auto_for(Method::Lsq).backend.name(), auto_for(Method::Lsq).reason)), "{text}");
 }

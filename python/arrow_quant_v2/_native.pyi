@@ -56,10 +56,11 @@ def dequantized_schema() -> pa.Schema:
 def backend_name(device: Device = "auto") -> str:
     """The backend `device` resolves to, e.g. ``"cpu (rayon, 2 threads, avx512)"``; for
     ``"auto"`` followed by why (``"[auto: measured faster: cpu 41.2 GB/s, gpu (…) 9.8 GB/s …]"``).
-    The first ``"auto"`` in a process looks for a GPU and, if it finds a hardware one, times
-    both paths on a 16 MiB probe (cached for the process); the first ``method="lsq"`` call
-    under ``"auto"`` races the search on its own 4 MiB probe, and its decision is appended
-    (``"; lsq: …"``)."""
+    The first ``"auto"`` decision in a process (this call, or the first ``"auto"`` call of at
+    least 2^20 values; smaller calls run on the CPU without one) looks for a GPU and, if it
+    finds a hardware one, times both paths on a 16 MiB probe (cached for the process); the
+    first such ``method="lsq"`` call under ``"auto"`` races the search on its own 4 MiB probe,
+    and its decision is appended (``"; lsq: …"``)."""
 
 def set_num_threads(n: int) -> None:
     """Worker threads for every later call in this process; 0 restores the default

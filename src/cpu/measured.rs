@@ -15,7 +15,15 @@ use crate::error::Result;
 use crate::quant::metrics::{rows_per_chunk, ErrorStats, Lanes};
 use crate::quant::{lsq, reference, GroupLayout, GroupParams, Method, Values};
 
+#[cfg(test)]
+thread_local! {
+    /// Calls of the fused pass on this thread: lets tests see which path a backend took.
+    pub(crate) static FUSED_CALLS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 pub(super) fn quantize_measured(job: &mut MeasuredJob<'_>, isa: Isa) -> Result<ErrorStats> {
+    #[cfg(test)]
+    FUSED_CALLS.with(|c| c.set(c.get() + 1));
     let l = job.layout;
     if job.values.len() != l.n_elements() {
         return Err(crate::error::QuantError::layer_value(job.name, format!("{} values for a layout of {}", job.values.len(), l.n_elements())));

@@ -7,7 +7,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod kernels;
-mod measured;
+pub(crate) mod measured;
 
 use rayon::prelude::*;
 

@@ -56,6 +56,12 @@ pub fn inherited_from_parent() -> bool {
     pid != 0 && pid != std::process::id()
 }
 
+/// Whether this process has started wgpu (looked for adapters): "gpu" does on first use,
+/// "auto" on the first call large enough for the GPU to be worth asking.
+pub fn started() -> bool {
+    WGPU_PID.load(Ordering::Relaxed) == std::process::id()
+}
+
 fn probe() -> std::result::Result<&'static Probe, String> {
     PROBE
         .get_or_init(|| {

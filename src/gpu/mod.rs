@@ -35,7 +35,7 @@ use crate::quant::ggml::GgmlType;
 use crate::quant::{reference, Method};
 
 pub use quantize::Stages;
-pub use context::{auto_candidate, found_adapters, inherited_from_parent, AutoCandidate, ALLOW_SOFTWARE_ENV};
+pub use context::{auto_candidate, found_adapters, inherited_from_parent, started, AutoCandidate, ALLOW_SOFTWARE_ENV};
 use plan::Caps;
 
 pub struct GpuBackend {

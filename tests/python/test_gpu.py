@@ -99,14 +99,17 @@ def test_auto_says_why():
 
 
 def test_auto_decides_the_search_on_its_own():
-    # A process that never ran lsq has made no lsq decision; its first lsq call under "auto"
-    # makes one, and backend_name("auto") then gives both.
+    # A process that never ran lsq has made no lsq decision, and a call too small for the GPU
+    # (under 2^20 values) runs on the CPU without making one; its first larger lsq call under
+    # "auto" makes it, and backend_name("auto") then gives both.
     code = (
         "import arrow_quant_v2 as aq, numpy as np, pyarrow as pa\n"
-        "t = pa.table({'layer_name': ['x'], 'weights': pa.array([np.linspace(-1, 1, 4096, dtype=np.float32)], pa.list_(pa.float32()))})\n"
-        "print(aq.backend_name('auto')); aq.quantize_arrow(t, device='auto', method='lsq'); print(aq.backend_name('auto'))"
+        "t = lambda n: pa.table({'layer_name': ['x'], 'weights': pa.array([np.linspace(-1, 1, n, dtype=np.float32)], pa.list_(pa.float32()))})\n"
+        "print(aq.backend_name('auto')); aq.quantize_arrow(t(4096), device='auto', method='lsq'); print(aq.backend_name('auto'))\n"
+        "aq.quantize_arrow(t(1 << 20), device='auto', method='lsq'); print(aq.backend_name('auto'))"
     )
-    before, after = run_in_subprocess(code).stdout.strip().splitlines()
+    before, small, after = run_in_subprocess(code).stdout.strip().splitlines()
+    assert small == before, (before, small)
     assert "; lsq: " not in before and "; lsq: " in after, after
     assert after.startswith(before[:-1]), (before, after)
     if software_only():
