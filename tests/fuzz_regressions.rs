@@ -1,11 +1,14 @@
-//! Replays the fuzz corpus as ordinary tests: every seed and every input that ever crashed a fuzz
-//! target (`fuzz/regressions/<target>/`) goes through the target's own `check`, the function the
+//! Replays the fuzz corpus as ordinary tests: every seed and every input that ever crashed or hung
+//! a fuzz target (`fuzz/regressions/<target>/`) goes through the target's own `check`, the function the
 //! AFL++ binaries run. A panic here is a fuzz finding come back.
 
 #[path = "../fuzz/src/targets/mod.rs"]
 mod targets;
 
 use std::path::Path;
+
+/// A replay that takes longer than this is a hang the fuzzers found, come back.
+const HANG_SECONDS: f64 = 20.0;
 
 fn replay(seeds: &str, target: &str, check: fn(&[u8])) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
@@ -19,8 +22,13 @@ fn replay(seeds: &str, target: &str, check: fn(&[u8])) {
                 continue;
             }
             let data = std::fs::read(&file).unwrap();
+            let started = std::time::Instant::now();
             let outcome = std::panic::catch_unwind(|| check(&data));
             assert!(outcome.is_ok(), "{target} fails on {}", file.display());
+            // Not a speed test: a bound on hangs. The slowest input here replays in about 0.3 s;
+            // the hang it guards against took minutes.
+            let took = started.elapsed().as_secs_f64();
+            assert!(took < HANG_SECONDS, "{target} took {took:.1} s on {} (a hang come back?)", file.display());
             n += 1;
         }
     }

@@ -141,3 +141,14 @@ fn corrupt_files_give_errors_naming_file_and_tensor() {
     let (msg, is_io) = err_text(Checkpoint::open(dir.path().join("nope.safetensors")));
     assert!(is_io && msg.contains("nope.safetensors"), "{msg}");
 }
+
+/// A Parquet page header that declares a list of 2^31 skipped values (a fuzz finding): parquet's
+/// reader skipped each of them past the end of the data without an error, for minutes. It is
+/// now refused at the first read past the end, with an error that says so.
+#[test]
+fn a_parquet_page_header_past_the_end_of_the_file_is_an_error_at_once() {
+    use arrow_quant_v2::model::quantized::QuantFile;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/quantized_reader/page-header-skips-past-eof.parquet");
+    let err = QuantFile::open(&path).err().expect("a damaged file").to_string();
+    assert!(err.contains("not a readable Parquet file") && err.contains("a page header runs past the end of the file"), "{err}");
+}
