@@ -107,10 +107,19 @@ fn check_message(meta: &[u8], body: &[u8]) -> Result<(), String> {
             if declared > memory_bytes() {
                 return Err(format!("a compressed buffer declares {declared} bytes uncompressed, more than this machine's memory"));
             }
+            // Memory alone was not enough: a 675-byte stream whose LZ4 buffer declared 25 GB, just
+            // under this machine's 23.5 GiB, aborted on the allocation (a fuzz finding).
+            if declared > (len as i64).saturating_mul(MAX_RATIO) {
+                return Err(format!("a compressed buffer of {len} bytes declares {declared} bytes uncompressed, more than any LZ4 or zstd data expands to"));
+            }
         }
     }
     Ok(())
 }
+
+/// How far compressed bytes can expand: LZ4 stays under 256×; zstd's densest block (RLE, a
+/// 3-byte header and one byte for up to 128 KiB) under 2^15×; 2^16 leaves room for both.
+const MAX_RATIO: i64 = 1 << 16;
 
 /// Physical memory, the most any one buffer could need.
 fn memory_bytes() -> i64 {
