@@ -195,9 +195,9 @@ impl Upload {
                     (side, ends.into_iter().max().unwrap_or(start) - start)
                 })
             } else {
-                let end = fill_all(blocks.into_iter().enumerate().collect());
+                fill_all(blocks.into_iter().enumerate().collect());
                 fill(&mut rest, tail_at);
-                let filled = end.max(Instant::now()) - start;
+                let filled = start.elapsed();
                 (beside(), filled)
             }
         };

@@ -34,15 +34,11 @@ pub fn read_batches(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
 }
 
 fn read_batches_unguarded(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    use std::io::{Read, Seek};
-    let io = |e| QuantError::Io { context: format!("cannot open {}", path.display()), source: e };
-    let mut file = File::open(path).map_err(io)?;
-    let mut magic = [0u8; 4];
-    let _ = file.read(&mut magic); // a shorter file is neither format, and says so below
+    // In memory, for both formats: an IPC file is checked against its own size before
+    // arrow-ipc trusts it, a Parquet file's page headers are read through `StrictBytes`.
+    let bytes = std::fs::read(path).map_err(|e| QuantError::Io { context: format!("cannot open {}", path.display()), source: e })?;
     let bad = |what: &str, e: &dyn std::fmt::Display| QuantError::value(format!("{}: not a readable {what} file: {e}", path.display()));
-    if &magic == b"PAR1" {
-        let mut bytes = Vec::new();
-        file.rewind().and_then(|()| file.read_to_end(&mut bytes)).map_err(io)?;
+    if bytes.starts_with(b"PAR1") {
         let builder = ParquetRecordBatchReaderBuilder::try_new(StrictBytes(bytes::Bytes::from(bytes))).map_err(|e| bad("Parquet", &e))?;
         let schema = builder.schema().clone();
         let reader = builder.build().map_err(|e| bad("Parquet", &e))?;
@@ -53,9 +49,6 @@ fn read_batches_unguarded(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> 
         // Batches carry the file's schema metadata (group size, model metadata), as IPC's do.
         return Ok((schema, batches));
     }
-    // In memory: the file is checked against its own size before arrow-ipc trusts it.
-    let mut bytes = Vec::new();
-    file.rewind().and_then(|()| file.read_to_end(&mut bytes)).map_err(io)?;
     crate::arrow::ipc::read_file(arrow_buffer::Buffer::from_vec(bytes)).map_err(|e| bad("Arrow IPC", &e))
 }
 
@@ -96,7 +89,7 @@ impl std::io::Read for StrictRead {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "a page header runs past the end of the file"));
         }
         let n = buf.len().min(self.0.len());
-        buf[..n].copy_from_slice(&self.0.split_to(n));
+        bytes::Buf::copy_to_slice(&mut self.0, &mut buf[..n]);
         Ok(n)
     }
 }
