@@ -272,23 +272,25 @@ impl GpuContext {
             .map_err(|e| QuantError::Unsupported(format!("device='gpu': the lsq kernel could not be built on adapter {}: {e}", self.describe())))
     }
 
-    /// A compute pipeline for a kernel whose plain `f32` arithmetic must keep subnormals: from
-    /// our SPIR-V with `DenormPreserve` where [`Self::keeps_subnormals`], else from the WGSL
+    /// A compute pipeline for a kernel whose plain `f32` arithmetic must keep subnormals and
+    /// round every operation on its own: from our SPIR-V with `DenormPreserve` and
+    /// `NoContraction` ([`super::spirv`]) where [`Self::keeps_subnormals`], else from the WGSL
     /// (whatever the device then does, the callers' probe and self-test find out). Errors
     /// (naga's, or wgpu's validation) come back as text, not as a device failure.
     pub fn exact_f32_pipeline(&self, label: &str, wgsl: &str, entry: &str, constants: &[(&str, f64)], layout: &wgpu::BindGroupLayout) -> std::result::Result<wgpu::ComputePipeline, String> {
         let d = &self.device;
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = if self.keeps_subnormals {
-            let words = super::spirv::keeping_subnormals(wgsl, entry, constants)?;
+            let words = super::spirv::exact_f32(wgsl, entry, constants)?;
             // The workgroup size is read on Metal only.
             let entry_points = vec![wgpu::PassthroughShaderEntryPoint { name: entry.into(), workgroup_size: (1, 1, 1) }];
             let desc = wgpu::ShaderModuleDescriptorPassthrough { label: Some(label), entry_points: entry_points.into(), spirv: Some(words.into()), ..Default::default() };
             // SAFETY: wgpu hands these words to the driver unchecked. They are naga's own
             // compilation of WGSL that naga has just parsed and validated (the same compiler
-            // and options wgpu uses for this source), plus three instructions placed as the
-            // SPIR-V spec says (`spirv::preserve_denormals`, unit-tested); the pipeline
-            // layout below is the one the WGSL declares.
+            // and options wgpu uses for this source), plus a capability, an extension, an
+            // execution mode and `NoContraction` decorations, placed as the SPIR-V spec says
+            // (`spirv::make_exact`, unit-tested); the pipeline layout below is the one the
+            // WGSL declares.
             unsafe { d.create_shader_module_passthrough(desc) }
         } else {
             d.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(label), source: wgpu::ShaderSource::Wgsl(wgsl.into()) })

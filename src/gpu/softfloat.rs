@@ -251,7 +251,7 @@ pub fn group_params(lo: u32, hi: u32, max_code: u32) -> GpuParams {
     p
 }
 
-/// The shaders' contraction barrier (`x ^ zero_mask`, a uniform that is 0 at run time); the
+/// The shaders' contraction barrier (`x | zero_mask`, a uniform that is 0 at run time); the
 /// identity here.
 #[inline]
 fn opaque(b: u32) -> u32 {
