@@ -59,6 +59,8 @@ var<private> word_at: u32;
 // With an importance matrix: where the block's weights start in `imatrix`, and its row's sigma2.
 var<private> qw_at: u32;
 var<private> sigma2: u32;
+// Where the block's values start in `input`.
+var<private> block_at: u32;
 
 fn emit(b: u32) {
     acc = acc | ((b & 0xffu) << (8u * acc_n));
@@ -421,6 +423,7 @@ fn quantize_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
             }
         }
         var finite = true;
+        block_at = block * QK;
         for (var j = 0u; j < QK; j++) {
             xb[j] = input[block * QK + j];
             finite = finite && is_finite(xb[j]);

@@ -16,11 +16,13 @@
 //   bound no product or sum of the searches can overflow), as is a block where a qkx2 candidate
 //   scale or min reaches 2^40 (its error sum could overflow) or whose f16 super-scale would be
 //   infinite;
-// * 256 elements per block, still two blocks per invocation: per block, Q6_K's searches take
-//   about 5,700 loop iterations (16 sub-blocks x (16 + 19 x 16 + 16)), Q4_K's about 13,000
-//   (8 x (4 x 32 + 21 x 2 x 32 + 32), plus 25 per square root), Q5_K's fewer (16 steps),
+// * 256 elements per block: Q2_K, Q3_K and Q6_K run one unit (a block, or a pair) per
+//   invocation, Q4_K and Q5_K eight invocations per block, one per sub-block (below). Per block,
+//   Q6_K's searches take about 5,700 loop iterations (16 sub-blocks x (16 + 19 x 16 + 16)),
 //   Q2_K's about 10,000 (16 x (5 x 16 + 16 x 2 x 16)), Q3_K's about 3,000 (at most five passes
-//   of 16 per sub-block): a pair stays far below llvmpipe's 65,535 per invocation. The codes of
+//   of 16 per sub-block); per Q4_K sub-block about 1,600 (4 x 32 + 21 x 2 x 32 + 32, plus 25
+//   per square root), Q5_K's fewer (16 steps): all far below llvmpipe's 65,535 per invocation.
+//   The codes of
 //   a search's best candidate are recomputed from its inverse scale (and min) at the end
 //   instead of copied at each improvement.
 //
@@ -37,9 +39,9 @@
 //   block goes to the CPU. make_qp_quants also sends a block with a negative value to the CPU,
 //   and one whose coordinate-descent quotient reaches 2^22: then every code is in [0, nmax].
 //   On real weights none of these fires;
-// * 256 square roots per block (25 steps each) and 37 candidates per sub-block: Q4_K's and
-//   Q2_K's weighted blocks take about 28,000 loop iterations, one block per invocation; Q3_K's
-//   about 14,500 and Q6_K's about 6,500, a pair per invocation.
+// * 256 square roots per block (25 steps each) and 37 candidates per sub-block: Q2_K's weighted
+//   blocks take about 28,000 loop iterations, one block per invocation; Q3_K's about 14,500 and
+//   Q6_K's about 6,500, a pair per invocation; a weighted Q4_K/Q5_K sub-block about 3,500.
 
 const QK: u32 = 256u;
 
@@ -306,10 +308,12 @@ fn imatrix_ok() -> bool {
 }
 
 // The `_impl` quantizers' sigma2: the block's sum of x² over 256, doubled for Q3_K/Q4_K/Q5_K.
+// Read from the input (the bits xb holds), so that a Q4_K/Q5_K lane need not hold the block.
 fn block_sigma2(twice: bool) -> f32 {
     var s = 0.0;
     for (var j = 0u; j < QK; j++) {
-        s = s + pm(x_at(j), x_at(j));
+        let x = f(input[block_at + j]);
+        s = s + pm(x, x);
     }
     if twice {
         s = pm(2.0, s);
@@ -428,63 +432,50 @@ fn emit_scale_min() {
 // av_x + |x|, 6-bit scales and mins against their maxima, every weight again against them.
 // With an importance matrix: weights qw sqrt(sigma2 + x²), make_qkx3_quants' grid, and the
 // scales and mins quantized by make_qp_quants(63) weighted by each sub-block's summed weight.
-fn encode_q45_k(nmax: i32) -> bool {
-    let weighted = u.weighted != 0u;
-    var s2 = 0.0;
-    if weighted {
-        if !imatrix_ok() {
-            return false;
-        }
-        s2 = block_sigma2(true);
+// They run eight invocations per block, one per sub-block (`quantize_blocks_lanes`): the
+// searches, nearly all the work, are independent, and one invocation per block left a GPU
+// mostly idle (H200: 7 GB/s for Q4_K). Each step is the one-invocation reference's, in its
+// order; only the invocation that runs a sub-block's search changes.
+
+// A sub-block's search, its values at xb[o..o+32] (its importance weights at qw_at + o): (scale,
+// the_min, summed weight); its codes into codes[o..o+32].
+fn q45_k_search(o: u32, nmax: i32) -> vec3<f32> {
+    if u.weighted != 0u {
+        let sumw = sub_block_weights(o, 32u, block_sigma2(true));
+        let r = make_qkx2_quants(o, 32u, nmax, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
+        return vec3<f32>(r, sumw);
     }
-    for (var j = 0u; j < 8u; j++) {
-        let o = 32u * j;
-        var r: vec2<f32>;
-        if weighted {
-            sw[j] = sub_block_weights(o, 32u, s2);
-            r = make_qkx2_quants(o, 32u, nmax, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
-        } else {
-            var sum_x2 = 0.0;
-            for (var l = 0u; l < 32u; l++) {
-                sum_x2 = sum_x2 + pm(x_at(o + l), x_at(o + l));
-            }
-            let av_x = f(sqrt_rn(bitcast<u32>(kdiv(sum_x2, 32.0))));
-            for (var l = 0u; l < 32u; l++) {
-                wts[l] = keep(av_x + abs(x_at(o + l)));
-            }
-            if nmax == 15 {
-                r = make_qkx2_quants(o, 32u, 15, -1.0, f(TENTH), 20, false);
-            } else {
-                r = make_qkx2_quants(o, 32u, 31, -0.5, f(TENTH), 15, false);
-            }
-        }
-        scales[j] = r.x;
-        mins[j] = r.y;
-        if bad {
-            return false;
-        }
+    var sum_x2 = 0.0;
+    for (var l = 0u; l < 32u; l++) {
+        sum_x2 = sum_x2 + pm(x_at(o + l), x_at(o + l));
     }
-    var dbits: u32;
-    var mbits: u32;
-    if weighted {
-        let dm = qp_scales_and_mins(8u, 63);
-        for (var j = 0u; j < 8u; j++) {
-            if nmax == 31 {
-                ls[j] = min(ls[j], 63u);
-                lm[j] = min(lm[j], 63u);
-            }
-        }
-        if bad {
-            return false;
-        }
-        dbits = f16_bits(bitcast<u32>(dm.x));
-        mbits = f16_bits(bitcast<u32>(dm.y));
+    let av_x = f(sqrt_rn(bitcast<u32>(kdiv(sum_x2, 32.0))));
+    for (var l = 0u; l < 32u; l++) {
+        wts[l] = keep(av_x + abs(x_at(o + l)));
+    }
+    var r: vec2<f32>;
+    if nmax == 15 {
+        r = make_qkx2_quants(o, 32u, 15, -1.0, f(TENTH), 20, false);
     } else {
-        let b = q45_k_scales();
-        dbits = b.x;
-        mbits = b.y;
+        r = make_qkx2_quants(o, 32u, 31, -0.5, f(TENTH), 15, false);
     }
-    return finish_q45_k(nmax, dbits, mbits);
+    return vec3<f32>(r, 0.0);
+}
+
+// The block's step from scales[0..8], mins[0..8] (and sw): the 6-bit ls, lm and the f16 bits
+// of (d, dmin).
+fn q45_k_block_scales(nmax: i32) -> vec2<u32> {
+    if u.weighted == 0u {
+        return q45_k_scales();
+    }
+    let dm = qp_scales_and_mins(8u, 63);
+    for (var j = 0u; j < 8u; j++) {
+        if nmax == 31 {
+            ls[j] = min(ls[j], 63u);
+            lm[j] = min(lm[j], 63u);
+        }
+    }
+    return vec2<u32>(f16_bits(bitcast<u32>(dm.x)), f16_bits(bitcast<u32>(dm.y)));
 }
 
 // The `_ref` path's 6-bit scales and mins of Q4_K/Q5_K against their maxima: ls, lm and the f16
@@ -515,25 +506,25 @@ fn q45_k_scales() -> vec2<u32> {
     return vec2<u32>(f16_bits(bitcast<u32>(kdiv(max_scale, 63.0))), f16_bits(bitcast<u32>(kdiv(max_min, 63.0))));
 }
 
-// Q4_K/Q5_K from the super-scales' f16 bits and the 6-bit ls, lm: every weight again against
-// the stored scales, then the bytes.
-fn finish_q45_k(nmax: i32, dbits: u32, mbits: u32) -> bool {
+// Sub-block j's codes (its values and codes at xb[o..o+32], codes[o..o+32]) against the stored
+// scales (from the super-scales' f16 bits and ls[j], lm[j]); a sub-block whose scale is 0
+// keeps its search's codes.
+fn q45_k_codes(o: u32, j: u32, nmax: i32, dbits: u32, mbits: u32) {
     let d = f16_value(dbits);
     let dmin = f16_value(mbits);
-    for (var j = 0u; j < 8u; j++) {
-        let dj = pm(d, f32(ls[j]));
-        if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
-            continue;
-        }
-        let dm = pm(dmin, f32(lm[j]));
-        for (var ii = 0u; ii < 32u; ii++) {
-            let i = 32u * j + ii;
-            codes[i] = clamp(nearest(kdiv(keep(x_at(i) + dm), dj)), 0, nmax);
-        }
+    let dj = pm(d, f32(ls[j]));
+    if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
+        return;
     }
-    if bad {
-        return false;
+    let dm = pm(dmin, f32(lm[j]));
+    for (var i = o; i < o + 32u; i++) {
+        codes[i] = clamp(nearest(kdiv(keep(x_at(i) + dm), dj)), 0, nmax);
     }
+}
+
+// The bytes of a Q4_K/Q5_K block: the super-scales, the packed ls and lm, Q5_K's high bits,
+// the nibbles.
+fn emit_q45_k(nmax: i32, dbits: u32, mbits: u32) {
     emit16(dbits);
     emit16(mbits);
     emit_scale_min();
@@ -552,7 +543,122 @@ fn finish_q45_k(nmax: i32, dbits: u32, mbits: u32) -> bool {
         let i = 64u * (q / 32u) + q % 32u;
         emit(u32((codes[i] & 15) | ((codes[i + 32u] & 15) << 4u)));
     }
-    return true;
+}
+
+// Invocations per Q4_K/Q5_K block, and blocks per workgroup.
+const LANES: u32 = 8u;
+const SLOTS: u32 = WG / LANES;
+// Per block of the workgroup (slot): set when any step flags the block; per (slot, sub-block):
+// the search's scale, min and summed weight, then the 6-bit ls | lm << 8; per slot the f16
+// bits of (d, dmin); the codes, one byte each.
+var<workgroup> wg_flag: array<atomic<u32>, SLOTS>;
+var<workgroup> wg_scale: array<f32, WG>;
+var<workgroup> wg_min: array<f32, WG>;
+var<workgroup> wg_sw: array<f32, WG>;
+var<workgroup> wg_lslm: array<u32, WG>;
+var<workgroup> wg_bits: array<vec2<u32>, SLOTS>;
+var<workgroup> wg_codes: array<u32, 2048>; // SLOTS * 256 / 4
+
+// Q4_K and Q5_K: invocation `LANES * block + j` runs sub-block j of `block`; its lane 0 runs the
+// block's step and writes the bytes. Every barrier is reached by the whole workgroup.
+@compute @workgroup_size(256)
+fn quantize_blocks_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) at: u32) {
+    let flat = flat_index(gid, nwg);
+    let block = flat / LANES;
+    let j = flat % LANES;
+    let slot = at / LANES;
+    let live = block < u.n_segs;
+    let nmax = select(31, 15, TYPE == 12u);
+    bad = false;
+    if j == 0u {
+        atomicStore(&wg_flag[slot], 0u);
+    }
+    workgroupBarrier();
+    if live {
+        // As `encode_block`: a non-finite value or a magnitude of 2^16 anywhere in the block
+        // sends it to the CPU (each lane checks its sub-block, held at xb[0..32], and with an
+        // importance matrix the block's weights).
+        block_at = block * QK;
+        var amax = 0u;
+        var finite = true;
+        for (var i = 0u; i < 32u; i++) {
+            xb[i] = input[block_at + 32u * j + i];
+            finite = finite && is_finite(xb[i]);
+            amax = max(amax, xb[i] & 0x7fffffffu);
+        }
+        if u.weighted != 0u {
+            qw_at = ((u.first_block + block) % u.blocks_per_row) * QK;
+            if !imatrix_ok() {
+                bad = true;
+            }
+            qw_at = qw_at + 32u * j;
+            // sigma2 reads the whole block: it must be finite and in bounds too
+            for (var i = 0u; i < QK; i++) {
+                finite = finite && is_finite(input[block_at + i]);
+                amax = max(amax, input[block_at + i] & 0x7fffffffu);
+            }
+        }
+        if !finite || amax >= BIG {
+            bad = true;
+        }
+        if !bad {
+            let r = q45_k_search(0u, nmax);
+            wg_scale[at] = r.x;
+            wg_min[at] = r.y;
+            wg_sw[at] = r.z;
+        }
+        if bad {
+            atomicOr(&wg_flag[slot], 1u);
+        }
+    }
+    workgroupBarrier();
+    if live && j == 0u && atomicLoad(&wg_flag[slot]) == 0u {
+        for (var k = 0u; k < LANES; k++) {
+            scales[k] = wg_scale[at + k];
+            mins[k] = wg_min[at + k];
+            sw[k] = wg_sw[at + k];
+        }
+        wg_bits[slot] = q45_k_block_scales(nmax);
+        for (var k = 0u; k < LANES; k++) {
+            wg_lslm[at + k] = ls[k] | (lm[k] << 8u);
+        }
+        if bad {
+            atomicOr(&wg_flag[slot], 1u);
+        }
+    }
+    workgroupBarrier();
+    if live && atomicLoad(&wg_flag[slot]) == 0u {
+        ls[j] = wg_lslm[at] & 0xffu;
+        lm[j] = wg_lslm[at] >> 8u;
+        q45_k_codes(0u, j, nmax, wg_bits[slot].x, wg_bits[slot].y);
+        for (var k = 0u; k < 8u; k++) {
+            let i = 4u * k;
+            wg_codes[64u * slot + 8u * j + k] = u32(codes[i]) | (u32(codes[i + 1u]) << 8u) | (u32(codes[i + 2u]) << 16u) | (u32(codes[i + 3u]) << 24u);
+        }
+        if bad {
+            atomicOr(&wg_flag[slot], 1u);
+        }
+    }
+    workgroupBarrier();
+    if live && j == 0u {
+        // The host encodes a flagged block on the CPU (whatever was written).
+        if atomicLoad(&wg_flag[slot]) != 0u {
+            redo[block] = 1u;
+            return;
+        }
+        for (var i = 0u; i < QK; i++) {
+            codes[i] = i32((wg_codes[64u * slot + i / 4u] >> (8u * (i % 4u))) & 0xffu);
+        }
+        for (var k = 0u; k < LANES; k++) {
+            ls[k] = wg_lslm[at + k] & 0xffu;
+            lm[k] = wg_lslm[at + k] >> 8u;
+        }
+        word_at = block * (block_bytes() / 4u);
+        acc = 0u;
+        acc_n = 0u;
+        emit_q45_k(nmax, wg_bits[slot].x, wg_bits[slot].y);
+        redo[block] = 0u;
+    }
 }
 
 // Q2_K: sixteen make_qkx2_quants(16, 3) sub-blocks with weights |x| (absolute error), 4-bit
@@ -854,11 +960,8 @@ fn encode_block() -> bool {
         case 11u: {
             return encode_q3_k();
         }
-        case 12u: {
-            return encode_q45_k(15);
-        }
-        case 13u: {
-            return encode_q45_k(31);
+        case 12u, 13u: {
+            return false; // never dispatched here: Q4_K and Q5_K run `quantize_blocks_lanes`
         }
         default: {
             return encode_q6_k();
