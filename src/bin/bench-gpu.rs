@@ -10,7 +10,8 @@
 //! `--types` adds ggml's block types (GGUF tensor types, rows of 4096): their rows have the
 //! type's name as method, its code bits as bits and its block as group; `--imatrix` adds each
 //! type again with an importance matrix (method `q4_k+imatrix`: the weighted searches), and
-//! `cpu_redo` is the share of blocks the GPU left to the CPU reference.
+//! `cpu_redo` is the share of blocks the GPU left to the CPU reference; the GGUF path's `auto`
+//! decision for each of them is printed too (`auto_types` in the JSON).
 //! It exits with status 1 if the GPU and CPU bytes differ.
 
 use std::time::Instant;
@@ -230,6 +231,12 @@ fn main() {
     let auto = arrow_quant_v2::device::auto();
     // The search's own decision (its own probe), where it was benchmarked.
     let auto_lsq = args.methods.iter().any(|m| m == "lsq").then(|| arrow_quant_v2::device::auto_for(Method::Lsq));
+    // The GGUF path's per-type decisions (each its own probe), for the types benchmarked.
+    let auto_types: Vec<(String, &arrow_quant_v2::device::AutoChoice)> = types
+        .iter()
+        .flat_map(|&ty| [false, true].into_iter().take(1 + args.imatrix as usize).map(move |w| (ty, w)))
+        .map(|(ty, w)| (format!("{}{}", ty.name().to_ascii_lowercase(), if w { "+imatrix" } else { "" }), arrow_quant_v2::device::auto_ggml(ty, w)))
+        .collect();
     let doc = serde_json::json!({
         "adapter": gpu.adapter(),
         "software": gpu.is_software(),
@@ -239,6 +246,7 @@ fn main() {
         "types_refused": refused,
         "auto": { "gpu": auto.gpu, "reason": auto.reason },
         "auto_lsq": auto_lsq.map(|a| serde_json::json!({ "gpu": a.gpu, "reason": a.reason })),
+        "auto_types": auto_types.iter().map(|(t, a)| (t.clone(), serde_json::json!({ "gpu": a.gpu, "reason": a.reason }))).collect::<serde_json::Map<_, _>>(),
         "iters": args.iters,
         "statistic": "best",
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
@@ -255,6 +263,9 @@ fn main() {
         println!("auto: {} ({})", if auto.gpu { "gpu" } else { "cpu" }, auto.reason);
         if let Some(a) = auto_lsq {
             println!("auto for lsq: {} ({})", if a.gpu { "gpu" } else { "cpu" }, a.reason);
+        }
+        for (t, a) in &auto_types {
+            println!("auto for {t}: {} ({})", if a.gpu { "gpu" } else { "cpu" }, a.reason);
         }
         println!("lsq kernel: {}", if gpu.denorm_preserve() { "SPIR-V with DenormPreserve" } else { "WGSL (the device's subnormal default)" });
         if let Some(why) = &lsq_refused {
