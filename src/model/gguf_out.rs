@@ -215,7 +215,7 @@ fn encode_in_pieces(
         let s1 = (s0 + slice).min(n_rows);
         for r0 in (s0..s1).step_by(rows_per_call) {
             let r1 = (r0 + rows_per_call).min(s1);
-            let x = values.get(r0 * n_per_row..r1 * n_per_row, &mut buf);
+            let x = values.get_par(r0 * n_per_row..r1 * n_per_row, &mut buf);
             dev.quantize(ty, x, n_per_row, row, &mut data[r0 * row_bytes..r1 * row_bytes])?;
         }
     }

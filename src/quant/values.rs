@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use half::f16;
+use rayon::prelude::*;
 
 /// A tensor's values in their stored type.
 #[derive(Clone, Copy, Debug)]
@@ -82,13 +83,33 @@ impl<'a> Values<'a> {
         out
     }
 
-    /// All values as f32: borrowed for native f32, else converted once.
+    /// [`Self::get`] for a large range, converted on the thread pool: the GPU paths convert a
+    /// whole tensor (or a large piece) before they upload it, and one thread converting and
+    /// faulting in its pages bound the GPU converter (H200: 0.10 s per 46M-value f16 tensor,
+    /// against 0.02 s of GPU encoding).
+    pub fn get_par<'s>(&'s self, range: Range<usize>, scratch: &'s mut [f32]) -> &'s [f32] {
+        const BLOCK: usize = 1 << 18;
+        if let Values::F32(s) = *self {
+            return &s[range];
+        }
+        let out = &mut scratch[..range.len()];
+        crate::threads::install(|| {
+            out.par_chunks_mut(BLOCK).enumerate().for_each(|(i, o)| {
+                let at = range.start + i * BLOCK;
+                // Not native f32, so `get` converts into `o`.
+                self.get(at..at + o.len(), o);
+            })
+        });
+        out
+    }
+
+    /// All values as f32: borrowed for native f32, else converted once (in parallel).
     pub fn to_f32(&self) -> Cow<'a, [f32]> {
         match *self {
             Values::F32(s) => Cow::Borrowed(s),
             _ => {
                 let mut out = vec![0f32; self.len()];
-                self.get(0..self.len(), &mut out);
+                self.get_par(0..self.len(), &mut out);
                 Cow::Owned(out)
             }
         }
@@ -123,6 +144,21 @@ mod tests {
             assert_eq!(v.to_f32().as_ref(), expect.as_slice(), "{v:?}");
             let mut scratch = [0f32; 3];
             assert_eq!(v.get(1..4, &mut scratch), &expect[1..4], "{v:?}");
+            assert_eq!(v.get_par(1..4, &mut scratch), &expect[1..4], "{v:?}");
+        }
+    }
+
+    /// The parallel read gives `get`'s values over many blocks of the pool's split, a ragged
+    /// last one and an offset start.
+    #[test]
+    fn the_parallel_read_equals_the_plain_one() {
+        let n = (1 << 18) * 3 + 12345;
+        let f16b: Vec<u8> = (0..n).flat_map(|i| f16::from_f32((i % 2049) as f32 * 0.37 - 300.0).to_le_bytes()).collect();
+        let v = Values::F16(&f16b);
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        for range in [0..n, 77..n - 5] {
+            let len = range.len();
+            assert_eq!(v.get_par(range.clone(), &mut a)[..len], v.get(range, &mut b)[..len]);
         }
     }
 }
