@@ -214,10 +214,12 @@ impl GgmlKernels {
         let blocks = chunk_blocks(ty, self.elems);
         let unit = unit_blocks(ty);
         let (redo_at, time_at, len) = offsets(self.elems);
+        // A matrix the type ignores (Q8_0) is neither uploaded nor read.
+        let imatrix = imatrix.filter(|_| ty.uses_imatrix());
         // The rows' sigma2 (the 32-element types with an importance matrix) before the lock: it
         // runs on the thread pool, whose workers may be waiting for the sets.
         let sigma2: Vec<f32> = match imatrix {
-            Some(_) if qk == 32 && ty != GgmlType::Q8_0 => ggml::rows_sigma2(x, n_per_row),
+            Some(_) if qk == 32 => ggml::rows_sigma2(x, n_per_row),
             _ => vec![0.0],
         };
         let mut guard = self.sets.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,7 +227,7 @@ impl GgmlKernels {
         // With an importance matrix: its row and the rows' sigma2 (the CPU's own code, for the
         // 32-element types), uploaded once for the call and bound beside each set's buffers.
         let weighted: Option<[wgpu::BindGroup; 2]> = match imatrix {
-            Some(w) if ty != GgmlType::Q8_0 => {
+            Some(w) => {
                 let qw = buffer(ctx, "ggml importance matrix", (w.len() * 4) as u64, STORAGE);
                 ctx.queue.write_buffer(&qw, 0, bytemuck::cast_slice(w));
                 let sig = buffer(ctx, "ggml row sigma2", (sigma2.len() * 4) as u64, STORAGE);
@@ -314,7 +316,7 @@ impl GgmlKernels {
         result?;
         stages.redone = flagged.iter().map(|(c0, c1)| c1 - c0).sum();
         let blocks: Vec<usize> = flagged.into_iter().flat_map(|(c0, c1)| c0..c1).collect();
-        redo_on_cpu(ty, x, n_per_row, weighted.as_ref().and(imatrix), &blocks, out)?;
+        redo_on_cpu(ty, x, n_per_row, imatrix, &blocks, out)?;
         Ok(stages)
     }
 }

@@ -250,9 +250,9 @@ fn encode_rows_in<V: Lanes>(ty: GgmlType, x: &[f32], n_per_row: usize, imatrix: 
     }
     let blocks_per_row = n_per_row / qk;
     let n_blocks = x.len() / qk;
-    // ggml ignores the importance matrix for Q8_0: gathering it and the rows' sigma2 for
+    // A matrix the type ignores (Q8_0) is dropped here: gathering it and the rows' sigma2 for
     // nothing made Q8_0 with one 4.7x slower.
-    let imatrix = imatrix.filter(|_| ty != GgmlType::Q8_0);
+    let imatrix = imatrix.filter(|_| ty.uses_imatrix());
     // The legacy `_impl` quantizers weight by the mean square of the whole row.
     let row_sigma2: Vec<f32> = match (imatrix, qk) {
         (Some(_), 32) => x.chunks_exact(n_per_row).map(row_sigma2).collect(),

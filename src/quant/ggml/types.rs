@@ -112,6 +112,12 @@ impl GgmlType {
         block > 1
     }
 
+    /// Whether an importance matrix changes this type's encoding: every block format but Q8_0,
+    /// which ggml encodes the same with one or without.
+    pub fn uses_imatrix(self) -> bool {
+        self.is_quantized() && self != Self::Q8_0
+    }
+
     /// Types this crate can write from f32 data.
     pub fn can_encode(self) -> bool {
         self.is_float() || Self::QUANTIZED.contains(&self)
