@@ -3,10 +3,11 @@
 // declares `QK` (elements per block), `xb` (the block's input bits, `array<u32, QK>`),
 // `block_bytes()` and `encode_block()` for its types (`TYPE`).
 //
-// One invocation per unit of `UNIT` blocks: one block where a block is whole u32 words (Q4_1,
-// Q5_1, Q2_K, Q4_K, Q5_K: 20, 24, 84, 144, 176 bytes), else a pair, which always is (36, 44,
-// 68, 220, 420 bytes), so no word has two writers. Each block's arithmetic runs inside one
-// invocation, in the reference's order.
+// A unit of `UNIT` blocks: one block where a block is whole u32 words (Q4_1, Q5_1, Q2_K, Q4_K,
+// Q5_K: 20, 24, 84, 144, 176 bytes), else a pair, which always is (36, 44, 68, 220, 420 bytes),
+// so no word has two writers. The 32-element types run one invocation per unit (`quantize_blocks`
+// below), each block's arithmetic inside it in the reference's order; the K-quants run one
+// invocation per sub-block search (ggml_kquants.wgsl).
 //
 // Exact as the CPU, and why (src/gpu/ggml.rs says what the host checks):
 // * division: `fdiv`, correctly rounded integer long division (`div_rn`), never WGSL's `/`;

@@ -16,15 +16,15 @@
 //   bound no product or sum of the searches can overflow), as is a block where a qkx2 candidate
 //   scale or min reaches 2^40 (its error sum could overflow) or whose f16 super-scale would be
 //   infinite;
-// * 256 elements per block: Q2_K, Q3_K and Q6_K run one unit (a block, or a pair) per
-//   invocation, Q4_K and Q5_K eight invocations per block, one per sub-block (below). Per block,
-//   Q6_K's searches take about 5,700 loop iterations (16 sub-blocks x (16 + 19 x 16 + 16)),
-//   Q2_K's about 10,000 (16 x (5 x 16 + 16 x 2 x 16)), Q3_K's about 3,000 (at most five passes
-//   of 16 per sub-block); per Q4_K sub-block about 1,600 (4 x 32 + 21 x 2 x 32 + 32, plus 25
-//   per square root), Q5_K's fewer (16 steps): all far below llvmpipe's 65,535 per invocation.
-//   The codes of
-//   a search's best candidate are recomputed from its inverse scale (and min) at the end
-//   instead of copied at each improvement.
+// * 256 elements per block, searched per sub-block: Q2_K, Q3_K and Q6_K run sixteen
+//   invocations per block, Q4_K and Q5_K eight, one per sub-block (below; the searches are
+//   independent in ggml too). Per sub-block, Q6_K's search takes about 350 loop iterations
+//   (16 + 19 x 16 + 16), Q2_K's about 600 (5 x 16 + 16 x 2 x 16), Q3_K's at most about 200
+//   (five passes of 16); a Q4_K sub-block about 1,600 (4 x 32 + 21 x 2 x 32 + 32, plus 25 per
+//   square root), Q5_K's fewer (16 steps); a block's own step runs once, in its first
+//   invocation: all far below llvmpipe's 65,535 per invocation. The codes of a search's best
+//   candidate are recomputed from its inverse scale (and min) at the end instead of copied at
+//   each improvement.
 //
 // With an importance matrix, beyond the above:
 // * a block whose weights reach 2^15 in magnitude goes to the CPU. Then every make_qkx2_quants
@@ -39,9 +39,10 @@
 //   block goes to the CPU. make_qp_quants also sends a block with a negative value to the CPU,
 //   and one whose coordinate-descent quotient reaches 2^22: then every code is in [0, nmax].
 //   On real weights none of these fires;
-// * 256 square roots per block (25 steps each) and 37 candidates per sub-block: Q2_K's weighted
-//   blocks take about 28,000 loop iterations, one block per invocation; Q3_K's about 14,500 and
-//   Q6_K's about 6,500, a pair per invocation; a weighted Q4_K/Q5_K sub-block about 3,500.
+// * 16 or 32 square roots per sub-block (25 steps each) and 37 candidates per search: a
+//   weighted Q2_K sub-block takes about 1,800 loop iterations, Q3_K's and Q6_K's about 900 and
+//   400, a weighted Q4_K/Q5_K sub-block about 3,500; each invocation of a weighted Q2_K, Q3_K,
+//   Q4_K or Q5_K block also sums the block's sigma2 (256 terms).
 
 const QK: u32 = 256u;
 
@@ -345,71 +346,6 @@ fn requantize_symmetric(o: u32, dj: f32, nmax: i32) {
     }
 }
 
-// Q6_K: sixteen make_qx_quants(16, 32) sub-blocks (weighted by the importance matrix itself),
-// 8-bit scales against -128/max_scale.
-fn encode_q6_k() -> bool {
-    let weighted = u.weighted != 0u;
-    if weighted && !imatrix_ok() {
-        return false;
-    }
-    for (var ib = 0u; ib < 16u; ib++) {
-        for (var i = 0u; i < 16u; i++) {
-            gx[i] = x_at(16u * ib + i);
-            if weighted {
-                wts[i] = f(imatrix[qw_at + 16u * ib + i]);
-            }
-        }
-        scales[ib] = make_qx_quants(32, weighted);
-        for (var i = 0u; i < 16u; i++) {
-            codes[16u * ib + i] = gl[i];
-        }
-    }
-    if bad {
-        return false;
-    }
-    var max_scale = 0.0;
-    var max_abs = 0.0;
-    for (var ib = 0u; ib < 16u; ib++) {
-        if abs(scales[ib]) > max_abs {
-            max_abs = abs(scales[ib]);
-            max_scale = scales[ib];
-        }
-    }
-    if bitcast<u32>(max_abs) < GROUP_MAX_EPS {
-        for (var k = 0u; k < 210u; k++) {
-            emit(0u); // ggml writes an all-zero block
-        }
-        return !bad;
-    }
-    let iscale = kdiv(-128.0, max_scale);
-    let dbits = f16_bits(bitcast<u32>(kdiv(1.0, iscale)));
-    for (var ib = 0u; ib < 16u; ib++) {
-        sc[ib] = as_i8(min(nearest(pm(iscale, scales[ib])), 127));
-    }
-    let d = f16_value(dbits);
-    for (var j = 0u; j < 16u; j++) {
-        requantize_symmetric(16u * j, pm(d, f32(sc[j])), 32);
-    }
-    if bad {
-        return false;
-    }
-    // ql: byte k of each 64-byte half holds the low nibbles of codes k and k+64 (then k+32 and
-    // k+96); qh: the top two bits of codes k, k+32, k+64, k+96.
-    for (var q = 0u; q < 128u; q++) {
-        let i = 128u * (q / 64u) + q % 64u;
-        emit(u32((codes[i] & 15) | ((codes[i + 64u] & 15) << 4u)));
-    }
-    for (var q = 0u; q < 64u; q++) {
-        let i = 128u * (q / 32u) + q % 32u;
-        emit(u32((codes[i] >> 4u) | ((codes[i + 32u] >> 4u) << 2u) | ((codes[i + 64u] >> 4u) << 4u) | ((codes[i + 96u] >> 4u) << 6u)));
-    }
-    for (var ib = 0u; ib < 16u; ib++) {
-        emit(u32(sc[ib]));
-    }
-    emit16(dbits);
-    return true;
-}
-
 // ggml's 12-byte packing of eight 6-bit scales and mins (`pack_scale_min`).
 fn emit_scale_min() {
     var s: array<u32, 12>;
@@ -661,55 +597,369 @@ fn quantize_blocks_lanes(@builtin(global_invocation_id) gid: vec3<u32>, @builtin
     }
 }
 
-// Q2_K: sixteen make_qkx2_quants(16, 3) sub-blocks with weights |x| (absolute error), 4-bit
-// scales and mins against their maxima. With an importance matrix: weights
-// qw sqrt(sigma2 + x²) (squared error, make_qkx3_quants' grid), and the scales and mins
-// quantized by make_qp_quants(15) weighted by each sub-block's summed weight.
-fn encode_q2_k() -> bool {
+// Q2_K, Q3_K and Q6_K: sixteen 16-value sub-blocks per block, each searched independently (in
+// ggml too), then the block's step over the sixteen results, then every weight again against
+// the stored scales. They run sixteen invocations per block, one per sub-block
+// (`quantize_blocks_sub16`): invocation j holds sub-block j at xb[0..16], codes[0..16] (and its
+// importance weights at qw_at); the first of the block runs the block's step; the unit's bytes
+// are written by all of its invocations, a few words each. Each step is the one-invocation
+// reference's, in its order; only the invocation that runs it changes.
+//
+// Q2_K: make_qkx2_quants(16, 3) with weights |x| (absolute error), 4-bit scales and mins
+// against their maxima. With an importance matrix: weights qw sqrt(sigma2 + x²) (squared error,
+// make_qkx3_quants' grid), the scales and mins quantized by make_qp_quants(15) weighted by each
+// sub-block's summed weight.
+// Q3_K: make_q3_quants, 6-bit signed scales against -32/max_scale. With an importance matrix:
+// make_qx_quants(16, 4) weighted by qw sqrt(sigma2 + x²), the scales quantized by
+// make_qx_quants(16, 32) weighted by each sub-block's summed weight.
+// Q6_K: make_qx_quants(16, 32) (weighted by the importance matrix itself), 8-bit scales
+// against -128/max_scale.
+
+const Q2_K: u32 = 10u;
+const Q3_K: u32 = 11u;
+const Q6_K: u32 = 14u;
+
+// Sub-block j's search over xb[0..16] (`s2`: the block's sigma2, with an importance matrix):
+// (scale, the_min, summed weight); its codes into codes[0..16].
+fn sub16_search(s2: f32) -> vec3<f32> {
     let weighted = u.weighted != 0u;
-    var s2 = 0.0;
-    if weighted {
-        if !imatrix_ok() {
-            return false;
-        }
-        s2 = block_sigma2(false);
-    }
-    for (var j = 0u; j < 16u; j++) {
-        let o = 16u * j;
-        var r: vec2<f32>;
-        if weighted {
-            sw[j] = sub_block_weights(o, 16u, s2);
-            r = make_qkx2_quants(o, 16u, 3, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
-        } else {
-            for (var l = 0u; l < 16u; l++) {
-                wts[l] = abs(x_at(o + l));
+    switch TYPE {
+        case Q2_K: {
+            var sumw = 0.0;
+            var r: vec2<f32>;
+            if weighted {
+                sumw = sub_block_weights(0u, 16u, s2);
+                r = make_qkx2_quants(0u, 16u, 3, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
+            } else {
+                for (var l = 0u; l < 16u; l++) {
+                    wts[l] = abs(x_at(l));
+                }
+                r = make_qkx2_quants(0u, 16u, 3, -0.5, f(TENTH), 15, true);
             }
-            r = make_qkx2_quants(o, 16u, 3, -0.5, f(TENTH), 15, true);
+            return vec3<f32>(r, sumw);
         }
-        scales[j] = r.x;
-        mins[j] = r.y;
-        if bad {
-            return false;
+        case Q3_K: {
+            if !weighted {
+                return vec3<f32>(make_q3_quants(0u), 0.0, 0.0);
+            }
+            let sumw = sub_block_weights(0u, 16u, s2);
+            for (var l = 0u; l < 16u; l++) {
+                gx[l] = x_at(l);
+            }
+            let scale = make_qx_quants(4, true);
+            for (var l = 0u; l < 16u; l++) {
+                codes[l] = gl[l];
+            }
+            return vec3<f32>(scale, 0.0, sumw);
+        }
+        default: {
+            for (var i = 0u; i < 16u; i++) {
+                gx[i] = x_at(i);
+                if weighted {
+                    wts[i] = f(imatrix[qw_at + i]);
+                }
+            }
+            let scale = make_qx_quants(32, weighted);
+            for (var i = 0u; i < 16u; i++) {
+                codes[i] = gl[i];
+            }
+            return vec3<f32>(scale, 0.0, 0.0);
         }
     }
-    var dbits = 0u;
-    var mbits = 0u;
-    if weighted {
-        let dm = qp_scales_and_mins(16u, 15);
-        for (var j = 0u; j < 16u; j++) {
-            ls[j] = (ls[j] | (lm[j] << 4u)) & 0xffu;
+}
+
+// Q6_K's block step from scales[0..16]: the 8-bit scales (the i8's byte) into ls, and (the
+// f16 bits of d, 0); (0, 1) when every scale is (nearly) zero: ggml writes an all-zero block.
+fn q6_k_scales() -> vec2<u32> {
+    var max_scale = 0.0;
+    var max_abs = 0.0;
+    for (var ib = 0u; ib < 16u; ib++) {
+        if abs(scales[ib]) > max_abs {
+            max_abs = abs(scales[ib]);
+            max_scale = scales[ib];
+        }
+    }
+    if bitcast<u32>(max_abs) < GROUP_MAX_EPS {
+        return vec2<u32>(0u, 1u);
+    }
+    let iscale = kdiv(-128.0, max_scale);
+    let dbits = f16_bits(bitcast<u32>(kdiv(1.0, iscale)));
+    for (var ib = 0u; ib < 16u; ib++) {
+        ls[ib] = u32(as_i8(min(nearest(pm(iscale, scales[ib])), 127))) & 0xffu;
+    }
+    return vec2<u32>(dbits, 0u);
+}
+
+// The block's step from scales, mins and sw [0..16]: the stored scale bytes into ls (Q2_K:
+// scale | min << 4; Q3_K: the 6-bit l + 32; Q6_K: the i8's byte) and the super-scales' f16
+// bits: Q2_K (d, dmin), Q3_K (d, 0), Q6_K as q6_k_scales.
+fn sub16_block_step() -> vec2<u32> {
+    let weighted = u.weighted != 0u;
+    switch TYPE {
+        case Q2_K: {
+            if !weighted {
+                return q2_k_scales();
+            }
+            let dm = qp_scales_and_mins(16u, 15);
+            for (var j = 0u; j < 16u; j++) {
+                ls[j] = (ls[j] | (lm[j] << 4u)) & 0xffu;
+            }
+            return vec2<u32>(f16_bits(bitcast<u32>(dm.x)), f16_bits(bitcast<u32>(dm.y)));
+        }
+        case Q3_K: {
+            var d = 0.0;
+            if weighted {
+                for (var j = 0u; j < 16u; j++) {
+                    gx[j] = scales[j];
+                    wts[j] = sw[j];
+                }
+                d = make_qx_quants(32, true);
+                for (var j = 0u; j < 16u; j++) {
+                    ls[j] = u32(gl[j]); // make_qx_quants' codes (0..63) are the stored scales
+                }
+            } else {
+                d = q3_k_scales();
+            }
+            return vec2<u32>(f16_bits(bitcast<u32>(d)), 0u);
+        }
+        default: {
+            return q6_k_scales();
+        }
+    }
+}
+
+// Sub-block j's codes (codes[0..16]) against its stored scale (ls[j], the super-scales' bits);
+// a sub-block whose scale is 0 keeps its search's codes.
+fn sub16_codes(j: u32, bits: vec2<u32>) {
+    switch TYPE {
+        case Q2_K: {
+            let d = f16_value(bits.x);
+            let dmin = f16_value(bits.y);
+            let dj = pm(d, f32(ls[j] & 0xfu));
+            if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
+                return;
+            }
+            let dm = pm(dmin, f32(ls[j] >> 4u));
+            for (var i = 0u; i < 16u; i++) {
+                codes[i] = clamp(nearest(kdiv(keep(x_at(i) + dm), dj)), 0, 3);
+            }
+        }
+        case Q3_K: {
+            requantize_symmetric(0u, pm(f16_value(bits.x), f32(i32(ls[j]) - 32)), 4);
+        }
+        default: {
+            if bits.y == 0u {
+                requantize_symmetric(0u, pm(f16_value(bits.x), f32(as_i8(i32(ls[j])))), 32);
+            }
+        }
+    }
+}
+
+// Invocations per block; per workgroup, WG / 16 blocks (`bslot`) in units of UNIT (`uslot`).
+const SUB16: u32 = 16u;
+
+// Code i of the block in slot bs, and its stored scale byte m.
+fn wg_code(bs: u32, i: u32) -> u32 {
+    return (wg_codes[64u * bs + i / 4u] >> (8u * (i % 4u))) & 0xffu;
+}
+
+fn wg_ls(bs: u32, m: u32) -> u32 {
+    return wg_lslm[SUB16 * bs + m];
+}
+
+// pack_2bit's byte q (of 64): the low two bits of codes i, i+32, i+64, i+96, i = 128 (q / 32) +
+// q % 32, lowest first.
+fn two_bit_byte(bs: u32, q: u32) -> u32 {
+    let i = 128u * (q / 32u) + q % 32u;
+    return (wg_code(bs, i) & 3u) | ((wg_code(bs, i + 32u) & 3u) << 2u) | ((wg_code(bs, i + 64u) & 3u) << 4u) | ((wg_code(bs, i + 96u) & 3u) << 6u);
+}
+
+// Byte k of the block in slot bs, from its codes, scale bytes and super-scales' bits.
+fn sub16_byte(bs: u32, k: u32) -> u32 {
+    let bits = wg_bits[bs];
+    switch TYPE {
+        case Q2_K: {
+            // the 16 scale bytes, the 2-bit codes, d, dmin
+            if k < 16u {
+                return wg_ls(bs, k);
+            }
+            if k < 80u {
+                return two_bit_byte(bs, k - 16u);
+            }
+            let v = select(bits.y, bits.x, k < 82u);
+            return (v >> (8u * (k % 2u))) & 0xffu;
+        }
+        case Q3_K: {
+            // hmask: the high bit of code j at bit j / 32 of byte j % 32
+            if k < 32u {
+                var h = 0u;
+                for (var g = 0u; g < 8u; g++) {
+                    h = h | (((wg_code(bs, 32u * g + k) >> 2u) & 1u) << g);
+                }
+                return h;
+            }
+            if k < 96u {
+                return two_bit_byte(bs, k - 32u);
+            }
+            // the low nibbles of scales m and m+8, then the top two bits of m, m+4, m+8, m+12
+            if k < 104u {
+                let m = k - 96u;
+                return (wg_ls(bs, m) & 15u) | ((wg_ls(bs, m + 8u) & 15u) << 4u);
+            }
+            if k < 108u {
+                let m = k - 104u;
+                var t = 0u;
+                for (var g = 0u; g < 4u; g++) {
+                    t = t | (((wg_ls(bs, 4u * g + m) >> 4u) & 3u) << (2u * g));
+                }
+                return t;
+            }
+            return (bits.x >> (8u * (k % 2u))) & 0xffu;
+        }
+        default: {
+            if bits.y != 0u {
+                return 0u;
+            }
+            // ql: byte q of each 64-byte half holds the low nibbles of codes i and i+64 (then
+            // i+32 and i+96); qh: the top two bits of codes i, i+32, i+64, i+96; the scales; d.
+            if k < 128u {
+                let i = 128u * (k / 64u) + k % 64u;
+                return (wg_code(bs, i) & 15u) | ((wg_code(bs, i + 64u) & 15u) << 4u);
+            }
+            if k < 192u {
+                let q = k - 128u;
+                let i = 128u * (q / 32u) + q % 32u;
+                return (wg_code(bs, i) >> 4u) | ((wg_code(bs, i + 32u) >> 4u) << 2u) | ((wg_code(bs, i + 64u) >> 4u) << 4u) | ((wg_code(bs, i + 96u) >> 4u) << 6u);
+            }
+            if k < 208u {
+                return wg_ls(bs, k - 192u);
+            }
+            return (bits.x >> (8u * (k % 2u))) & 0xffu;
+        }
+    }
+}
+
+// Q2_K, Q3_K and Q6_K: invocation `16 * block + j` runs sub-block j of `block`; the first of
+// each block runs its step; a unit's (a block's, or a pair's) invocations write its words. A
+// flag set by any step of any of a unit's blocks sends the whole unit to the CPU, as the
+// one-invocation reference did. Every barrier is reached by the whole workgroup.
+@compute @workgroup_size(256)
+fn quantize_blocks_sub16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) at: u32) {
+    let flat = flat_index(gid, nwg);
+    let per_unit = SUB16 * UNIT;
+    let unit = flat / per_unit;
+    let block = flat / SUB16;
+    let j = flat % SUB16;
+    let uslot = at / per_unit;
+    let bslot = at / SUB16;
+    let live = block < u.n_segs;
+    let weighted = u.weighted != 0u;
+    bad = false;
+    if at % per_unit == 0u {
+        atomicStore(&wg_flag[uslot], 0u);
+    }
+    workgroupBarrier();
+    // 1. As one invocation per block did: a non-finite value or a magnitude of 2^16 (Q3_K:
+    // 2^12) anywhere in the block, or an importance weight of 2^15, sends the unit to the CPU.
+    if live {
+        block_at = block * QK;
+        var amax = 0u;
+        var finite = true;
+        for (var i = 0u; i < 16u; i++) {
+            xb[i] = input[block_at + 16u * j + i];
+            finite = finite && is_finite(xb[i]);
+            amax = max(amax, xb[i] & 0x7fffffffu);
+        }
+        if weighted {
+            qw_at = ((u.first_block + block) % u.blocks_per_row) * QK + 16u * j;
+            for (var i = 0u; i < 16u; i++) {
+                if (imatrix[qw_at + i] & 0x7fffffffu) >= BIG_QW {
+                    bad = true;
+                }
+            }
+        }
+        if !finite || amax >= select(BIG, BIG_Q3_K, TYPE == Q3_K) {
+            bad = true;
         }
         if bad {
-            return false;
+            atomicOr(&wg_flag[uslot], 1u);
         }
-        dbits = f16_bits(bitcast<u32>(dm.x));
-        mbits = f16_bits(bitcast<u32>(dm.y));
-    } else {
-        let b = q2_k_scales();
-        dbits = b.x;
-        mbits = b.y;
     }
-    return finish_q2_k(dbits, mbits);
+    workgroupBarrier();
+    // 2. The sub-block's search (Q2_K's and Q3_K's weights need the block's sigma2: each
+    // invocation sums it, in the reference's order, from a block now known finite and bounded).
+    if live && atomicLoad(&wg_flag[uslot]) == 0u {
+        var s2 = 0.0;
+        if weighted && TYPE != Q6_K {
+            s2 = block_sigma2(TYPE == Q3_K);
+        }
+        let r = sub16_search(s2);
+        wg_scale[at] = r.x;
+        wg_min[at] = r.y;
+        wg_sw[at] = r.z;
+        if bad {
+            atomicOr(&wg_flag[uslot], 1u);
+        }
+    }
+    workgroupBarrier();
+    // 3. The block's step, in its first invocation.
+    if live && j == 0u && atomicLoad(&wg_flag[uslot]) == 0u {
+        for (var k = 0u; k < SUB16; k++) {
+            scales[k] = wg_scale[at + k];
+            mins[k] = wg_min[at + k];
+            sw[k] = wg_sw[at + k];
+        }
+        wg_bits[bslot] = sub16_block_step();
+        for (var k = 0u; k < SUB16; k++) {
+            wg_lslm[at + k] = ls[k];
+        }
+        if bad {
+            atomicOr(&wg_flag[uslot], 1u);
+        }
+    }
+    workgroupBarrier();
+    // 4. The sub-block's codes against the stored scales, into the workgroup's copy of the block.
+    if live && atomicLoad(&wg_flag[uslot]) == 0u {
+        ls[j] = wg_lslm[at];
+        sub16_codes(j, wg_bits[bslot]);
+        for (var k = 0u; k < 4u; k++) {
+            let i = 4u * k;
+            wg_codes[64u * bslot + 4u * j + k] = (u32(codes[i]) & 0xffu) | ((u32(codes[i + 1u]) & 0xffu) << 8u) | ((u32(codes[i + 2u]) & 0xffu) << 16u) | ((u32(codes[i + 3u]) & 0xffu) << 24u);
+        }
+        if bad {
+            atomicOr(&wg_flag[uslot], 1u);
+        }
+    }
+    workgroupBarrier();
+    // 5. The unit's words, split among its invocations; the host encodes a flagged unit on the
+    // CPU (whatever was written).
+    if unit >= u.n_units {
+        return;
+    }
+    let lane = at % per_unit;
+    if atomicLoad(&wg_flag[uslot]) != 0u {
+        if lane == 0u {
+            redo[unit] = 1u;
+        }
+        return;
+    }
+    let bytes = block_bytes();
+    let blocks = min(UNIT, u.n_segs - UNIT * unit);
+    let words = (blocks * bytes + 3u) / 4u;
+    let first = uslot * UNIT; // the unit's first block slot
+    for (var w = lane; w < words; w += per_unit) {
+        var word = 0u;
+        for (var b = 0u; b < 4u; b++) {
+            let k = 4u * w + b;
+            if k < blocks * bytes {
+                word = word | (sub16_byte(first + k / bytes, k % bytes) << (8u * b));
+            }
+        }
+        out_words[unit * (UNIT * bytes / 4u) + w] = word;
+    }
+    if lane == 0u {
+        redo[unit] = 0u;
+    }
 }
 
 // The `_ref` path's 4-bit scales and mins of Q2_K against their maxima: ls (scale | min << 4)
@@ -743,43 +993,6 @@ fn q2_k_scales() -> vec2<u32> {
         mbits = f16_bits(bitcast<u32>(kdiv(max_min, 15.0)));
     }
     return vec2<u32>(dbits, mbits);
-}
-
-// Q2_K from the super-scales' f16 bits and the scale bytes ls: every weight again against the
-// stored scales, then the bytes.
-fn finish_q2_k(dbits: u32, mbits: u32) -> bool {
-    let d = f16_value(dbits);
-    let dmin = f16_value(mbits);
-    for (var j = 0u; j < 16u; j++) {
-        let dj = pm(d, f32(ls[j] & 0xfu));
-        if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
-            continue;
-        }
-        let dm = pm(dmin, f32(ls[j] >> 4u));
-        for (var ii = 0u; ii < 16u; ii++) {
-            let i = 16u * j + ii;
-            codes[i] = clamp(nearest(kdiv(keep(x_at(i) + dm), dj)), 0, 3);
-        }
-    }
-    if bad {
-        return false;
-    }
-    for (var j = 0u; j < 16u; j++) {
-        emit(ls[j]);
-    }
-    emit_2bit();
-    emit16(dbits);
-    emit16(mbits);
-    return true;
-}
-
-// pack_2bit: byte k of each 32-byte group holds the low two bits of codes k, k+32, k+64, k+96
-// of its 128 weights, lowest first.
-fn emit_2bit() {
-    for (var q = 0u; q < 64u; q++) {
-        let i = 128u * (q / 32u) + q % 32u;
-        emit(u32((codes[i] & 3) | ((codes[i + 32u] & 3) << 2u) | ((codes[i + 64u] & 3) << 4u) | ((codes[i + 96u] & 3) << 6u)));
-    }
 }
 
 // search.rs' make_q3_quants(nmax 4) over xb[o..o+16]: codes `l + 4` (0 for a zero group) into
@@ -841,49 +1054,6 @@ fn make_q3_quants(o: u32) -> f32 {
     return kdiv(sumlx, suml2);
 }
 
-// Q3_K: sixteen make_q3_quants sub-blocks, 6-bit signed scales against -32/max_scale. With an
-// importance matrix: sixteen make_qx_quants(16, 4) sub-blocks weighted by qw sqrt(sigma2 + x²),
-// and the scales quantized by make_qx_quants(16, 32) weighted by each sub-block's summed weight.
-fn encode_q3_k() -> bool {
-    var d = 0.0;
-    if u.weighted != 0u {
-        if !imatrix_ok() {
-            return false;
-        }
-        let s2 = block_sigma2(true);
-        for (var j = 0u; j < 16u; j++) {
-            sw[j] = sub_block_weights(16u * j, 16u, s2);
-            for (var l = 0u; l < 16u; l++) {
-                gx[l] = x_at(16u * j + l);
-            }
-            scales[j] = make_qx_quants(4, true);
-            for (var l = 0u; l < 16u; l++) {
-                codes[16u * j + l] = gl[l];
-            }
-        }
-        if bad {
-            return false;
-        }
-        for (var j = 0u; j < 16u; j++) {
-            gx[j] = scales[j];
-            wts[j] = sw[j];
-        }
-        d = make_qx_quants(32, true);
-        for (var j = 0u; j < 16u; j++) {
-            ls[j] = u32(gl[j]); // make_qx_quants' codes (0..63) are the stored scales
-        }
-    } else {
-        for (var j = 0u; j < 16u; j++) {
-            scales[j] = make_q3_quants(16u * j);
-        }
-        d = q3_k_scales();
-    }
-    if bad {
-        return false;
-    }
-    return finish_q3_k(d);
-}
-
 // The `_ref` path's 6-bit signed scales of Q3_K against -32/max_scale: ls (l + 32), returns d.
 fn q3_k_scales() -> f32 {
     var amax = 0.0;
@@ -909,64 +1079,10 @@ fn q3_k_scales() -> f32 {
     return d;
 }
 
-// Q3_K from the super-scale d and the 6-bit ls: every weight again against the stored scales,
-// then the bytes.
-fn finish_q3_k(d: f32) -> bool {
-    let dbits = f16_bits(bitcast<u32>(d));
-    let d16 = f16_value(dbits);
-    for (var j = 0u; j < 16u; j++) {
-        requantize_symmetric(16u * j, pm(d16, f32(i32(ls[j]) - 32)), 4);
-    }
-    if bad {
-        return false;
-    }
-    // hmask: the high bit of code j at bit j / 32 of byte j % 32
-    for (var m = 0u; m < 32u; m++) {
-        var h = 0u;
-        for (var k = 0u; k < 8u; k++) {
-            h = h | (u32((codes[32u * k + m] >> 2u) & 1) << k);
-        }
-        emit(h);
-    }
-    emit_2bit();
-    // the low nibbles of scales k and k+8, then the top two bits of m, m+4, m+8, m+12
-    for (var k = 0u; k < 8u; k++) {
-        emit((ls[k] & 15u) | ((ls[k + 8u] & 15u) << 4u));
-    }
-    for (var m = 0u; m < 4u; m++) {
-        var t = 0u;
-        for (var g = 0u; g < 4u; g++) {
-            t = t | (((ls[4u * g + m] >> 4u) & 3u) << (2u * g));
-        }
-        emit(t);
-    }
-    emit16(dbits);
-    return true;
-}
-
+// Every K type runs a sub-block entry point (`quantize_blocks_lanes`, `quantize_blocks_sub16`);
+// ggml_common.wgsl's one-invocation entry point is never dispatched for them.
 fn encode_block() -> bool {
-    bad = false;
-    var amax = 0u;
-    for (var j = 0u; j < QK; j++) {
-        amax = max(amax, xb[j] & 0x7fffffffu);
-    }
-    if amax >= BIG || (TYPE == 11u && amax >= BIG_Q3_K) {
-        return false;
-    }
-    switch TYPE {
-        case 10u: {
-            return encode_q2_k();
-        }
-        case 11u: {
-            return encode_q3_k();
-        }
-        case 12u, 13u: {
-            return false; // never dispatched here: Q4_K and Q5_K run `quantize_blocks_lanes`
-        }
-        default: {
-            return encode_q6_k();
-        }
-    }
+    return false;
 }
 
 // A check of `sqrt_rn` alone (src/gpu/ggml.rs' tests): out_words[i] = sqrt_rn(input[i]) for

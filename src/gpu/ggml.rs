@@ -21,18 +21,18 @@
 //!   only where the subnormal probe passed and the kernel itself reproduced the CPU's bytes on
 //!   [`self_test_rows`] (extreme, tiny, tied and subnormal blocks, and many ordinary ones);
 //!   otherwise the type is refused on that adapter (`QuantError::Unsupported`);
-//! * summation order: each sum runs inside one invocation in the reference's order: a block's
-//!   (a unit's) whole arithmetic, or for Q4_K and Q5_K each sub-block's search in its own
-//!   invocation ([`lanes`]) and the block's own steps in the first of them, after a barrier
-//!   (the searches are independent in the reference too);
+//! * summation order: each sum runs inside one invocation in the reference's order: a
+//!   32-element block's (a unit's) whole arithmetic; for the K-quants each sub-block's search
+//!   in its own invocation ([`lanes`]) and the block's own steps in the first of them, after a
+//!   barrier (the searches are independent in the reference too);
 //! * infinities and NaNs, which WGSL leaves indeterminate: a block whose reference arithmetic
 //!   would meet one (a non-finite input, a range or an inverse scale past f32, a K-quant block
 //!   past the bound under which its searches cannot overflow, a weighted search whose sums
 //!   could) is flagged, and the host encodes its unit with the CPU reference;
 //! * llvmpipe's limit of about 65,535 loop iterations per invocation: one invocation encodes a
-//!   unit ([`unit_blocks`]): one block where a block is whole u32 words, else a pair (two
-//!   blocks of every type are); the heaviest, Q2_K with an importance matrix, takes about
-//!   28,000 iterations per block, one block per invocation.
+//!   32-element unit ([`unit_blocks`]: one block where a block is whole u32 words, else a
+//!   pair, so that no output word has two writers) or one K sub-block; the heaviest, a weighted
+//!   Q4_K/Q5_K sub-block, takes about 3,500 iterations.
 //!
 //! The input is staged through the same persistent mapped buffers as min/max ([`Upload`]), in
 //! chunks of whole units of blocks of the type at hand, every type within the same buffers;
@@ -86,22 +86,24 @@ pub fn unit_blocks(ty: GgmlType) -> usize {
     }
 }
 
-/// Invocations per unit: Q4_K and Q5_K run one per sub-block (the kernel's `LANES`, entry point
-/// `quantize_blocks_lanes`), the other types one per unit (`quantize_blocks`). One invocation
-/// per Q4_K block kept an H200 mostly idle: eight made its kernel 1.6x (1.9x with an importance
-/// matrix) faster, same bytes.
+/// Invocations per unit: the K-quants run one per sub-block search (independent in ggml too),
+/// Q4_K and Q5_K eight per block (the kernel's `LANES`, entry point `quantize_blocks_lanes`),
+/// Q2_K, Q3_K and Q6_K sixteen (`quantize_blocks_sub16`); the 32-element types one per unit
+/// (`quantize_blocks`). One invocation per K block kept an H200 mostly idle: eight made the
+/// Q4_K kernel 1.6x (1.9x with an importance matrix) faster, same bytes.
 fn lanes(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q4_K | GgmlType::Q5_K => 8,
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => 16 * unit_blocks(ty),
         _ => 1,
     }
 }
 
 fn entry_point(ty: GgmlType) -> &'static str {
-    if lanes(ty) > 1 {
-        "quantize_blocks_lanes"
-    } else {
-        "quantize_blocks"
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q5_K => "quantize_blocks_lanes",
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => "quantize_blocks_sub16",
+        _ => "quantize_blocks",
     }
 }
 
