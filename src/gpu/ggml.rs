@@ -87,10 +87,9 @@ pub fn unit_blocks(ty: GgmlType) -> usize {
 }
 
 /// Invocations per unit: the K-quants run one per sub-block search (independent in ggml too),
-/// Q4_K and Q5_K eight per block (the kernel's `LANES`, entry point `quantize_blocks_lanes`),
-/// Q2_K, Q3_K and Q6_K sixteen (`quantize_blocks_sub16`); the 32-element types one per unit
-/// (`quantize_blocks`). One invocation per K block kept an H200 mostly idle: eight made the
-/// Q4_K kernel 1.6x (1.9x with an importance matrix) faster, same bytes.
+/// eight per Q4_K/Q5_K block and sixteen per Q2_K/Q3_K/Q6_K block (entry point
+/// `quantize_blocks_sub`); the 32-element types one per unit (`quantize_blocks`). One
+/// invocation per K block kept an H200 mostly idle (Q4_K 7 GB/s, Q6_K 8).
 fn lanes(ty: GgmlType) -> usize {
     match ty {
         GgmlType::Q4_K | GgmlType::Q5_K => 8,
@@ -100,10 +99,10 @@ fn lanes(ty: GgmlType) -> usize {
 }
 
 fn entry_point(ty: GgmlType) -> &'static str {
-    match ty {
-        GgmlType::Q4_K | GgmlType::Q5_K => "quantize_blocks_lanes",
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => "quantize_blocks_sub16",
-        _ => "quantize_blocks",
+    if lanes(ty) > 1 {
+        "quantize_blocks_sub"
+    } else {
+        "quantize_blocks"
     }
 }
 
