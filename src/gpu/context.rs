@@ -320,6 +320,15 @@ impl GpuContext {
         }
     }
 
+    /// A mapped view of one of our buffers was refused (`what` failed with `e`): the buffer is
+    /// invalid, which only a destroyed or lost device makes it. Recorded as the context's
+    /// failure unless one is already (a lost device's callback may not have run yet), so the
+    /// next call builds a new device instead of failing the same way.
+    pub fn mapping_failed(&self, what: &str, e: impl std::fmt::Display) -> QuantError {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("{what} failed: {e}"));
+        self.check().err().unwrap_or_else(|| QuantError::Device(format!("{what} failed: {e}")))
+    }
+
     /// Waits for a submission; a device error or a failed wait becomes `QuantError::Device`.
     pub fn wait(&self, index: wgpu::SubmissionIndex) -> Result<()> {
         let polled = self.device.poll(wgpu::PollType::Wait { submission_index: Some(index), timeout: None });

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 
 use crate::backend::DequantJob;
-use crate::error::{QuantError, Result};
+use crate::error::Result;
 
 use super::context::GpuContext;
 use super::plan::{Caps, Chunk, Seg, Uniforms};
@@ -59,7 +59,7 @@ pub fn run(ctx: &GpuContext, sets: &[DequantSet; 2], caps: &Caps, jobs: &mut [De
         staging::wait_mapped(ctx, &f)?;
         let set = &sets[f.set];
         {
-            let view = set.staging.slice(..len).get_mapped_range().map_err(|e| QuantError::Device(format!("mapping the read-back buffer failed: {e}")))?;
+            let view = set.staging.slice(..len).get_mapped_range().map_err(|e| ctx.mapping_failed("mapping the read-back buffer", e))?;
             for p in &chunks[f.chunk].pieces {
                 let at = p.seg.elem_start as usize * 4;
                 bytemuck::cast_slice_mut::<f32, u8>(&mut jobs[p.job].out[p.elems.clone()]).copy_from_slice(&view[at..at + p.elems.len() * 4]);

@@ -252,7 +252,7 @@ impl GgmlKernels {
                 let set = &sets[f.set];
                 let (b0, b1) = chunks[f.chunk];
                 {
-                    let view = set.staging.slice(..len).get_mapped_range().map_err(|e| QuantError::Device(format!("mapping the read-back buffer failed: {e}")))?;
+                    let view = set.staging.slice(..len).get_mapped_range().map_err(|e| ctx.mapping_failed("mapping the read-back buffer", e))?;
                     out[b0 * bytes..b1 * bytes].copy_from_slice(&view[..(b1 - b0) * bytes]);
                     let flags: &[u32] = bytemuck::cast_slice(&view[redo_at as usize..redo_at as usize + (b1 - b0).div_ceil(unit) * 4]);
                     for (k, _) in flags.iter().enumerate().filter(|(_, &f)| f != 0) {

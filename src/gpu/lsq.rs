@@ -8,7 +8,7 @@
 //! device, then the lsq kernel itself quantizes [`self_test_layer`] (checked against the
 //! reference), and the backend refuses lsq where either fails.
 
-use crate::error::{QuantError, Result};
+use crate::error::Result;
 
 use super::context::GpuContext;
 use super::staging::{self, buffer, READBACK, STORAGE};
@@ -61,7 +61,7 @@ pub fn probe_subnormals(ctx: &GpuContext) -> Result<Option<String>> {
     let f = staging::submit(ctx, enc, &back, 64, 0, 0);
     staging::wait_mapped(ctx, &f)?;
     let got: Vec<u32> = {
-        let view = back.slice(..64).get_mapped_range().map_err(|e| QuantError::Device(format!("mapping the probe's read-back failed: {e}")))?;
+        let view = back.slice(..64).get_mapped_range().map_err(|e| ctx.mapping_failed("mapping the probe's read-back", e))?;
         bytemuck::cast_slice::<u8, u32>(&view)[8..12].to_vec()
     };
     back.unmap();

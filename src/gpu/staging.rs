@@ -159,7 +159,7 @@ impl Upload {
         let waited = start.elapsed();
         let start = Instant::now();
         let (side, filled) = {
-            let mut view = self.buffer.slice(..len as u64).get_mapped_range_mut().map_err(|e| QuantError::Device(format!("mapping an upload buffer failed: {e}")))?;
+            let mut view = self.buffer.slice(..len as u64).get_mapped_range_mut().map_err(|e| ctx.mapping_failed("mapping an upload buffer", e))?;
             // Mapped memory may be write-combined, so wgpu hands it out write-only; whole
             // fixed-size blocks may cross threads, the tail is filled here.
             let (blocks, mut rest) = view.slice(..).into_chunks::<FILL_BLOCK>();
