@@ -281,26 +281,36 @@ impl GgmlKernels {
                     weighted: weighted.is_some() as u32,
                     ..GgmlUniforms::default()
                 };
-                ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&uniforms));
                 let src: &[u8] = bytemuck::cast_slice(&x[b0 * qk..b1 * qk]);
-                let read_oldest = || oldest.map_or(Ok(()), |f| finish(f, out, &mut stages));
-                let ((), took) = set.upload.fill(ctx, src.len(), |block, at| block.copy_from_slice(&src[at..at + block.len()]), read_oldest)?;
+                // The chunk's uniforms and commands are recorded while the fill threads copy
+                // its values (as min/max's, `quantize::run`), and submitted after.
+                let timed_kernel = stages.kernel.is_some();
+                let encode = || {
+                    ctx.queue.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&uniforms));
+                    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ggml blocks") });
+                    enc.copy_buffer_to_buffer(&set.upload.buffer, 0, &set.input, 0, src.len() as u64);
+                    {
+                        let timer = set.timer.as_ref().filter(|_| timed_kernel);
+                        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("ggml blocks"), timestamp_writes: timer.map(Timer::writes) });
+                        pass.set_pipeline(&pipeline);
+                        pass.set_bind_group(0, weighted.as_ref().map_or(&set.bind, |b| &b[si]), &[]);
+                        staging::dispatch(ctx, &mut pass, units * lanes(ty));
+                    }
+                    enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, ((b1 - b0) * bytes).next_multiple_of(4) as u64);
+                    enc.copy_buffer_to_buffer(&set.redo, 0, &set.staging, redo_at, units as u64 * 4);
+                    if let (Some(t), true) = (&set.timer, timed_kernel) {
+                        t.resolve(&mut enc, &set.staging, time_at);
+                    }
+                    enc
+                };
+                let encode_and_read_oldest = || {
+                    let enc = encode();
+                    oldest.map_or(Ok(()), |f| finish(f, out, &mut stages))?;
+                    Ok(enc)
+                };
+                let (enc, took) = set.upload.fill(ctx, src.len(), |block, at| block.copy_from_slice(&src[at..at + block.len()]), encode_and_read_oldest)?;
                 stages.fill += took.fill;
                 stages.wait += took.wait;
-                let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ggml blocks") });
-                enc.copy_buffer_to_buffer(&set.upload.buffer, 0, &set.input, 0, src.len() as u64);
-                {
-                    let timer = set.timer.as_ref().filter(|_| stages.kernel.is_some());
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("ggml blocks"), timestamp_writes: timer.map(Timer::writes) });
-                    pass.set_pipeline(&pipeline);
-                    pass.set_bind_group(0, weighted.as_ref().map_or(&set.bind, |b| &b[si]), &[]);
-                    staging::dispatch(ctx, &mut pass, units * lanes(ty));
-                }
-                enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, ((b1 - b0) * bytes).next_multiple_of(4) as u64);
-                enc.copy_buffer_to_buffer(&set.redo, 0, &set.staging, redo_at, units as u64 * 4);
-                if let (Some(t), Some(_)) = (&set.timer, stages.kernel) {
-                    t.resolve(&mut enc, &set.staging, time_at);
-                }
                 let f = staging::submit(ctx, enc, &set.staging, len, si, ci);
                 set.upload.remap(f.index.clone());
                 inflight.push_back(f);

@@ -112,7 +112,7 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
         let reading = Instant::now();
         let set = &sets[f.set];
         {
-            let view = set.staging.slice(..lay.len).get_mapped_range().map_err(|e| crate::error::QuantError::Device(format!("mapping the read-back buffer failed: {e}")))?;
+            let view = set.staging.slice(..lay.len).get_mapped_range().map_err(|e| ctx.mapping_failed("mapping the read-back buffer", e))?;
             for (i, p) in chunks[f.chunk].pieces.iter().enumerate() {
                 let job = &mut jobs[p.job];
                 let s = &p.seg;
@@ -145,16 +145,45 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
         // upload buffer is filled, and is free again before this chunk is submitted.
         let oldest = (inflight.len() == SETS).then(|| inflight.pop_front().expect("a set in flight"));
         let set = &sets[si];
-        let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
-        let n_segs = segs.len() as u32;
-        let q = &ctx.queue;
-        let (tiles, shared_words) = plan::tiles(chunk);
-        q.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs, n_units: tiles.len() as u32, zero_mask: 0, pad: 0 }));
-        q.write_buffer(&set.segs, 0, bytemuck::cast_slice(&segs));
-        q.write_buffer(&set.tiles, 0, bytemuck::cast_slice(&tiles));
+        let bytes = chunk.n_elems * 4;
+        // The chunk's plan, uniforms and commands, recorded on this thread while the fill
+        // threads copy its weights (they are submitted once the upload buffer is unmapped): on
+        // the H200 machine they took a quarter of a chunk's time when they ran before the fill.
+        let timed_kernel = stages.kernel.is_some();
+        let encode = || {
+            let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
+            let n_segs = segs.len() as u32;
+            let q = &ctx.queue;
+            let (tiles, shared_words) = plan::tiles(chunk);
+            q.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs, n_units: tiles.len() as u32, zero_mask: 0, pad: 0 }));
+            q.write_buffer(&set.segs, 0, bytemuck::cast_slice(&segs));
+            q.write_buffer(&set.tiles, 0, bytemuck::cast_slice(&tiles));
+            let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("quantize") });
+            enc.copy_buffer_to_buffer(&set.upload.buffer, 0, &set.input, 0, bytes.next_multiple_of(4) as u64);
+            enc.clear_buffer(&set.errs, 0, Some(n_segs as u64 * 4));
+            if shared_words {
+                enc.clear_buffer(&set.words, 0, Some(chunk.n_words as u64 * 4));
+            }
+            {
+                let timer = set.timer.as_ref().filter(|_| timed_kernel);
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("quantize"), timestamp_writes: timer.map(Timer::writes) });
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &set.bind, &[]);
+                // `dispatch` counts invocations in workgroups of 256: one workgroup per tile.
+                staging::dispatch(ctx, &mut pass, tiles.len() * 256);
+            }
+            let (ng, nw) = (chunk.n_groups as u64 * 4, chunk.n_words as u64 * 4);
+            enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, nw);
+            enc.copy_buffer_to_buffer(&set.scales, 0, &set.staging, lay.scales, ng);
+            enc.copy_buffer_to_buffer(&set.zero_points, 0, &set.staging, lay.zero_points, ng);
+            enc.copy_buffer_to_buffer(&set.errs, 0, &set.staging, lay.errs, n_segs as u64 * 4);
+            if let (Some(t), true) = (&set.timer, timed_kernel) {
+                t.resolve(&mut enc, &set.staging, lay.time);
+            }
+            enc
+        };
         // The pieces lie back to back in the input buffer (`plan`): every core copies its
         // blocks of it straight from the jobs' slices.
-        let bytes = chunk.n_elems * 4;
         let starts: Vec<usize> = chunk.pieces.iter().map(|p| p.seg.elem_start as usize * 4).collect();
         let weights = |i: usize| -> &[u8] { bytemuck::cast_slice(&weights[chunk.pieces[i].job][chunk.pieces[i].elems.clone()]) };
         let copy_in = |block: &mut wgpu::WriteOnly<'_, [u8]>, at: usize| {
@@ -169,32 +198,14 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
                 i += 1;
             }
         };
-        let read_oldest = || oldest.map_or(Ok(()), |f| finish(f, jobs, &mut failed, &mut stages));
-        let ((), took) = set.upload.fill(ctx, bytes, copy_in, read_oldest)?;
+        let encode_and_read_oldest = || {
+            let enc = encode();
+            oldest.map_or(Ok(()), |f| finish(f, jobs, &mut failed, &mut stages))?;
+            Ok(enc)
+        };
+        let (enc, took) = set.upload.fill(ctx, bytes, copy_in, encode_and_read_oldest)?;
         stages.fill += took.fill;
         stages.wait += took.wait;
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("quantize") });
-        enc.copy_buffer_to_buffer(&set.upload.buffer, 0, &set.input, 0, bytes.next_multiple_of(4) as u64);
-        enc.clear_buffer(&set.errs, 0, Some(n_segs as u64 * 4));
-        if shared_words {
-            enc.clear_buffer(&set.words, 0, Some(chunk.n_words as u64 * 4));
-        }
-        {
-            let timer = set.timer.as_ref().filter(|_| stages.kernel.is_some());
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("quantize"), timestamp_writes: timer.map(Timer::writes) });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &set.bind, &[]);
-            // `dispatch` counts invocations in workgroups of 256: one workgroup per tile.
-            staging::dispatch(ctx, &mut pass, tiles.len() * 256);
-        }
-        let (ng, nw) = (chunk.n_groups as u64 * 4, chunk.n_words as u64 * 4);
-        enc.copy_buffer_to_buffer(&set.words, 0, &set.staging, 0, nw);
-        enc.copy_buffer_to_buffer(&set.scales, 0, &set.staging, lay.scales, ng);
-        enc.copy_buffer_to_buffer(&set.zero_points, 0, &set.staging, lay.zero_points, ng);
-        enc.copy_buffer_to_buffer(&set.errs, 0, &set.staging, lay.errs, n_segs as u64 * 4);
-        if let (Some(t), Some(_)) = (&set.timer, stages.kernel) {
-            t.resolve(&mut enc, &set.staging, lay.time);
-        }
         let f = staging::submit(ctx, enc, &set.staging, lay.len, si, ci);
         set.upload.remap(f.index.clone());
         inflight.push_back(f);
