@@ -754,7 +754,8 @@ fn k_byte(bs: u32, k: u32) -> u32 {
 // reached by the whole workgroup.
 //
 // One invocation per block kept an H200 mostly idle (Q4_K 7 GB/s, Q6_K 8); per sub-block, with
-// the bytes written in parallel, Q6_K's kernel ran 4.9x faster, Q3_K's 4.5x, Q2_K's 2.2x.
+// the bytes written in parallel, Q6_K's kernel ran 4.6-4.9x faster, Q3_K's 4.2-4.5x, Q2_K's
+// 2.2-2.3x (two runs).
 @compute @workgroup_size(256)
 fn quantize_blocks_sub(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) at: u32) {
     let n = sub_len();
