@@ -191,7 +191,7 @@ mod tests {
     fn the_exact_kernels_get_denorm_preserve_and_no_contraction_and_nothing_else() {
         let lsq = crate::gpu::shaders::quantize_source();
         let q4_k = crate::gpu::shaders::ggml_source(crate::gpu::shaders::GGML_KQUANTS);
-        for (src, entry, constants) in [(&lsq, "quantize_pass", &[("LSQ", 1.0)][..]), (&q4_k, "quantize_blocks", &[("TYPE", 12.0), ("UNIT", 1.0)][..])] {
+        for (src, entry, constants) in [(&lsq, "quantize_pass", &[("LSQ", 1.0)][..]), (&q4_k, "quantize_blocks_sub", &[("TYPE", 12.0), ("UNIT", 1.0)][..])] {
             let words = exact_f32(src, entry, constants).unwrap();
             let ins = instructions(&words).unwrap();
             let pos = |op: Op| ins.iter().position(|i| i.1 == op as u16).unwrap();
