@@ -280,28 +280,28 @@ fn x_at(i: u32) -> f32 {
     return f(xb[i]);
 }
 
-// search.rs' signed_absmax over xb[o..o+n], on the bits: (the largest magnitude, the first
+// search.rs' signed_absmax over xb[0..n], on the bits: (the largest magnitude, the first
 // element of that magnitude with its sign).
-fn signed_absmax(o: u32, n: u32) -> vec2<u32> {
+fn signed_absmax(n: u32) -> vec2<u32> {
     var amax = 0u;
     var mx = 0u;
     for (var i = 0u; i < n; i++) {
-        let a = xb[o + i] & 0x7fffffffu;
+        let a = xb[i] & 0x7fffffffu;
         if a > amax {
             amax = a;
-            mx = xb[o + i];
+            mx = xb[i];
         }
     }
     return vec2<u32>(amax, mx);
 }
 
-// `make_qkx2_quants` (search.rs' make_qkx_quants) over xb[o..o+n] with weights wts[0..n]: the
+// `make_qkx2_quants` (search.rs' make_qkx_quants) over xb[0..n] with weights wts[0..n]: the
 // weighted error (|diff| or diff², `diff = scale*l + min - x`) of the codes in laux, and the
 // codes of inverse scale `iscale` against `lmin`.
-fn qkx_error(o: u32, n: u32, scale: f32, min_: f32, abs_err: bool) -> f32 {
+fn qkx_error(n: u32, scale: f32, min_: f32, abs_err: bool) -> f32 {
     var err = 0.0;
     for (var i = 0u; i < n; i++) {
-        let x = x_at(o + i);
+        let x = x_at(i);
         let lf = f32(laux[i]);
         let diff = keep(keep(pm(scale, lf) + min_) - x);
         var e = pm(diff, diff);
@@ -313,20 +313,20 @@ fn qkx_error(o: u32, n: u32, scale: f32, min_: f32, abs_err: bool) -> f32 {
     return err;
 }
 
-fn qkx_codes(o: u32, n: u32, nmax: i32, iscale: f32, lmin: f32) {
+fn qkx_codes(n: u32, nmax: i32, iscale: f32, lmin: f32) {
     for (var i = 0u; i < n; i++) {
-        laux[i] = clamp(nearest(pm(iscale, keep(x_at(o + i) - lmin))), 0, nmax);
+        laux[i] = clamp(nearest(pm(iscale, keep(x_at(i) - lmin))), 0, nmax);
     }
 }
 
-// Returns (scale, the_min = -min); codes L into codes[o..o+n]. A flat group gives codes 0.
-fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i32, abs_err: bool) -> vec2<f32> {
-    var mn = x_at(o);
-    var mx = x_at(o);
+// Returns (scale, the_min = -min); codes L into codes[0..n]. A flat group gives codes 0.
+fn make_qkx2_quants(n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i32, abs_err: bool) -> vec2<f32> {
+    var mn = x_at(0u);
+    var mx = x_at(0u);
     var sum_w = wts[0];
-    var sum_x = pm(sum_w, x_at(o));
+    var sum_x = pm(sum_w, x_at(0u));
     for (var i = 1u; i < n; i++) {
-        let x = x_at(o + i);
+        let x = x_at(i);
         if lt(x, mn) {
             mn = x;
         }
@@ -341,15 +341,15 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
     }
     if mx == mn {
         for (var i = 0u; i < n; i++) {
-            codes[o + i] = 0;
+            codes[i] = 0;
         }
         return vec2<f32>(0.0, -mn);
     }
     let nmaxf = f32(nmax);
     let iscale = kdiv(nmaxf, keep(mx - mn));
     var scale = kdiv(1.0, iscale);
-    qkx_codes(o, n, nmax, iscale, mn);
-    var best_error = qkx_error(o, n, scale, mn, abs_err);
+    qkx_codes(n, nmax, iscale, mn);
+    var best_error = qkx_error(n, scale, mn, abs_err);
     var best_is = iscale;
     var best_lmin = mn;
     for (var is = 0; is <= nstep; is++) {
@@ -361,7 +361,7 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
         var sum_l2 = 0.0;
         var sum_xl = 0.0;
         for (var i = 0u; i < n; i++) {
-            let x = x_at(o + i);
+            let x = x_at(i);
             let l = clamp(nearest(pm(cand, keep(x - mn))), 0, nmax);
             laux[i] = l;
             let w = wts[i];
@@ -387,7 +387,7 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
             bad = true;
             break;
         }
-        let cur_error = qkx_error(o, n, this_scale, this_min, abs_err);
+        let cur_error = qkx_error(n, this_scale, this_min, abs_err);
         if cur_error < best_error {
             best_error = cur_error;
             scale = this_scale;
@@ -397,7 +397,7 @@ fn make_qkx2_quants(o: u32, n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i3
         }
     }
     for (var i = 0u; i < n; i++) {
-        codes[o + i] = clamp(nearest(pm(best_is, keep(x_at(o + i) - best_lmin))), 0, nmax);
+        codes[i] = clamp(nearest(pm(best_is, keep(x_at(i) - best_lmin))), 0, nmax);
     }
     return vec2<f32>(scale, -mn);
 }

@@ -311,26 +311,26 @@ fn block_sigma2(twice: bool) -> f32 {
     return kdiv(s, 256.0);
 }
 
-// The weights `qw[i] * sqrtf(sigma2 + x[i]*x[i])` of the sub-block xb[o..o+n] into wts; returns
+// The weights `qw[i] * sqrtf(sigma2 + x[i]*x[i])` of the sub-block xb[0..n] into wts; returns
 // their sum, added in order (the sub-block's `sw`).
-fn sub_block_weights(o: u32, n: u32, s2: f32) -> f32 {
+fn sub_block_weights(n: u32, s2: f32) -> f32 {
     var sumw = 0.0;
     for (var l = 0u; l < n; l++) {
-        let x = x_at(o + l);
-        wts[l] = pm(f(imatrix[qw_at + o + l]), f(sqrt_rn(bitcast<u32>(keep(s2 + pm(x, x))))));
+        let x = x_at(l);
+        wts[l] = pm(f(imatrix[qw_at + l]), f(sqrt_rn(bitcast<u32>(keep(s2 + pm(x, x))))));
         sumw = sumw + wts[l];
     }
     return sumw;
 }
 
-// Q3_K's and Q6_K's last step for the sub-block xb[o..o+16]: its weights again against the
+// Q3_K's and Q6_K's last step for the sub-block xb[0..16]: its weights again against the
 // stored sub-block scale dj, codes `clamp(nearest_int(x/dj), -nmax, nmax-1) + nmax`; a
 // sub-block whose scale is 0 keeps its codes.
-fn requantize_symmetric(o: u32, dj: f32, nmax: i32) {
+fn requantize_symmetric(dj: f32, nmax: i32) {
     if (bitcast<u32>(dj) & 0x7fffffffu) == 0u {
         return;
     }
-    for (var i = o; i < o + 16u; i++) {
+    for (var i = 0u; i < 16u; i++) {
         codes[i] = clamp(nearest(kdiv(x_at(i), dj)), -nmax, nmax - 1) + nmax;
     }
 }
@@ -341,27 +341,27 @@ fn requantize_symmetric(o: u32, dj: f32, nmax: i32) {
 // scales and mins quantized by make_qp_quants(63) weighted by each sub-block's summed weight.
 // They run eight invocations per block, one per sub-block (`quantize_blocks_sub`, below).
 
-// A sub-block's search, its values at xb[o..o+32] (its importance weights at qw_at + o; `s2`
-// the block's sigma2): (scale, the_min, summed weight); its codes into codes[o..o+32].
-fn q45_k_search(o: u32, nmax: i32, s2: f32) -> vec3<f32> {
+// A sub-block's search, its values at xb[0..32] (its importance weights at qw_at; `s2`
+// the block's sigma2): (scale, the_min, summed weight); its codes into codes[0..32].
+fn q45_k_search(nmax: i32, s2: f32) -> vec3<f32> {
     if u.weighted != 0u {
-        let sumw = sub_block_weights(o, 32u, s2);
-        let r = make_qkx2_quants(o, 32u, nmax, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
+        let sumw = sub_block_weights(32u, s2);
+        let r = make_qkx2_quants(32u, nmax, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
         return vec3<f32>(r, sumw);
     }
     var sum_x2 = 0.0;
     for (var l = 0u; l < 32u; l++) {
-        sum_x2 = sum_x2 + pm(x_at(o + l), x_at(o + l));
+        sum_x2 = sum_x2 + pm(x_at(l), x_at(l));
     }
     let av_x = f(sqrt_rn(bitcast<u32>(kdiv(sum_x2, 32.0))));
     for (var l = 0u; l < 32u; l++) {
-        wts[l] = keep(av_x + abs(x_at(o + l)));
+        wts[l] = keep(av_x + abs(x_at(l)));
     }
     var r: vec2<f32>;
     if nmax == 15 {
-        r = make_qkx2_quants(o, 32u, 15, -1.0, f(TENTH), 20, false);
+        r = make_qkx2_quants(32u, 15, -1.0, f(TENTH), 20, false);
     } else {
-        r = make_qkx2_quants(o, 32u, 31, -0.5, f(TENTH), 15, false);
+        r = make_qkx2_quants(32u, 31, -0.5, f(TENTH), 15, false);
     }
     return vec3<f32>(r, 0.0);
 }
@@ -410,10 +410,10 @@ fn q45_k_scales() -> vec2<u32> {
     return vec2<u32>(f16_bits(bitcast<u32>(kdiv(max_scale, 63.0))), f16_bits(bitcast<u32>(kdiv(max_min, 63.0))));
 }
 
-// Sub-block j's codes (its values and codes at xb[o..o+32], codes[o..o+32]) against the stored
+// Sub-block j's codes (its values and codes at xb[0..32], codes[0..32]) against the stored
 // scales (from the super-scales' f16 bits and ls[j], lm[j]); a sub-block whose scale is 0
 // keeps its search's codes.
-fn q45_k_codes(o: u32, j: u32, nmax: i32, dbits: u32, mbits: u32) {
+fn q45_k_codes(j: u32, nmax: i32, dbits: u32, mbits: u32) {
     let d = f16_value(dbits);
     let dmin = f16_value(mbits);
     let dj = pm(d, f32(ls[j]));
@@ -421,7 +421,7 @@ fn q45_k_codes(o: u32, j: u32, nmax: i32, dbits: u32, mbits: u32) {
         return;
     }
     let dm = pm(dmin, f32(lm[j]));
-    for (var i = o; i < o + 32u; i++) {
+    for (var i = 0u; i < 32u; i++) {
         codes[i] = clamp(nearest(kdiv(keep(x_at(i) + dm), dj)), 0, nmax);
     }
 }
@@ -485,21 +485,21 @@ fn k_search(s2: f32) -> vec3<f32> {
             var sumw = 0.0;
             var r: vec2<f32>;
             if weighted {
-                sumw = sub_block_weights(0u, 16u, s2);
-                r = make_qkx2_quants(0u, 16u, 3, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
+                sumw = sub_block_weights(16u, s2);
+                r = make_qkx2_quants(16u, 3, f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
             } else {
                 for (var l = 0u; l < 16u; l++) {
                     wts[l] = abs(x_at(l));
                 }
-                r = make_qkx2_quants(0u, 16u, 3, -0.5, f(TENTH), 15, true);
+                r = make_qkx2_quants(16u, 3, -0.5, f(TENTH), 15, true);
             }
             return vec3<f32>(r, sumw);
         }
         case Q3_K: {
             if !weighted {
-                return vec3<f32>(make_q3_quants(0u), 0.0, 0.0);
+                return vec3<f32>(make_q3_quants(), 0.0, 0.0);
             }
-            let sumw = sub_block_weights(0u, 16u, s2);
+            let sumw = sub_block_weights(16u, s2);
             for (var l = 0u; l < 16u; l++) {
                 gx[l] = x_at(l);
             }
@@ -510,10 +510,10 @@ fn k_search(s2: f32) -> vec3<f32> {
             return vec3<f32>(scale, 0.0, sumw);
         }
         case Q4_K: {
-            return q45_k_search(0u, 15, s2);
+            return q45_k_search(15, s2);
         }
         case Q5_K: {
-            return q45_k_search(0u, 31, s2);
+            return q45_k_search(31, s2);
         }
         default: {
             for (var i = 0u; i < 16u; i++) {
@@ -593,17 +593,17 @@ fn k_codes(j: u32, bits: vec2<u32>) {
             }
         }
         case Q3_K: {
-            requantize_symmetric(0u, pm(f16_value(bits.x), f32(i32(ls[j]) - 32)), 4);
+            requantize_symmetric(pm(f16_value(bits.x), f32(i32(ls[j]) - 32)), 4);
         }
         case Q4_K: {
-            q45_k_codes(0u, j, 15, bits.x, bits.y);
+            q45_k_codes(j, 15, bits.x, bits.y);
         }
         case Q5_K: {
-            q45_k_codes(0u, j, 31, bits.x, bits.y);
+            q45_k_codes(j, 31, bits.x, bits.y);
         }
         default: {
             if bits.y == 0u {
-                requantize_symmetric(0u, pm(f16_value(bits.x), f32(as_i8(i32(ls[j])))), 32);
+                requantize_symmetric(pm(f16_value(bits.x), f32(as_i8(i32(ls[j])))), 32);
             }
         }
     }
@@ -912,14 +912,14 @@ fn q2_k_scales() -> vec2<u32> {
     return vec2<u32>(dbits, mbits);
 }
 
-// search.rs' make_q3_quants(nmax 4) over xb[o..o+16]: codes `l + 4` (0 for a zero group) into
-// codes[o..o+16]; returns the scale.
-fn make_q3_quants(o: u32) -> f32 {
-    let am = signed_absmax(o, 16u);
+// search.rs' make_q3_quants(nmax 4) over xb[0..16]: codes `l + 4` (0 for a zero group) into
+// codes[0..16]; returns the scale.
+fn make_q3_quants() -> f32 {
+    let am = signed_absmax(16u);
     let mx = am.y;
     if am.x < GROUP_MAX_EPS {
         for (var i = 0u; i < 16u; i++) {
-            codes[o + i] = 0;
+            codes[i] = 0;
         }
         return 0.0;
     }
@@ -927,9 +927,9 @@ fn make_q3_quants(o: u32) -> f32 {
     var sumlx = 0.0;
     var suml2 = 0.0;
     for (var i = 0u; i < 16u; i++) {
-        let x = x_at(o + i);
+        let x = x_at(i);
         let l = clamp(nearest(pm(iscale, x)), -4, 3);
-        codes[o + i] = l;
+        codes[i] = l;
         let w = pm(x, x);
         let lf = f32(l);
         sumlx = sumlx + pm(pm(w, x), lf);
@@ -938,10 +938,10 @@ fn make_q3_quants(o: u32) -> f32 {
     for (var it = 0u; it < 5u; it++) {
         var changed = false;
         for (var i = 0u; i < 16u; i++) {
-            let x = x_at(o + i);
+            let x = x_at(i);
             let w = pm(x, x);
             let wx = pm(w, x);
-            let li = f32(codes[o + i]);
+            let li = f32(codes[i]);
             let slx = keep(sumlx - pm(wx, li));
             if !(slx > 0.0) {
                 continue; // not taken; the reference's quotient is not needed
@@ -951,8 +951,8 @@ fn make_q3_quants(o: u32) -> f32 {
             let nf = f32(new_l);
             let slx2 = keep(slx + pm(wx, nf));
             let sl22 = keep(sl2 + pm(pm(w, nf), nf));
-            if new_l != codes[o + i] && sl22 > 0.0 && pm(pm(slx2, slx2), suml2) > pm(pm(sumlx, sumlx), sl22) {
-                codes[o + i] = new_l;
+            if new_l != codes[i] && sl22 > 0.0 && pm(pm(slx2, slx2), suml2) > pm(pm(sumlx, sumlx), sl22) {
+                codes[i] = new_l;
                 sumlx = slx2;
                 suml2 = sl22;
                 changed = true;
@@ -963,7 +963,7 @@ fn make_q3_quants(o: u32) -> f32 {
         }
     }
     for (var i = 0u; i < 16u; i++) {
-        codes[o + i] = codes[o + i] + 4;
+        codes[i] = codes[i] + 4;
     }
     if !(suml2 > 0.0) {
         return 0.0;

@@ -36,7 +36,7 @@ fn block_bytes() -> u32 {
 // `d = max / -half`, codes `MIN(2*half-1, (int8_t)(x*id + half + 0.5f))`. Writes d; false if the
 // block needs the CPU.
 fn encode_symmetric(half_: u32) -> bool {
-    let d = fdiv(signed_absmax(0u, QK).y, bitcast<u32>(-f32(half_)));
+    let d = fdiv(signed_absmax(QK).y, bitcast<u32>(-f32(half_)));
     let id = inverse(d);
     if !is_finite(id) {
         return false;
@@ -147,7 +147,7 @@ fn small_scale(s: f32) {
 // search.rs' make_qx_quants (rmse_type 1) with weights wts: codes `l + nmax` into codes, returns
 // the scale. The best candidate's codes are recomputed from its inverse scale at the end.
 fn make_qx_quants_w(nmax: i32) -> f32 {
-    let am = signed_absmax(0u, QK);
+    let am = signed_absmax(QK);
     let mx = am.y;
     if am.x < GROUP_MAX_EPS {
         for (var i = 0u; i < QK; i++) {
@@ -202,7 +202,7 @@ fn encode_affine_w(nmax: u32) -> bool {
     if !imatrix_weights() {
         return false;
     }
-    let r = make_qkx2_quants(0u, QK, i32(nmax), f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
+    let r = make_qkx2_quants(QK, i32(nmax), f(QKX3_RMIN), f(QKX3_RDELTA), 36, false);
     if bad {
         return false;
     }
