@@ -1,13 +1,12 @@
-// What every ggml block kernel shares: the bindings, the byte writer, the exact helpers and the
-// entry point. Appended to common.wgsl; a family file (ggml_legacy.wgsl, ...) follows and
-// declares `QK` (elements per block), `xb` (the block's input bits, `array<u32, QK>`),
-// `block_bytes()` and `encode_block()` for its types (`TYPE`).
+// What every ggml block kernel shares: the bindings and the exact helpers. Appended to
+// common.wgsl; a family file follows with its entry point: ggml_legacy.wgsl (`quantize_blocks`,
+// one invocation per unit, each block's arithmetic inside it in the reference's order) or
+// ggml_kquants.wgsl (`quantize_blocks_sub`, one invocation per sub-block search). Each declares
+// `QK` (elements per block), `xb` (the values an invocation searches, as bits) and `codes`.
 //
 // A unit of `UNIT` blocks: one block where a block is whole u32 words (Q4_1, Q5_1, Q2_K, Q4_K,
 // Q5_K: 20, 24, 84, 144, 176 bytes), else a pair, which always is (36, 44, 68, 220, 420 bytes),
-// so no word has two writers. The 32-element types run one invocation per unit (`quantize_blocks`
-// below), each block's arithmetic inside it in the reference's order; the K-quants run one
-// invocation per sub-block search (ggml_kquants.wgsl).
+// so no word has two writers.
 //
 // Exact as the CPU, and why (src/gpu/ggml.rs says what the host checks):
 // * division: `fdiv`, correctly rounded integer long division (`div_rn`), never WGSL's `/`;
@@ -53,31 +52,10 @@ struct GgmlUniforms {
 
 const NEG_ZERO: u32 = 0x80000000u;
 
-// Bytes are written in order through one word of accumulator.
-var<private> acc: u32;
-var<private> acc_n: u32;
-var<private> word_at: u32;
-// With an importance matrix: where the block's weights start in `imatrix`, and its row's sigma2.
+// With an importance matrix: where the block's weights start in `imatrix`.
 var<private> qw_at: u32;
-var<private> sigma2: u32;
 // Where the block's values start in `input`.
 var<private> block_at: u32;
-
-fn emit(b: u32) {
-    acc = acc | ((b & 0xffu) << (8u * acc_n));
-    acc_n = acc_n + 1u;
-    if acc_n == 4u {
-        out_words[word_at] = acc;
-        word_at = word_at + 1u;
-        acc = 0u;
-        acc_n = 0u;
-    }
-}
-
-fn emit16(v: u32) {
-    emit(v);
-    emit(v >> 8u);
-}
 
 fn is_finite(b: u32) -> bool {
     return (b & INF_BITS) != INF_BITS;
@@ -168,8 +146,8 @@ fn key(b: u32) -> i32 {
     return order_key(b);
 }
 
-// The searches' state and helpers, shared by both families (each declares `xb` and
-// `codes: array<i32, QK>`).
+// The searches' state and helpers, shared by both families (each declares `xb` and `codes`,
+// as long as the longest group one invocation searches: 32).
 
 const GROUP_MAX_EPS: u32 = 0x26901d7du; // 1e-15f
 const TENTH: u32 = 0x3dcccccdu;         // 0.1f
@@ -400,43 +378,4 @@ fn make_qkx2_quants(n: u32, nmax: i32, rmin: f32, rdelta: f32, nstep: i32, abs_e
         codes[i] = clamp(nearest(pm(best_is, keep(x_at(i) - best_lmin))), 0, nmax);
     }
     return vec2<f32>(scale, -mn);
-}
-
-@compute @workgroup_size(256)
-fn quantize_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let unit = flat_index(gid, nwg);
-    if unit >= u.n_units {
-        return;
-    }
-    word_at = unit * (UNIT * block_bytes() / 4u);
-    acc = 0u;
-    acc_n = 0u;
-    for (var k = 0u; k < UNIT; k++) {
-        let block = UNIT * unit + k;
-        if block >= u.n_segs {
-            break;
-        }
-        if u.weighted != 0u {
-            let g = u.first_block + block;
-            qw_at = (g % u.blocks_per_row) * QK;
-            if QK == 32u {
-                sigma2 = row_sigma2[g / u.blocks_per_row];
-            }
-        }
-        var finite = true;
-        block_at = block * QK;
-        for (var j = 0u; j < QK; j++) {
-            xb[j] = input[block * QK + j];
-            finite = finite && is_finite(xb[j]);
-        }
-        // The host encodes every block of a flagged unit on the CPU (whatever was written).
-        if !finite || !encode_block() {
-            redo[unit] = 1u;
-            return;
-        }
-    }
-    if acc_n != 0u {
-        out_words[word_at] = acc;
-    }
-    redo[unit] = 0u;
 }

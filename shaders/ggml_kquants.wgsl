@@ -49,8 +49,9 @@ const QK: u32 = 256u;
 const BIG: u32 = 0x47800000u;           // 2^16: a block with a larger magnitude goes to the CPU
 const BIG_Q3_K: u32 = 0x45800000u;      // 2^12
 
-var<private> xb: array<u32, 256>;
-var<private> codes: array<i32, 256>;
+// One sub-block (16 or 32 values, `sub_len`): the values an invocation searches, and its codes.
+var<private> xb: array<u32, 32>;
+var<private> codes: array<i32, 32>;
 var<private> scales: array<f32, 16>;
 var<private> mins: array<f32, 16>;
 var<private> ls: array<u32, 16>;
@@ -994,12 +995,6 @@ fn q3_k_scales() -> f32 {
         }
     }
     return d;
-}
-
-// Every K type runs `quantize_blocks_sub`; ggml_common.wgsl's one-invocation entry point is
-// never dispatched for them.
-fn encode_block() -> bool {
-    return false;
 }
 
 // A check of `sqrt_rn` alone (src/gpu/ggml.rs' tests): out_words[i] = sqrt_rn(input[i]) for

@@ -22,6 +22,29 @@ const QK: u32 = 32u;
 var<private> xb: array<u32, 32>;
 var<private> codes: array<i32, 32>;
 
+// Bytes are written in order through one word of accumulator.
+var<private> acc: u32;
+var<private> acc_n: u32;
+var<private> word_at: u32;
+// With an importance matrix: the block's row's sigma2 (bits).
+var<private> sigma2: u32;
+
+fn emit(b: u32) {
+    acc = acc | ((b & 0xffu) << (8u * acc_n));
+    acc_n = acc_n + 1u;
+    if acc_n == 4u {
+        out_words[word_at] = acc;
+        word_at = word_at + 1u;
+        acc = 0u;
+        acc_n = 0u;
+    }
+}
+
+fn emit16(v: u32) {
+    emit(v);
+    emit(v >> 8u);
+}
+
 fn block_bytes() -> u32 {
     switch TYPE {
         case 2u: { return 18u; }
@@ -268,4 +291,45 @@ fn encode_block() -> bool {
         }
     }
     return true;
+}
+
+// One invocation per unit (a block, or a pair where a block is not whole words), each
+// block's arithmetic inside it in the reference's order.
+@compute @workgroup_size(256)
+fn quantize_blocks(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let unit = flat_index(gid, nwg);
+    if unit >= u.n_units {
+        return;
+    }
+    word_at = unit * (UNIT * block_bytes() / 4u);
+    acc = 0u;
+    acc_n = 0u;
+    for (var k = 0u; k < UNIT; k++) {
+        let block = UNIT * unit + k;
+        if block >= u.n_segs {
+            break;
+        }
+        if u.weighted != 0u {
+            let g = u.first_block + block;
+            qw_at = (g % u.blocks_per_row) * QK;
+            if QK == 32u {
+                sigma2 = row_sigma2[g / u.blocks_per_row];
+            }
+        }
+        var finite = true;
+        block_at = block * QK;
+        for (var j = 0u; j < QK; j++) {
+            xb[j] = input[block * QK + j];
+            finite = finite && is_finite(xb[j]);
+        }
+        // The host encodes every block of a flagged unit on the CPU (whatever was written).
+        if !finite || !encode_block() {
+            redo[unit] = 1u;
+            return;
+        }
+    }
+    if acc_n != 0u {
+        out_words[word_at] = acc;
+    }
+    redo[unit] = 0u;
 }
