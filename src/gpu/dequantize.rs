@@ -1,17 +1,28 @@
-//! Dequantize on the GPU: one invocation per output element.
+//! Dequantize on the GPU: one invocation per output element. Each chunk's packed codes, scales
+//! and zero points are gathered by the fill threads into one persistent mapped buffer
+//! ([`Upload`]), copied into the kernel's buffers on the device, and the f32 results read back
+//! (on several threads when large) while later chunks run, as quantize does.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::backend::DequantJob;
 use crate::error::Result;
 
 use super::context::GpuContext;
 use super::plan::{Caps, Chunk, Seg, Uniforms};
-use super::staging::{self, buffer, InFlight, Timer, READBACK, STORAGE};
+use super::quantize::Stages;
+use super::staging::{self, buffer, InFlight, Timer, Upload, READBACK, STORAGE};
+
+/// Buffer sets used in turn: one being filled by the host while up to two are on the device or
+/// being read back.
+pub const SETS: usize = 3;
 
 pub struct DequantSet {
     uniform: wgpu::Buffer,
     segs: wgpu::Buffer,
+    /// A chunk's packed words, then its scales, then its zero points, back to back.
+    upload: Upload,
     packed: wgpu::Buffer,
     scales: wgpu::Buffer,
     zero_points: wgpu::Buffer,
@@ -25,6 +36,7 @@ impl DequantSet {
     pub fn new(ctx: &GpuContext, caps: &Caps) -> Self {
         let uniform = buffer(ctx, "uniforms", 16, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST);
         let segs = buffer(ctx, "segments", caps.segs as u64 * 48, STORAGE);
+        let upload = Upload::new(ctx, "dequantize upload", (caps.words + 2 * caps.groups) as u64 * 4);
         let packed = buffer(ctx, "packed", caps.words as u64 * 4, STORAGE);
         let scales = buffer(ctx, "scales", caps.groups as u64 * 4, STORAGE);
         let zero_points = buffer(ctx, "zero points", caps.groups as u64 * 4, STORAGE);
@@ -36,7 +48,7 @@ impl DequantSet {
             .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
             .collect();
         let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some("dequantize"), layout: &ctx.dequant_layout, entries: &entries });
-        Self { uniform, segs, packed, scales, zero_points, out, staging, bind, timer: Timer::new(ctx) }
+        Self { uniform, segs, upload, packed, scales, zero_points, out, staging, bind, timer: Timer::new(ctx) }
     }
 }
 
@@ -50,71 +62,108 @@ pub fn params_ok(scales: &[f32], zero_points: &[f32]) -> bool {
     scales.iter().zip(zero_points).all(|(s, z)| s.to_bits() < SCALE_MAX && z.to_bits() & 0x7fff_ffff < LO_MAX)
 }
 
-pub fn run(ctx: &GpuContext, sets: &[DequantSet; 2], caps: &Caps, jobs: &mut [DequantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<Option<f64>> {
+/// Zero bytes that complete a piece's last packed word.
+const PAD: [u8; 3] = [0; 3];
+
+/// Runs every job of `chunks` (built from `jobs`); returns where the time went (kernel time
+/// when `timed` and supported).
+pub fn run(ctx: &GpuContext, sets: &[DequantSet; SETS], caps: &Caps, jobs: &mut [DequantJob<'_>], chunks: &[Chunk], timed: bool) -> Result<Stages> {
     let time_at = caps.elems as u64 * 4;
     let len = time_at + 16;
-    let mut kernel = (timed && ctx.timestamps).then_some(0.0);
+    let mut stages = Stages { kernel: (timed && ctx.timestamps).then_some(0.0), ..Stages::default() };
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
-    let finish = |f: InFlight, jobs: &mut [DequantJob<'_>], kernel: &mut Option<f64>| -> Result<()> {
+    let finish = |f: InFlight, jobs: &mut [DequantJob<'_>], stages: &mut Stages| -> Result<()> {
+        let waiting = Instant::now();
         staging::wait_mapped(ctx, &f)?;
+        stages.wait += waiting.elapsed().as_secs_f64();
+        let reading = Instant::now();
         let set = &sets[f.set];
         {
             let view = set.staging.slice(..len).get_mapped_range().map_err(|e| ctx.mapping_failed("mapping the read-back buffer", e))?;
             for p in &chunks[f.chunk].pieces {
                 let at = p.seg.elem_start as usize * 4;
-                bytemuck::cast_slice_mut::<f32, u8>(&mut jobs[p.job].out[p.elems.clone()]).copy_from_slice(&view[at..at + p.elems.len() * 4]);
+                staging::copy_out(bytemuck::cast_slice_mut::<f32, u8>(&mut jobs[p.job].out[p.elems.clone()]), &view[at..at + p.elems.len() * 4]);
             }
-            if let Some(k) = kernel.as_mut() {
+            if let Some(k) = stages.kernel.as_mut() {
                 *k += Timer::seconds(ctx, &view[time_at as usize..len as usize]);
             }
         }
         set.staging.unmap();
+        stages.read += reading.elapsed().as_secs_f64();
         Ok(())
     };
+    // The inputs apart from the outputs: a chunk is gathered from the one while an earlier
+    // chunk's results are copied into the other.
+    let inputs: Vec<(&[u8], &[f32], &[f32])> = jobs.iter().map(|j| (j.packed, j.scales, j.zero_points)).collect();
     for (ci, chunk) in chunks.iter().enumerate() {
-        let si = ci % 2;
-        if inflight.len() == 2 {
-            finish(inflight.pop_front().expect("two in flight"), jobs, &mut kernel)?;
-        }
+        let si = ci % SETS;
+        // With every set in flight the oldest is this chunk's set: read back while the upload
+        // buffer is filled, free again before this chunk is submitted.
+        let oldest = (inflight.len() == SETS).then(|| inflight.pop_front().expect("a set in flight"));
         let set = &sets[si];
-        let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
-        let q = &ctx.queue;
-        q.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs: segs.len() as u32, n_units: chunk.n_elems as u32, zero_mask: 0, pad: 0 }));
-        q.write_buffer(&set.segs, 0, bytemuck::cast_slice(&segs));
+        // Where each input lands in the upload buffer: the pieces' packed bytes at their words
+        // (a partial last word completed with zeros), then the scales, then the zero points.
+        let (nw, ng) = (chunk.n_words * 4, chunk.n_groups * 4);
+        let mut starts: Vec<usize> = Vec::with_capacity(4 * chunk.pieces.len());
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(4 * chunk.pieces.len());
         for p in &chunk.pieces {
-            let job = &jobs[p.job];
-            let bytes = &job.packed[p.bytes.clone()];
-            // Copies must be multiples of 4 bytes: the last 1–3 bytes go through a padded word.
-            let whole = bytes.len() / 4 * 4;
-            let at = p.seg.word_start as u64 * 4;
-            if whole > 0 {
-                q.write_buffer(&set.packed, at, &bytes[..whole]);
+            let (packed, at) = (&inputs[p.job].0[p.bytes.clone()], p.seg.word_start as usize * 4);
+            starts.push(at);
+            parts.push(packed);
+            let pad = packed.len().next_multiple_of(4) - packed.len();
+            if pad > 0 {
+                starts.push(at + packed.len());
+                parts.push(&PAD[..pad]);
             }
-            if whole < bytes.len() {
-                let mut last = [0u8; 4];
-                last[..bytes.len() - whole].copy_from_slice(&bytes[whole..]);
-                q.write_buffer(&set.packed, at + whole as u64, &last);
+        }
+        for (base, column) in [(nw, 1), (nw + ng, 2)] {
+            for p in &chunk.pieces {
+                let values = if column == 1 { inputs[p.job].1 } else { inputs[p.job].2 };
+                starts.push(base + p.seg.group_start as usize * 4);
+                parts.push(bytemuck::cast_slice(&values[p.groups.clone()]));
             }
-            let g = p.seg.group_start as u64 * 4;
-            q.write_buffer(&set.scales, g, bytemuck::cast_slice(&job.scales[p.groups.clone()]));
-            q.write_buffer(&set.zero_points, g, bytemuck::cast_slice(&job.zero_points[p.groups.clone()]));
         }
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("dequantize") });
-        {
-            let timer = set.timer.as_ref().filter(|_| kernel.is_some());
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("dequantize"), timestamp_writes: timer.map(Timer::writes) });
-            pass.set_pipeline(&ctx.dequant_pipeline);
-            pass.set_bind_group(0, &set.bind, &[]);
-            staging::dispatch(ctx, &mut pass, chunk.n_elems);
-        }
-        enc.copy_buffer_to_buffer(&set.out, 0, &set.staging, 0, chunk.n_elems as u64 * 4);
-        if let (Some(t), Some(_)) = (&set.timer, kernel) {
-            t.resolve(&mut enc, &set.staging, time_at);
-        }
-        inflight.push_back(staging::submit(ctx, enc, &set.staging, len, si, ci));
+        debug_assert!(starts.windows(2).all(|w| w[0] < w[1]), "pieces in ascending order");
+        let timed_kernel = stages.kernel.is_some();
+        // Recorded while the fill threads gather the chunk's inputs; submitted after.
+        let encode = || {
+            let segs: Vec<Seg> = chunk.pieces.iter().map(|p| p.seg).collect();
+            let q = &ctx.queue;
+            q.write_buffer(&set.uniform, 0, bytemuck::bytes_of(&Uniforms { n_segs: segs.len() as u32, n_units: chunk.n_elems as u32, zero_mask: 0, pad: 0 }));
+            q.write_buffer(&set.segs, 0, bytemuck::cast_slice(&segs));
+            let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("dequantize") });
+            let up = &set.upload.buffer;
+            enc.copy_buffer_to_buffer(up, 0, &set.packed, 0, nw as u64);
+            enc.copy_buffer_to_buffer(up, nw as u64, &set.scales, 0, ng as u64);
+            enc.copy_buffer_to_buffer(up, (nw + ng) as u64, &set.zero_points, 0, ng as u64);
+            {
+                let timer = set.timer.as_ref().filter(|_| timed_kernel);
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("dequantize"), timestamp_writes: timer.map(Timer::writes) });
+                pass.set_pipeline(&ctx.dequant_pipeline);
+                pass.set_bind_group(0, &set.bind, &[]);
+                staging::dispatch(ctx, &mut pass, chunk.n_elems);
+            }
+            enc.copy_buffer_to_buffer(&set.out, 0, &set.staging, 0, chunk.n_elems as u64 * 4);
+            if let (Some(t), true) = (&set.timer, timed_kernel) {
+                t.resolve(&mut enc, &set.staging, time_at);
+            }
+            enc
+        };
+        let encode_and_read_oldest = || {
+            let enc = encode();
+            oldest.map_or(Ok(()), |f| finish(f, jobs, &mut stages))?;
+            Ok(enc)
+        };
+        let gather = |block: &mut wgpu::WriteOnly<'_, [u8]>, at: usize| staging::gather(block, at, &starts, |i| parts[i]);
+        let (enc, took) = set.upload.fill(ctx, nw + 2 * ng, gather, encode_and_read_oldest)?;
+        stages.fill += took.fill;
+        stages.wait += took.wait;
+        let f = staging::submit(ctx, enc, &set.staging, len, si, ci);
+        set.upload.remap(f.index.clone());
+        inflight.push_back(f);
     }
     while let Some(f) = inflight.pop_front() {
-        finish(f, jobs, &mut kernel)?;
+        finish(f, jobs, &mut stages)?;
     }
-    Ok(kernel)
+    Ok(stages)
 }

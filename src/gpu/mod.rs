@@ -42,7 +42,7 @@ pub struct GpuBackend {
     ctx: &'static context::GpuContext,
     caps: Caps,
     quant: Mutex<Option<[quantize::QuantSet; quantize::SETS]>>,
-    dequant: Mutex<Option<[dequantize::DequantSet; 2]>>,
+    dequant: Mutex<Option<[dequantize::DequantSet; dequantize::SETS]>>,
     /// What `lsq::probe_subnormals` found on this device (run on first need).
     subnormals: std::sync::OnceLock<std::result::Result<Option<String>, String>>,
     /// ggml's block types (built on first use), and each type's self-test verdict.
@@ -197,8 +197,8 @@ impl GpuBackend {
         }
     }
 
-    /// [`Backend::dequantize`] with the kernel time, as [`Self::quantize_timed`].
-    pub fn dequantize_timed(&self, jobs: &mut [DequantJob<'_>]) -> Result<Option<f64>> {
+    /// [`Backend::dequantize`], also returning where the time went, as [`Self::quantize_timed`].
+    pub fn dequantize_timed(&self, jobs: &mut [DequantJob<'_>]) -> Result<Stages> {
         let (gpu, cpu): (Vec<usize>, Vec<usize>) = (0..jobs.len())
             .filter(|&i| jobs[i].layout.n_elements() > 0)
             .partition(|&i| plan::fits(&jobs[i].layout, &self.caps) && dequantize::params_ok(jobs[i].scales, jobs[i].zero_points));
@@ -206,12 +206,12 @@ impl GpuBackend {
             CpuBackend::new().dequantize(std::slice::from_mut(&mut jobs[i]))?;
         }
         if gpu.is_empty() {
-            return Ok(None);
+            return Ok(Stages::default());
         }
         let layouts: Vec<_> = gpu.iter().map(|&i| (i, jobs[i].layout)).collect();
         let chunks = plan::plan(&layouts, &self.caps);
         let mut guard = self.dequant.lock().unwrap_or_else(|p| p.into_inner());
-        let sets = guard.get_or_insert_with(|| [0, 1].map(|_| dequantize::DequantSet::new(self.ctx, &self.caps)));
+        let sets = guard.get_or_insert_with(|| std::array::from_fn(|_| dequantize::DequantSet::new(self.ctx, &self.caps)));
         let r = guarded(|| dequantize::run(self.ctx, sets, &self.caps, jobs, &chunks, true));
         if r.is_err() {
             *guard = None;

@@ -186,18 +186,7 @@ pub fn run(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, sets: &[QuantSet;
         // blocks of it straight from the jobs' slices.
         let starts: Vec<usize> = chunk.pieces.iter().map(|p| p.seg.elem_start as usize * 4).collect();
         let weights = |i: usize| -> &[u8] { bytemuck::cast_slice(&weights[chunk.pieces[i].job][chunk.pieces[i].elems.clone()]) };
-        let copy_in = |block: &mut wgpu::WriteOnly<'_, [u8]>, at: usize| {
-            let end = at + block.len();
-            let mut i = starts.partition_point(|&s| s <= at).saturating_sub(1);
-            while i < starts.len() && starts[i] < end {
-                let w = weights(i);
-                let (a, b) = (starts[i].max(at), (starts[i] + w.len()).min(end));
-                if a < b {
-                    block.slice(a - at..b - at).copy_from_slice(&w[a - starts[i]..b - starts[i]]);
-                }
-                i += 1;
-            }
-        };
+        let copy_in = |block: &mut wgpu::WriteOnly<'_, [u8]>, at: usize| staging::gather(block, at, &starts, weights);
         let encode_and_read_oldest = || {
             let enc = encode();
             oldest.map_or(Ok(()), |f| finish(f, jobs, &mut failed, &mut stages))?;

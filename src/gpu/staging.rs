@@ -2,8 +2,8 @@
 //!
 //! Memory is bounded: each direction owns a few fixed sets of buffers (sized by [`Caps`]), used
 //! in turn, so chunk k+1 is uploaded and queued while chunk k runs, and chunk k is read back
-//! (mapped and copied straight into the jobs' output slices) while chunk k+1 runs. Quantize
-//! uploads through persistent mapped buffers ([`Upload`]) filled by every core.
+//! (mapped and copied straight into the jobs' output slices) while chunk k+1 runs. Every pass
+//! uploads through persistent mapped buffers ([`Upload`]) filled by several threads.
 
 use std::sync::mpsc;
 use std::time::Instant;
@@ -218,6 +218,39 @@ impl Upload {
     }
 }
 
+/// Writes into `block` (bytes `at..at + block.len()` of an upload buffer) what falls there of
+/// the sources: source `i` is `part(i)`, placed at byte `starts[i]` (ascending, no overlaps;
+/// bytes between sources are left as they were). Every fill thread calls it for its own blocks.
+pub fn gather<'s>(block: &mut wgpu::WriteOnly<'_, [u8]>, at: usize, starts: &[usize], part: impl Fn(usize) -> &'s [u8]) {
+    let end = at + block.len();
+    let mut i = starts.partition_point(|&s| s <= at).saturating_sub(1);
+    while i < starts.len() && starts[i] < end {
+        let src = part(i);
+        let (a, b) = (starts[i].max(at), (starts[i] + src.len()).min(end));
+        if a < b {
+            block.slice(a - at..b - at).copy_from_slice(&src[a - starts[i]..b - starts[i]]);
+        }
+        i += 1;
+    }
+}
+
+/// `dst.copy_from_slice(src)` for a read-back, on several threads when it is large: one thread
+/// copying out of a mapped buffer is slower than a PCIe link fills it, and dequantize reads
+/// back four bytes per value. Plain scoped threads, as in [`Upload::fill`].
+pub fn copy_out(dst: &mut [u8], src: &[u8]) {
+    let threads = crate::threads::num_threads().min(dst.len() / FILL_PER_THREAD);
+    if threads < 2 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let per = dst.len().div_ceil(threads).next_multiple_of(64);
+    std::thread::scope(|s| {
+        for (d, from) in dst.chunks_mut(per).zip(src.chunks(per)) {
+            s.spawn(move || d.copy_from_slice(from));
+        }
+    });
+}
+
 /// Blocks until a `map_async` reports, waiting for `after` (the submission the mapping waits
 /// for) if it has not yet; `what` names the mapping in errors.
 fn wait_map(ctx: &GpuContext, rx: &Mapping, after: wgpu::SubmissionIndex, what: &str) -> Result<()> {
@@ -242,4 +275,19 @@ fn wait_map(ctx: &GpuContext, rx: &Mapping, after: wgpu::SubmissionIndex, what: 
 pub fn dispatch(ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, n: usize) {
     let (x, y) = super::plan::dispatch_dims(n, ctx.limits.max_compute_workgroups_per_dimension);
     pass.dispatch_workgroups(x, y, 1);
+}
+
+#[cfg(test)]
+mod tests {
+    /// Whatever the split across threads (none below 8 MiB on two threads, uneven parts above),
+    /// every byte arrives where it belongs.
+    #[test]
+    fn copy_out_copies_every_byte() {
+        for n in [0usize, 1, 4 << 20, (9 << 20) + 3, (33 << 20) + 65] {
+            let src: Vec<u8> = (0..n).map(|i| (i ^ (i >> 9) ^ (i >> 17)) as u8).collect();
+            let mut dst = vec![0u8; n];
+            super::copy_out(&mut dst, &src);
+            assert!(dst == src, "{n} bytes");
+        }
+    }
 }
