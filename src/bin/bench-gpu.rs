@@ -11,12 +11,15 @@
 //! type's name as method, its code bits as bits and its block as group; `--imatrix` adds each
 //! type again with an importance matrix (method `q4_k+imatrix`: the weighted searches), and
 //! `cpu_redo` is the share of blocks the GPU left to the CPU reference; the GGUF path's `auto`
-//! decision for each of them is printed too (`auto_types` in the JSON).
+//! decision for each of them is printed too (`auto_types` in the JSON). `--dequantize` adds a
+//! `dequantize` row per bit width: the f32 results of the CPU's quantized output, GPU against
+//! CPU, in GB/s of f32 output (its bytes go device → host; the upload of the same bytes is the
+//! baseline given, as the nearest ceiling measured).
 //! It exits with status 1 if the GPU and CPU bytes differ.
 
 use std::time::Instant;
 
-use arrow_quant_v2::backend::{Backend, QuantJob};
+use arrow_quant_v2::backend::{Backend, DequantJob, QuantJob};
 use arrow_quant_v2::cpu::CpuBackend;
 use arrow_quant_v2::error::QuantError;
 use arrow_quant_v2::gpu::{GpuBackend, Stages};
@@ -47,6 +50,10 @@ struct Args {
     /// Timed repetitions per measurement (the best is reported).
     #[arg(long, default_value_t = 3)]
     iters: usize,
+    /// Also time dequantize (min/max rows): GPU against CPU on the CPU's packed output, GB/s of
+    /// f32 output (method `dequantize`).
+    #[arg(long)]
+    dequantize: bool,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -217,6 +224,10 @@ fn main() {
                 identical: outs[0] == outs[1],
                 cpu_redo: None,
             });
+            if args.dequantize && method == Method::MinMax {
+                let (p, sc, z) = &outs[1];
+                rows.push(dequantize_row(gpu, &cpu, layout, (p, sc, z), args.iters, rows.last().expect("the quantize row")));
+            }
         }
         for &ty in &types {
             for imatrix in [false, true].into_iter().take(1 + args.imatrix as usize) {
@@ -276,13 +287,13 @@ fn main() {
         }
         println!("GB/s of f32 input, best of {}; group {}", args.iters, args.group_size);
         println!(
-            "{:>10} {:>4} {:>6} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} {:>14} | {:>8} {:>7} | {:>5}",
+            "{:>10} {:>4} {:>12} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} {:>14} | {:>8} {:>7} | {:>5}",
             "elements", "bits", "method", "kernel", "dev copy", "k/copy", "gpu e2e", "upload", "e2e/up", "wr_buf", "fill/wait/read", "cpu", "gpu/cpu", "same"
         );
         let opt = |x: Option<f64>, p: usize| x.map_or("n/a".to_string(), |v| format!("{v:.p$}"));
         for r in &rows {
             println!(
-                "{:>10} {:>4} {:>6} {:>8} {:>8.2} {:>6} | {:>8.2} {:>8.2} {:>6.2} {:>8.2} {:>14} | {:>8.2} {:>7.3} | {:>5}",
+                "{:>10} {:>4} {:>12} {:>8} {:>8.2} {:>6} | {:>8.2} {:>8.2} {:>6.2} {:>8.2} {:>14} | {:>8.2} {:>7.3} | {:>5}",
                 r.elements, r.bits, r.method, opt(r.kernel_gbs, 2), r.device_copy_gbs, opt(r.kernel_over_copy, 2), r.gpu_e2e_gbs, r.upload_gbs, r.e2e_over_upload, r.write_buffer_gbs,
                 format!("{:.0}/{:.0}/{:.0}%", 100.0 * r.host_fill, 100.0 * r.host_wait, 100.0 * r.host_read), r.cpu_gbs, r.gpu_over_cpu, r.identical
             );
@@ -291,6 +302,59 @@ fn main() {
     if rows.iter().any(|r| !r.identical) {
         eprintln!("error: GPU and CPU bytes differ");
         std::process::exit(1);
+    }
+}
+
+/// Dequantize of `layout`'s quantized `input` on the GPU against the CPU; the baselines are
+/// those of `like` (the quantize row of the same size).
+fn dequantize_row(gpu: &GpuBackend, cpu: &CpuBackend, layout: GroupLayout, (packed, scales, zero_points): (&[u8], &[f32], &[f32]), iters: usize, like: &Row) -> Row {
+    let n = layout.n_elements();
+    let gbs = |t: f64| n as f64 * 4.0 / t / 1e9;
+    let mut outs = [vec![0f32; n], vec![0f32; n]];
+    let (mut kernel, mut fastest) = (f64::INFINITY, (f64::INFINITY, Stages::default()));
+    let mut run = |o: usize, kernel: &mut f64, fastest: &mut (f64, Stages)| {
+        let mut jobs = [DequantJob { name: "bench", layout, packed, scales, zero_points, out: &mut outs[o] }];
+        let t = Instant::now();
+        if o == 0 {
+            let stages = gpu.dequantize_timed(&mut jobs).unwrap_or_else(|e| fail(e));
+            let wall = t.elapsed().as_secs_f64();
+            *kernel = kernel.min(stages.kernel.unwrap_or(f64::INFINITY));
+            if wall < fastest.0 {
+                *fastest = (wall, stages);
+            }
+        } else {
+            cpu.dequantize(&mut jobs).unwrap_or_else(|e| fail(e));
+        }
+        t.elapsed().as_secs_f64()
+    };
+    // Warm-ups: buffers on the GPU, output pages on both.
+    let (mut no_kernel, mut ignored) = (f64::INFINITY, (f64::INFINITY, Stages::default()));
+    run(0, &mut no_kernel, &mut ignored);
+    run(1, &mut no_kernel, &mut ignored);
+    let t_gpu = best(iters, || run(0, &mut kernel, &mut fastest));
+    let t_cpu = best(iters, || run(1, &mut no_kernel, &mut ignored));
+    let kernel_gbs = kernel.is_finite().then(|| gbs(kernel));
+    let share = |v: f64| v / fastest.0;
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    Row {
+        elements: n,
+        bits: like.bits,
+        group_size: like.group_size,
+        method: "dequantize".to_string(),
+        kernel_gbs,
+        device_copy_gbs: like.device_copy_gbs,
+        kernel_over_copy: kernel_gbs.map(|k| k / like.device_copy_gbs),
+        gpu_e2e_gbs: gbs(t_gpu),
+        upload_gbs: like.upload_gbs,
+        e2e_over_upload: gbs(t_gpu) / like.upload_gbs,
+        write_buffer_gbs: like.write_buffer_gbs,
+        host_fill: share(fastest.1.fill),
+        host_wait: share(fastest.1.wait),
+        host_read: share(fastest.1.read),
+        cpu_gbs: gbs(t_cpu),
+        gpu_over_cpu: t_cpu / t_gpu,
+        identical: bits(&outs[0]) == bits(&outs[1]),
+        cpu_redo: None,
     }
 }
 

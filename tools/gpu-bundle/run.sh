@@ -1,8 +1,8 @@
 #!/bin/sh
 # The GPU check: runs on any Linux machine with a GPU driver and a Vulkan loader, without a
 # Rust toolchain. Prints the adapter, the GPU-vs-CPU exactness tests and the benchmark table
-# (4M, 16M and 64M elements at 2, 4 and 8 bits, min/max and lsq, and every ggml block type
-# with an importance matrix and without); the table's JSON goes to bench.json here.
+# (4M, 16M and 64M elements at 2, 4 and 8 bits, min/max and lsq, dequantize, and every ggml
+# block type with an importance matrix and without); the table's JSON goes to bench.json here.
 #   ./run.sh                          everything
 #   SIZES="1M" ./run.sh               a quicker benchmark
 #   TYPES=q4_k IMATRIX=0 ./run.sh     one ggml type, without an importance matrix
@@ -38,6 +38,6 @@ echo "== benchmark (GB/s of f32 input; ratios against baselines measured in the 
 imatrix=""
 [ "${IMATRIX:-1}" = 1 ] && imatrix="--imatrix"
 # shellcheck disable=SC2086
-./bench-gpu ${SIZES:-4M 16M 64M} --bits 2,4,8 --methods minmax,lsq --group-size 128 --types ${TYPES:-q4_0,q4_1,q5_0,q5_1,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k} $imatrix --iters ${ITERS:-5} --json-out "$OUT/bench.json" || status=1
+./bench-gpu ${SIZES:-4M 16M 64M} --bits 2,4,8 --methods minmax,lsq --dequantize --group-size 128 --types ${TYPES:-q4_0,q4_1,q5_0,q5_1,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k} $imatrix --iters ${ITERS:-5} --json-out "$OUT/bench.json" || status=1
 echo "json: $OUT/bench.json"
 exit $status
