@@ -288,7 +288,8 @@ fn gpu() -> Result<&'static dyn Backend> {
 ///   type is an `Unsupported` error from [`GgmlDevice::quantize`] (the model converter instead
 ///   encodes such tensors on the CPU, and says so).
 /// * "auto": per type, whichever of the two measured faster on this machine ([`auto_ggml`]),
-///   with the CPU taking anything the GPU fails or refuses.
+///   with the CPU taking tensors smaller than the measurement ([`auto_ggml_min_elements`]) and
+///   anything the GPU fails or refuses.
 #[derive(Clone, Copy)]
 pub struct GgmlDevice {
     device: Device,
@@ -320,13 +321,15 @@ impl GgmlDevice {
         }
     }
 
-    /// Whether `ty` (with an importance matrix or not) runs on the GPU here (for "auto": the
-    /// type's decision, made on first call).
-    pub fn on_gpu(&self, ty: GgmlType, imatrix: bool) -> bool {
+    /// Whether `elements` values of `ty` (with an importance matrix or not; a tensor, or one
+    /// call) run on the GPU here. For "auto": the type's decision (made on first need), for work
+    /// at least as large as [`auto_ggml_min_elements`]; smaller work runs on the CPU without
+    /// deciding, so converting a small model never starts a GPU (as for min/max, `auto_backend`).
+    pub fn on_gpu(&self, ty: GgmlType, imatrix: bool, elements: usize) -> bool {
         match self.device {
             Device::Cpu => false,
             Device::Gpu => Self::has_kernel(ty),
-            Device::Auto => Self::has_kernel(ty) && auto_ggml(ty, imatrix).gpu,
+            Device::Auto => Self::has_kernel(ty) && elements >= auto_ggml_min_elements(ty) && auto_ggml(ty, imatrix).gpu,
         }
     }
 
@@ -335,12 +338,13 @@ impl GgmlDevice {
         self.device == Device::Gpu
     }
 
-    /// This device for one type: itself where the GPU encodes `ty`, else the CPU.
-    pub fn or_cpu_for(self, ty: GgmlType, imatrix: bool) -> Self {
-        if self.on_gpu(ty, imatrix) {
-            self
-        } else {
+    /// This device for one type: "gpu" becomes the CPU for a type without a GPU kernel (the
+    /// converter's choice, where a direct call is an error); "auto" decides per tensor itself.
+    pub fn or_cpu_for(self, ty: GgmlType) -> Self {
+        if self.device == Device::Gpu && !Self::has_kernel(ty) {
             Self::cpu()
+        } else {
+            self
         }
     }
 
@@ -350,7 +354,7 @@ impl GgmlDevice {
         #[cfg(feature = "gpu")]
         match self.device {
             Device::Gpu => return GpuBackend::shared()?.quantize_ggml(ty, x, n_per_row, imatrix, out).map(|_| ()),
-            Device::Auto if self.on_gpu(ty, imatrix.is_some()) => {
+            Device::Auto if self.on_gpu(ty, imatrix.is_some(), x.len()) => {
                 return match GpuBackend::shared().and_then(|g| g.quantize_ggml(ty, x, n_per_row, imatrix, out)) {
                     Err(QuantError::Device(_) | QuantError::Unsupported(_)) => cpu(out),
                     r => r.map(|_| ()),
@@ -359,6 +363,21 @@ impl GgmlDevice {
             _ => {}
         }
         cpu(out)
+    }
+}
+
+/// Below this many values in one tensor or call, "auto" encodes ggml's type `ty` on the CPU:
+/// the size of the probe its decision was measured on (256 Ki values for the K types, 4 Mi for
+/// the 32-element ones), at most min/max's [`AUTO_GPU_MIN_ELEMENTS`]. Below the probe the GPU's
+/// fixed cost per call (submit, wait, map; and starting the device at all) weighs more than
+/// the measurement showed.
+pub fn auto_ggml_min_elements(ty: GgmlType) -> usize {
+    #[cfg(feature = "gpu")]
+    return probe::ggml_probe_elements(ty).min(AUTO_GPU_MIN_ELEMENTS);
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = ty;
+        usize::MAX
     }
 }
 

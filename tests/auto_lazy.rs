@@ -4,7 +4,9 @@
 
 use arrow_quant_v2::backend::{Backend, DequantJob, MeasuredJob, QuantJob};
 use arrow_quant_v2::cpu::CpuBackend;
-use arrow_quant_v2::device::{backend, Device};
+use arrow_quant_v2::device::{auto_ggml_min_elements, backend, Device, GgmlDevice};
+use arrow_quant_v2::model::gguf_out;
+use arrow_quant_v2::quant::ggml::{self, GgmlType};
 use arrow_quant_v2::gpu::started;
 use arrow_quant_v2::{BitWidth, GroupLayout, Method, QuantConfig, Values};
 
@@ -46,6 +48,21 @@ fn auto_starts_no_gpu_for_small_calls() {
         assert_eq!(m, measured(&cpu, &w, l), "{method:?}");
         assert_eq!((&m.0, &m.1, &m.2), (&p, &s.iter().map(|x| x.to_bits()).collect(), &z.iter().map(|x| x.to_bits()).collect()));
         assert!(!started(), "a {n}-value {method:?} call under \"auto\" started wgpu");
+    }
+    // ggml's block types likewise: a tensor smaller than the type's probe, through the GGUF
+    // path's device and through the converter's encoder, is the CPU's bytes, undecided.
+    let ggml_auto = GgmlDevice::new(Device::Auto).unwrap();
+    for ty in [GgmlType::Q4_K, GgmlType::Q8_0] {
+        let n = auto_ggml_min_elements(ty) - 4096;
+        let x = weights(n);
+        let mut want = vec![0u8; ggml::check_rows(ty, n, 4096, None).unwrap()];
+        ggml::quantize(ty, &x, 4096, None, &mut want).unwrap();
+        let mut got = vec![0u8; want.len()];
+        ggml_auto.quantize(ty, &x, 4096, None, &mut got).unwrap();
+        assert!(got == want, "{ty}: bytes");
+        let encoded = gguf_out::encode("w", ty, Values::F32(&x), &[n / 4096, 4096], None, ggml_auto).unwrap();
+        assert!(encoded.data == want, "{ty}: the converter's bytes");
+        assert!(!started(), "a {n}-value {ty} tensor under \"auto\" started wgpu");
     }
     // A call large enough for the GPU to pay asks where to run (and looks for adapters to
     // decide); wherever it runs, the result is the CPU's.

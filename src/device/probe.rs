@@ -125,7 +125,7 @@ fn rounds(mut cpu: impl FnMut() -> Result<f64>, mut gpu: impl FnMut() -> Result<
 
 /// Elements of the probe for ggml's type `ty`: 4 Mi for the 32-element types (as memory-bound
 /// as min/max), 256 Ki for the K types, whose searches cost 10-70x more per element.
-fn ggml_probe_elements(ty: crate::quant::ggml::GgmlType) -> usize {
+pub(super) fn ggml_probe_elements(ty: crate::quant::ggml::GgmlType) -> usize {
     if ty.block().0 == 32 {
         1 << 22
     } else {

@@ -509,7 +509,7 @@ fn convert_to_gguf(source: &Source, src: &Path, dst: &Path, ftype: FileType, opt
             Ok(match (&choices[i].step, input) {
                 (Step::Encode(ty), Input::Loaded(l)) => {
                     let row = rows.as_ref().and_then(|r| r[i].as_deref());
-                    GgufTensor::Encoded(*ty, gguf_out::encode(&t.name, *ty, l.values(), &t.shape, row, ggml_dev.or_cpu_for(*ty, row.is_some()))?)
+                    GgufTensor::Encoded(*ty, gguf_out::encode(&t.name, *ty, l.values(), &t.shape, row, ggml_dev.or_cpu_for(*ty))?)
                 }
                 (_, Input::Raw(bytes)) => GgufTensor::Copied(bytes),
                 _ => GgufTensor::Skipped,

@@ -254,7 +254,7 @@ pub fn encode(name: &str, ty: GgmlType, values: Values<'_>, shape: &[usize], ima
         }
         _ => None,
     };
-    let on_gpu = dev.on_gpu(ty, imatrix.is_some());
+    let on_gpu = dev.on_gpu(ty, imatrix.is_some(), n);
     if on_gpu {
         encode_in_pieces(ty, values, n_per_row, slice_rows, imatrix, &dev, GPU_PIECE, &mut data)?;
     }

@@ -119,17 +119,20 @@ def test_auto_decides_the_search_on_its_own():
 def test_auto_decides_each_ggml_type_on_its_own():
     # gguf_quantize(device="auto") decides per type with a GPU kernel, on first use, by a
     # measurement (a software adapter never wins unless allowed); a type without one just runs
-    # on the CPU.
+    # on the CPU. A tensor smaller than the type's measurement (2^20 values for q8_0, 2^18 for
+    # the K types) runs on the CPU without deciding.
     code = (
         "import arrow_quant_v2 as aq, numpy as np\n"
-        "x = np.linspace(-1, 1, 4096 * 4, dtype=np.float32).reshape(4, 4096)\n"
         "print(aq.backend_name('auto'))\n"
-        "a, b = aq.gguf_quantize(x, 'q8_0', device='auto'), aq.gguf_quantize(x, 'q6_k', device='auto')\n"
-        "assert a == aq.gguf_quantize(x, 'q8_0', device='cpu') and b == aq.gguf_quantize(x, 'q6_k', device='cpu')\n"
-        "print(aq.backend_name('auto'))"
+        "for rows in (4, 256):\n"
+        "    x = np.linspace(-1, 1, 4096 * rows, dtype=np.float32).reshape(rows, 4096)\n"
+        "    a, b = aq.gguf_quantize(x, 'q8_0', device='auto'), aq.gguf_quantize(x, 'q6_k', device='auto')\n"
+        "    assert a == aq.gguf_quantize(x, 'q8_0', device='cpu') and b == aq.gguf_quantize(x, 'q6_k', device='cpu')\n"
+        "    print(aq.backend_name('auto'))"
     )
     for env in ({}, {"ARROW_QUANT_ALLOW_SOFTWARE_GPU": "1"}):
-        before, after = run_in_subprocess(code, **env).stdout.strip().splitlines()
+        before, small, after = run_in_subprocess(code, **env).stdout.strip().splitlines()
+        assert small == before, (before, small)
         assert "; q8_0: " not in before and "; q8_0: " in after, after
         assert ("; q6_k: " in after) == ("q6_k" in aq.GGUF_GPU_TYPES), after
         q8 = after.split("; q8_0: ")[1]
