@@ -325,8 +325,9 @@ impl GpuContext {
     /// failure unless one is already (a lost device's callback may not have run yet), so the
     /// next call builds a new device instead of failing the same way.
     pub fn mapping_failed(&self, what: &str, e: impl std::fmt::Display) -> QuantError {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| format!("{what} failed: {e}"));
-        self.check().err().unwrap_or_else(|| QuantError::Device(format!("{what} failed: {e}")))
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = failure.get_or_insert_with(|| format!("{what} failed: {e}"));
+        QuantError::Device(format!("{reason} (adapter {})", self.describe()))
     }
 
     /// Waits for a submission; a device error or a failed wait becomes `QuantError::Device`.
