@@ -13,8 +13,9 @@
 //! `cpu_redo` is the share of blocks the GPU left to the CPU reference; the GGUF path's `auto`
 //! decision for each of them is printed too (`auto_types` in the JSON). `--dequantize` adds a
 //! `dequantize` row per bit width: the f32 results of the CPU's quantized output, GPU against
-//! CPU, in GB/s of f32 output (its bytes go device → host; the upload of the same bytes is the
-//! baseline given, as the nearest ceiling measured).
+//! CPU, in GB/s of f32 output, against a download (device → host, mapped read-back buffers) of
+//! the same bytes (`download_gbs`, `e2e_over_download`; the table shows them in the upload
+//! columns).
 //! It exits with status 1 if the GPU and CPU bytes differ.
 
 use std::time::Instant;
@@ -105,6 +106,9 @@ struct Row {
     e2e_over_upload: f64,
     /// Host → device through `Queue::write_buffer`, one chunk at a time (the serialized path).
     write_buffer_gbs: f64,
+    /// Dequantize rows: device → host through mapped read-back buffers, the same bytes (the
+    /// path its f32 results take).
+    download_gbs: Option<f64>,
     /// Where the fastest GPU call's wall time went on the host (fractions): filling the upload
     /// buffers, waiting for the device, copying results out (while the next chunk is filled, so
     /// the three may add up to more than 1).
@@ -126,6 +130,7 @@ impl Row {
             "kernel_gbs": self.kernel_gbs, "device_copy_gbs": self.device_copy_gbs, "kernel_over_copy": self.kernel_over_copy,
             "gpu_e2e_gbs": self.gpu_e2e_gbs, "upload_gbs": self.upload_gbs, "e2e_over_upload": self.e2e_over_upload,
             "write_buffer_gbs": self.write_buffer_gbs,
+            "download_gbs": self.download_gbs, "e2e_over_download": self.download_gbs.map(|d| self.gpu_e2e_gbs / d),
             "host_fill": self.host_fill, "host_wait": self.host_wait, "host_read": self.host_read,
             "cpu_gbs": self.cpu_gbs, "gpu_over_cpu": self.gpu_over_cpu,
             "identical": self.identical, "cpu_redo": self.cpu_redo,
@@ -216,6 +221,7 @@ fn main() {
                 upload_gbs,
                 e2e_over_upload: gpu_e2e_gbs / upload_gbs,
                 write_buffer_gbs,
+                download_gbs: None,
                 host_fill: share(fastest.1.fill),
                 host_wait: share(fastest.1.wait),
                 host_read: share(fastest.1.read),
@@ -285,16 +291,20 @@ fn main() {
         for why in &refused {
             println!("refused on this adapter, no row: {why}");
         }
-        println!("GB/s of f32 input, best of {}; group {}", args.iters, args.group_size);
+        println!("GB/s of f32 input (dequantize: output), best of {}; group {}", args.iters, args.group_size);
+        if rows.iter().any(|r| r.download_gbs.is_some()) {
+            println!("dequantize rows: `upload` and `e2e/up` are the download (device → host) of the same bytes, the way their results go");
+        }
         println!(
             "{:>10} {:>4} {:>12} {:>8} {:>8} {:>6} | {:>8} {:>8} {:>6} {:>8} {:>14} | {:>8} {:>7} | {:>5}",
             "elements", "bits", "method", "kernel", "dev copy", "k/copy", "gpu e2e", "upload", "e2e/up", "wr_buf", "fill/wait/read", "cpu", "gpu/cpu", "same"
         );
         let opt = |x: Option<f64>, p: usize| x.map_or("n/a".to_string(), |v| format!("{v:.p$}"));
         for r in &rows {
+            let (base, ratio) = r.download_gbs.map_or((r.upload_gbs, r.e2e_over_upload), |d| (d, r.gpu_e2e_gbs / d));
             println!(
                 "{:>10} {:>4} {:>12} {:>8} {:>8.2} {:>6} | {:>8.2} {:>8.2} {:>6.2} {:>8.2} {:>14} | {:>8.2} {:>7.3} | {:>5}",
-                r.elements, r.bits, r.method, opt(r.kernel_gbs, 2), r.device_copy_gbs, opt(r.kernel_over_copy, 2), r.gpu_e2e_gbs, r.upload_gbs, r.e2e_over_upload, r.write_buffer_gbs,
+                r.elements, r.bits, r.method, opt(r.kernel_gbs, 2), r.device_copy_gbs, opt(r.kernel_over_copy, 2), r.gpu_e2e_gbs, base, ratio, r.write_buffer_gbs,
                 format!("{:.0}/{:.0}/{:.0}%", 100.0 * r.host_fill, 100.0 * r.host_wait, 100.0 * r.host_read), r.cpu_gbs, r.gpu_over_cpu, r.identical
             );
         }
@@ -305,8 +315,9 @@ fn main() {
     }
 }
 
-/// Dequantize of `layout`'s quantized `input` on the GPU against the CPU; the baselines are
-/// those of `like` (the quantize row of the same size).
+/// Dequantize of `layout`'s quantized `input` on the GPU against the CPU, with a download of
+/// the same f32 bytes; the other baselines are those of `like` (the quantize row of the same
+/// size).
 fn dequantize_row(gpu: &GpuBackend, cpu: &CpuBackend, layout: GroupLayout, (packed, scales, zero_points): (&[u8], &[f32], &[f32]), iters: usize, like: &Row) -> Row {
     let n = layout.n_elements();
     let gbs = |t: f64| n as f64 * 4.0 / t / 1e9;
@@ -336,6 +347,10 @@ fn dequantize_row(gpu: &GpuBackend, cpu: &CpuBackend, layout: GroupLayout, (pack
     let kernel_gbs = kernel.is_finite().then(|| gbs(kernel));
     let share = |v: f64| v / fastest.0;
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let identical = bits(&outs[0]) == bits(&outs[1]);
+    // Into a buffer of its own: the download's bytes are whatever the device buffer held.
+    let mut scratch = vec![0u8; n * 4];
+    let download_gbs = gbs(best(iters, || gpu.download_baseline(&mut scratch).unwrap_or_else(|e| fail(e))));
     Row {
         elements: n,
         bits: like.bits,
@@ -348,12 +363,13 @@ fn dequantize_row(gpu: &GpuBackend, cpu: &CpuBackend, layout: GroupLayout, (pack
         upload_gbs: like.upload_gbs,
         e2e_over_upload: gbs(t_gpu) / like.upload_gbs,
         write_buffer_gbs: like.write_buffer_gbs,
+        download_gbs: Some(download_gbs),
         host_fill: share(fastest.1.fill),
         host_wait: share(fastest.1.wait),
         host_read: share(fastest.1.read),
         cpu_gbs: gbs(t_cpu),
         gpu_over_cpu: t_cpu / t_gpu,
-        identical: bits(&outs[0]) == bits(&outs[1]),
+        identical,
         cpu_redo: None,
     }
 }
@@ -416,6 +432,7 @@ fn ggml_row(gpu: &GpuBackend, ty: GgmlType, weights: &[f32], imatrix: bool, iter
         upload_gbs,
         e2e_over_upload: gbs(t_gpu) / upload_gbs,
         write_buffer_gbs,
+        download_gbs: None,
         host_fill: share(fastest.1.fill),
         host_wait: share(fastest.1.wait),
         host_read: share(fastest.1.read),

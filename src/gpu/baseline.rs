@@ -6,14 +6,16 @@
 //! * [`upload`]: host → device through a ring of persistent mapped staging buffers, filled by
 //!   every core, three chunks in flight (the ceiling of any path whose data starts in host
 //!   memory). Unlike `Queue::write_buffer`, which allocates a staging buffer per call and fills
-//!   it on one thread, this is what a well-fed upload looks like.
+//!   it on one thread, this is what a well-fed upload looks like;
+//! * [`download`]: device → host the same way (mapped read-back buffers, copied out as the
+//!   passes copy their results), the ceiling of dequantize, whose f32 results travel that way.
 
 use std::time::Instant;
 
 use crate::error::Result;
 
 use super::context::GpuContext;
-use super::staging::{buffer, Upload, STORAGE};
+use super::staging::{self, buffer, InFlight, Upload, READBACK, STORAGE};
 
 /// Staging buffers in the upload ring: one being filled, two being copied or waited on.
 const RING: usize = 3;
@@ -62,6 +64,42 @@ pub fn upload(ctx: &GpuContext, data: &[u8], chunk: usize) -> Result<f64> {
     }
     if let Some(idx) = last {
         ctx.wait(idx)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Seconds to move `out.len()` bytes from device memory into `out` in `chunk`-byte pieces (a
+/// multiple of 4) through [`RING`] read-back buffers: each piece is copied on the device into
+/// one, mapped, and copied out (on several threads, [`staging::copy_out`]) while the next
+/// pieces are copied.
+pub fn download(ctx: &GpuContext, out: &mut [u8], chunk: usize) -> Result<f64> {
+    let chunk = (chunk / 4 * 4).max(4);
+    let src = buffer(ctx, "download source", chunk as u64, STORAGE);
+    let ring: Vec<wgpu::Buffer> = (0..RING).map(|_| buffer(ctx, "download staging", chunk as u64, READBACK)).collect();
+    let n = out.len() / 4 * 4;
+    let pieces: Vec<(usize, usize)> = (0..n).step_by(chunk).map(|at| (at, (at + chunk).min(n))).collect();
+    let t = Instant::now();
+    let mut inflight: std::collections::VecDeque<InFlight> = Default::default();
+    let finish = |f: InFlight, out: &mut [u8]| -> Result<()> {
+        staging::wait_mapped(ctx, &f)?;
+        let (a, b) = pieces[f.chunk];
+        {
+            let view = ring[f.set].slice(..(b - a) as u64).get_mapped_range().map_err(|e| ctx.mapping_failed("mapping a download buffer", e))?;
+            staging::copy_out(&mut out[a..b], &view);
+        }
+        ring[f.set].unmap();
+        Ok(())
+    };
+    for (k, &(a, b)) in pieces.iter().enumerate() {
+        if inflight.len() == RING {
+            finish(inflight.pop_front().expect("a buffer in flight"), out)?;
+        }
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&src, 0, &ring[k % RING], 0, (b - a) as u64);
+        inflight.push_back(staging::submit(ctx, enc, &ring[k % RING], (b - a) as u64, k % RING, k));
+    }
+    while let Some(f) = inflight.pop_front() {
+        finish(f, out)?;
     }
     Ok(t.elapsed().as_secs_f64())
 }

@@ -288,6 +288,12 @@ impl GpuBackend {
         guarded(|| baseline::upload(self.ctx, data, self.chunk_bytes()))
     }
 
+    /// Seconds to read `out.len()` bytes back from the device through mapped read-back
+    /// buffers in chunks of the kernels' size: the device → host ceiling (see [`baseline`]).
+    pub fn download_baseline(&self, out: &mut [u8]) -> Result<f64> {
+        guarded(|| baseline::download(self.ctx, out, self.chunk_bytes()))
+    }
+
     /// A plain host → device copy of `bytes` (write_buffer, submit, wait): the serialized path
     /// `Queue::write_buffer` gives. Returns seconds.
     pub fn copy_baseline(&self, bytes: &[u8]) -> Result<f64> {
