@@ -5,7 +5,8 @@
 //! * `plan`: layers → chunks of pieces (whole groups; many small layers per dispatch).
 //! * `staging`: fixed sets of device buffers used in turn, persistent mapped uploads, submit /
 //!   wait / map.
-//! * `baseline`: device copy and mapped-ring upload, the ceilings the benchmark compares with.
+//! * `baseline`: device copy, and mapped-ring upload and download, the ceilings the benchmark
+//!   compares with.
 //! * `quantize`, `dequantize`: the passes.
 //! * `softfloat`: the integer division and the FTZ-proof math, in Rust, mirrored in
 //!   `shaders/common.wgsl` and tested against native `f32`.
