@@ -94,7 +94,7 @@ pub fn run(ctx: &GpuContext, sets: &[DequantSet; SETS], caps: &Caps, jobs: &mut 
     };
     // The inputs apart from the outputs: a chunk is gathered from the one while an earlier
     // chunk's results are copied into the other.
-    let inputs: Vec<(&[u8], &[f32], &[f32])> = jobs.iter().map(|j| (j.packed, j.scales, j.zero_points)).collect();
+    let inputs: Vec<(&[u8], [&[f32]; 2])> = jobs.iter().map(|j| (j.packed, [j.scales, j.zero_points])).collect();
     for (ci, chunk) in chunks.iter().enumerate() {
         let si = ci % SETS;
         // With every set in flight the oldest is this chunk's set: read back while the upload
@@ -116,11 +116,10 @@ pub fn run(ctx: &GpuContext, sets: &[DequantSet; SETS], caps: &Caps, jobs: &mut 
                 parts.push(&PAD[..pad]);
             }
         }
-        for (base, column) in [(nw, 1), (nw + ng, 2)] {
+        for (k, base) in [nw, nw + ng].into_iter().enumerate() {
             for p in &chunk.pieces {
-                let values = if column == 1 { inputs[p.job].1 } else { inputs[p.job].2 };
                 starts.push(base + p.seg.group_start as usize * 4);
-                parts.push(bytemuck::cast_slice(&values[p.groups.clone()]));
+                parts.push(bytemuck::cast_slice(&inputs[p.job].1[k][p.groups.clone()]));
             }
         }
         debug_assert!(starts.windows(2).all(|w| w[0] < w[1]), "pieces in ascending order");
