@@ -245,8 +245,14 @@ pub fn copy_out(dst: &mut [u8], src: &[u8]) {
     }
     let per = dst.len().div_ceil(threads).next_multiple_of(64);
     std::thread::scope(|s| {
-        for (d, from) in dst.chunks_mut(per).zip(src.chunks(per)) {
+        let mut parts = dst.chunks_mut(per).zip(src.chunks(per));
+        let first = parts.next();
+        for (d, from) in parts {
             s.spawn(move || d.copy_from_slice(from));
+        }
+        // The calling thread copies a part too, rather than only waiting.
+        if let Some((d, from)) = first {
+            d.copy_from_slice(from);
         }
     });
 }
